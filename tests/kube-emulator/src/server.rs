@@ -1,0 +1,987 @@
+//! The HTTP side: routing of Kubernetes REST paths, the verbs, watch streams, Table output,
+//! discovery, and the admin endpoints for fault injection and request counters.
+
+use crate::error::ApiError;
+use crate::fields::{self, Schema};
+use crate::resources::{self, ResourceType};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::{md, md_mut, md_str, Change, Inner, Op, Sub, WriteCtx};
+use crate::{events, table};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch, Notify};
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Fault {
+    #[serde(default = "star")]
+    pub verb: String,
+    #[serde(default = "star")]
+    pub resource: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default = "one")]
+    pub count: u64,
+    #[serde(default)]
+    pub code: Option<u16>,
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+}
+fn star() -> String {
+    "*".into()
+}
+fn one() -> u64 {
+    1
+}
+
+#[derive(Default)]
+pub struct Admin {
+    pub faults: Vec<Fault>,
+    pub counters: BTreeMap<(String, String, String), u64>,
+}
+
+pub struct AppState {
+    pub inner: Mutex<Inner>,
+    pub admin: Mutex<Admin>,
+    pub tx: broadcast::Sender<Arc<Change>>,
+    /// Bumped to end every open watch.
+    pub watch_epoch: watch::Sender<u64>,
+    pub controllers: Notify,
+    pub bookmark_interval: Duration,
+}
+
+impl AppState {
+    pub fn new(bookmark_interval: Duration) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(65_536);
+        let (we, _) = watch::channel(0);
+        Arc::new(AppState {
+            inner: Mutex::new(Inner::new(tx.clone())),
+            admin: Mutex::new(Admin::default()),
+            tx,
+            watch_epoch: we,
+            controllers: Notify::new(),
+            bookmark_interval,
+        })
+    }
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, [("content-type", "application/json")], v.to_string()).into_response()
+}
+
+fn query_map(uri: &Uri) -> HashMap<String, String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+/// A parsed resource path.
+#[derive(Debug, Clone)]
+struct Target {
+    group: String,
+    version: String,
+    namespace: Option<String>,
+    plural: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_resource_path(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let t = |ns: Option<&str>, plural: &str, name: Option<&&str>, sub: Option<&&str>| Target {
+        group: group.into(),
+        version: version.into(),
+        namespace: ns.map(String::from),
+        plural: plural.into(),
+        name: name.map(|s| s.to_string()),
+        sub: sub.map(|s| s.to_string()),
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if group.is_empty() && (*plural == "status" || *plural == "finalize") && tail.is_empty() => {
+            Some(t(None, "namespaces", Some(ns), Some(plural)))
+        }
+        ["namespaces", ns, plural, tail @ ..] if tail.len() <= 2 => Some(t(Some(ns), plural, tail.first(), tail.get(1))),
+        [plural, tail @ ..] if tail.len() <= 2 => Some(t(None, plural, tail.first(), tail.get(1))),
+        _ => None,
+    }
+}
+
+fn verb_of(method: &Method, t: &Target, q: &HashMap<String, String>) -> &'static str {
+    let watch = q.get("watch").map(|v| v == "1" || v == "true").unwrap_or(false);
+    match (method.as_str(), t.name.is_some()) {
+        ("GET", _) if watch => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+fn default_manager(headers: &HeaderMap) -> String {
+    headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.split('/').next().unwrap_or(ua).to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_string();
+    tracing::debug!(%method, %uri, content_type = ?headers.get("content-type"), accept = ?headers.get("accept"), "request");
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let q = query_map(&uri);
+    match segs.as_slice() {
+        ["__admin", rest @ ..] => return admin(&state, &method, rest, &body),
+        ["version"] => {
+            return json_response(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "24", "gitVersion": "v1.24.0+emulator", "gitCommit": "emulator", "gitTreeState": "clean",
+                        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.19.8", "compiler": "gc", "platform": "linux/amd64"}),
+            )
+        }
+        ["healthz"] | ["readyz"] | ["livez"] => return (StatusCode::OK, "ok").into_response(),
+        ["api"] => return json_response(StatusCode::OK, &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]})),
+        ["apis"] => return json_response(StatusCode::OK, &group_list(&state.lock())),
+        ["apis", g] => {
+            let gl = group_list(&state.lock());
+            return match gl["groups"].as_array().and_then(|a| a.iter().find(|x| x["name"] == *g)) {
+                Some(grp) => {
+                    let mut grp = grp.clone();
+                    grp["kind"] = json!("APIGroup");
+                    grp["apiVersion"] = json!("v1");
+                    json_response(StatusCode::OK, &grp)
+                }
+                None => ApiError::path_not_found().into_response(),
+            };
+        }
+        ["api", "v1"] => return resource_list(&state.lock(), "", "v1"),
+        ["apis", g, v] => return resource_list(&state.lock(), g, v),
+        ["openapi", "v3"] => return json_response(StatusCode::OK, &openapi_index(&state.lock())),
+        ["openapi", "v3", rest @ ..] => return json_response(StatusCode::OK, &openapi_doc(&state.lock(), &rest.join("/"))),
+        _ => {}
+    }
+    let target = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => parse_resource_path("", "v1", rest),
+        ["apis", g, v, rest @ ..] => parse_resource_path(g, v, rest),
+        _ => None,
+    };
+    let Some(t) = target else { return ApiError::path_not_found().into_response() };
+    let verb = verb_of(&method, &t, &q);
+    let res_name = match &t.sub {
+        Some(s) => format!("{}/{}", t.plural, s),
+        None => t.plural.clone(),
+    };
+    // Counters and faults.
+    let (fault_code, latency) = {
+        let mut a = state.admin.lock().unwrap_or_else(|e| e.into_inner());
+        *a.counters.entry((verb.to_string(), res_name.clone(), t.namespace.clone().unwrap_or_default())).or_default() += 1;
+        let mut code = None;
+        let mut latency = None;
+        for f in a.faults.iter_mut() {
+            let m = (f.verb == "*" || f.verb == verb)
+                && (f.resource == "*" || f.resource == res_name || f.resource == t.plural)
+                && f.namespace.as_ref().map(|n| Some(n) == t.namespace.as_ref()).unwrap_or(true)
+                && f.count > 0;
+            if m {
+                f.count -= 1;
+                if f.code.is_some() && code.is_none() {
+                    code = f.code;
+                }
+                if f.latency_ms.is_some() {
+                    latency = f.latency_ms;
+                }
+            }
+        }
+        a.faults.retain(|f| f.count > 0);
+        (code, latency)
+    };
+    if let Some(ms) = latency {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = fault_code {
+        let reason = match code {
+            409 => "Conflict",
+            429 => "TooManyRequests",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            504 => "Timeout",
+            _ => "InternalError",
+        };
+        return ApiError::new(code, reason, format!("injected fault: {verb} {res_name}")).into_response();
+    }
+    let rt = {
+        let inner = state.lock();
+        inner.find_type(&t.group, &t.version, &t.plural)
+    };
+    let Some(rt) = rt else { return ApiError::path_not_found().into_response() };
+    if rt.namespaced && t.namespace.is_none() && !matches!(verb, "list" | "watch") {
+        return ApiError::path_not_found().into_response();
+    }
+    if !rt.namespaced && t.namespace.is_some() {
+        return ApiError::path_not_found().into_response();
+    }
+    let sub = match t.sub.as_deref() {
+        None => Sub::Main,
+        Some("status") if rt.status_subresource => Sub::Status,
+        Some(_) => return ApiError::path_not_found().into_response(),
+    };
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let want_table = accept.contains("as=Table");
+    let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
+    if ctype.contains("protobuf") || ctype.contains("cbor") {
+        // Only JSON (and YAML for apply) is spoken; clients fall back to JSON on 415.
+        return ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ctype})")).into_response();
+    }
+    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| default_manager(&headers));
+    let dry_run = q.get("dryRun").map(|v| v == "All").unwrap_or(false);
+    let ns = t.namespace.clone().unwrap_or_default();
+    let result = match verb {
+        "watch" => return watch_stream(state.clone(), rt, t, q, want_table),
+        "get" => {
+            let inner = state.lock();
+            match inner.get(&rt, &ns, t.name.as_deref().unwrap_or("")) {
+                Some(o) => {
+                    let view = events::to_view(&rt, &t.version, o);
+                    if want_table {
+                        Ok((StatusCode::OK, table::render(&rt, &t.version, &[view], inner.rv, &q)))
+                    } else {
+                        Ok((StatusCode::OK, view))
+                    }
+                }
+                None => Err(ApiError::not_found(&rt, t.name.as_deref().unwrap_or(""))),
+            }
+        }
+        "list" => list(&state, &rt, &t, &q, want_table).map(|v| (StatusCode::OK, v)),
+        "create" => create(&state, &rt, &t, &body, &ctype, &manager, dry_run).map(|(v, _)| (StatusCode::CREATED, v)),
+        "update" => update(&state, &rt, &t, sub, &body, &manager, dry_run),
+        "patch" => patch(&state, &rt, &t, sub, &body, &ctype, &manager, &q, dry_run),
+        "delete" => delete(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v)),
+        "deletecollection" => delete_collection(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v)),
+        _ => Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")),
+    };
+    state.controllers.notify_one();
+    match result {
+        Ok((code, v)) => json_response(code, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn parse_body(body: &Bytes, ctype: &str) -> Result<Value, ApiError> {
+    if ctype.contains("yaml") {
+        let s = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+        serde_yaml::from_str::<Value>(s).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    } else {
+        serde_json::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
+    }
+}
+
+fn check_kind(rt: &ResourceType, version: &str, obj: &Value) -> Result<(), ApiError> {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if (!kind.is_empty() && kind != rt.kind) || (!av.is_empty() && av != rt.api_version_for(version)) {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            rt.api_version_for(version)
+        )));
+    }
+    Ok(())
+}
+
+/// The storage-side type and object for a request on `rt` (events.k8s.io Events live as core Events).
+fn storage(state: &AppState, rt: &ResourceType) -> ResourceType {
+    if rt.group == "events.k8s.io" {
+        state.lock().types["/events"].clone()
+    } else {
+        rt.clone()
+    }
+}
+
+fn create(state: &AppState, rt: &ResourceType, t: &Target, body: &Bytes, ctype: &str, manager: &str, dry_run: bool) -> Result<(Value, bool), ApiError> {
+    let mut obj = parse_body(body, ctype)?;
+    check_kind(rt, &t.version, &obj)?;
+    let ns = t.namespace.clone().unwrap_or_default();
+    if let Some(bns) = md(&obj, "namespace").and_then(Value::as_str) {
+        if rt.namespaced && !bns.is_empty() && bns != ns {
+            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+        }
+    }
+    let mut name = md_str(&obj, "name").to_string();
+    if name.is_empty() {
+        let gen = md_str(&obj, "generateName").to_string();
+        if gen.is_empty() {
+            return Err(ApiError::invalid(rt, "", vec![crate::validate::Cause { reason: "FieldValueRequired", message: "Required value: name or generateName is required".into(), field: "metadata.name".into() }]));
+        }
+        let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect();
+        name = format!("{gen}{suffix}");
+        md_mut(&mut obj).insert("name".into(), json!(name));
+    }
+    let srt = storage(state, rt);
+    let obj = events::from_view(rt, obj);
+    let mut inner = state.lock();
+    if inner.get(&srt, &ns, &name).is_some() {
+        return Err(ApiError::already_exists(rt, &name));
+    }
+    if dry_run {
+        return Ok((obj, true));
+    }
+    let (v, c) = inner.write(&srt, &t.version, &ns, &name, None, obj, WriteCtx::update(manager, Sub::Main))?;
+    Ok((events::to_view(rt, &t.version, &v), c))
+}
+
+fn update(state: &AppState, rt: &ResourceType, t: &Target, sub: Sub, body: &Bytes, manager: &str, dry_run: bool) -> Result<(StatusCode, Value), ApiError> {
+    let obj = parse_body(body, "application/json")?;
+    check_kind(rt, &t.version, &obj)?;
+    let ns = t.namespace.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    if md_str(&obj, "name") != name && !md_str(&obj, "name").is_empty() {
+        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+    }
+    let srt = storage(state, rt);
+    let obj = events::from_view(rt, obj);
+    let mut inner = state.lock();
+    let Some(old) = inner.get(&srt, &ns, &name).cloned() else {
+        return Err(ApiError::not_found(rt, &name));
+    };
+    let rv = md_str(&obj, "resourceVersion");
+    if !rv.is_empty() && rv != md_str(&old, "resourceVersion") {
+        return Err(ApiError::conflict(rt, &name));
+    }
+    if dry_run {
+        return Ok((StatusCode::OK, obj));
+    }
+    let (v, _) = inner.write(&srt, &t.version, &ns, &name, Some(old), obj, WriteCtx::update(manager, sub))?;
+    Ok((StatusCode::OK, events::to_view(rt, &t.version, &v)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn patch(state: &AppState, rt: &ResourceType, t: &Target, sub: Sub, body: &Bytes, ctype: &str, manager: &str, q: &HashMap<String, String>, dry_run: bool) -> Result<(StatusCode, Value), ApiError> {
+    let ns = t.namespace.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let srt = storage(state, rt);
+    let mut inner = state.lock();
+    let old = inner.get(&srt, &ns, &name).cloned();
+    let ct = ctype.split(';').next().unwrap_or("").trim();
+    if ct == "application/apply-patch+yaml" {
+        drop(inner);
+        return apply(state, rt, &srt, t, sub, body, manager, q.get("force").map(|v| v == "true").unwrap_or(false), dry_run);
+    }
+    let Some(old) = old else { return Err(ApiError::not_found(rt, &name)) };
+    let view = events::to_view(rt, &t.version, &old);
+    let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    let new = match ct {
+        "application/merge-patch+json" => {
+            let mut n = view.clone();
+            json_patch::merge(&mut n, &patch);
+            n
+        }
+        "application/json-patch+json" => {
+            let p: json_patch::Patch = serde_json::from_value(patch).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            let mut n = view.clone();
+            json_patch::patch(&mut n, &p).map_err(|_| ApiError { details: Some(json!({})), ..ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request") })?;
+            n
+        }
+        "application/strategic-merge-patch+json" => {
+            if rt.custom {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ));
+            }
+            crate::smp::apply(&view, &patch).map_err(ApiError::bad_request)?
+        }
+        other => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})"),
+            ))
+        }
+    };
+    if md_str(&new, "resourceVersion") != md_str(&view, "resourceVersion") && !md_str(&new, "resourceVersion").is_empty() {
+        return Err(ApiError::conflict(rt, &name));
+    }
+    if dry_run {
+        return Ok((StatusCode::OK, new));
+    }
+    let new = events::from_view(rt, new);
+    let (v, _) = inner.write(&srt, &t.version, &ns, &name, Some(old), new, WriteCtx::update(manager, sub))?;
+    Ok((StatusCode::OK, events::to_view(rt, &t.version, &v)))
+}
+
+/// Server-side apply.
+#[allow(clippy::too_many_arguments)]
+fn apply(state: &AppState, rt: &ResourceType, srt: &ResourceType, t: &Target, sub: Sub, body: &Bytes, manager: &str, force: bool, dry_run: bool) -> Result<(StatusCode, Value), ApiError> {
+    if manager.is_empty() || manager == "unknown" {
+        return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+    }
+    let ns = t.namespace.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let mut applied = parse_body(body, "yaml")?;
+    if applied.get("apiVersion").is_none() || applied.get("kind").is_none() {
+        return Err(ApiError::bad_request("invalid object type: apiVersion and kind must be set for apply"));
+    }
+    check_kind(rt, &t.version, &applied)?;
+    if !md_str(&applied, "name").is_empty() && md_str(&applied, "name") != name {
+        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+    }
+    let want_rv = md_str(&applied, "resourceVersion").to_string();
+    {
+        let m = md_mut(&mut applied);
+        for k in ["resourceVersion", "uid", "creationTimestamp", "managedFields", "generation", "selfLink"] {
+            m.remove(k);
+        }
+    }
+    let applied = events::from_view(rt, applied);
+    let mut inner = state.lock();
+    let schema = Schema { rt: srt, version: &t.version };
+    let only_status = sub == Sub::Status;
+    // Fields are tracked as written (a Secret's stringData stays stringData in managedFields).
+    let applied_for_fields = applied.clone();
+    let new_set: fields::FieldSet = fields::collect(&applied_for_fields, &schema, only_status, false);
+    let old = inner.get(srt, &ns, &name).cloned();
+    let Some(old) = old else {
+        if sub == Sub::Status {
+            return Err(ApiError::not_found(rt, &name));
+        }
+        if dry_run {
+            return Ok((StatusCode::CREATED, applied));
+        }
+        let ctx = WriteCtx { manager, op: Op::Apply, sub, apply_fields: Some(new_set), forced: vec![] };
+        let (v, _) = inner.write(srt, &t.version, &ns, &name, None, applied, ctx)?;
+        return Ok((StatusCode::CREATED, events::to_view(rt, &t.version, &v)));
+    };
+    if !want_rv.is_empty() && want_rv != md_str(&old, "resourceVersion") {
+        return Err(ApiError::conflict(rt, &name));
+    }
+    let entries: Vec<Value> = md(&old, "managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
+    let sub_name = sub.name();
+    let mut conflicts: Vec<(String, String)> = vec![];
+    let mut forced: Vec<(usize, fields::FieldSet)> = vec![];
+    let mut prev_set = fields::FieldSet::new();
+    let mut others: Vec<fields::FieldSet> = vec![];
+    for (i, e) in entries.iter().enumerate() {
+        let set = fields::from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
+        let e_sub = e.get("subresource").and_then(Value::as_str);
+        let e_mgr = e.get("manager").and_then(Value::as_str).unwrap_or("");
+        if e_sub != sub_name {
+            continue;
+        }
+        if e_mgr == manager {
+            if e.get("operation").and_then(Value::as_str) == Some("Apply") {
+                prev_set = set;
+            }
+            continue;
+        }
+        let mut take = fields::FieldSet::new();
+        for p in fields::leaves(&new_set) {
+            if set.contains(p) && fields::get_at(&old, p) != fields::get_at(&applied_for_fields, p) {
+                conflicts.push((e_mgr.to_string(), fields::display_path(p)));
+                take.insert(p.clone());
+            }
+        }
+        if !take.is_empty() {
+            forced.push((i, take.clone()));
+        }
+        let mut remaining = set.clone();
+        remaining.retain(|p| !take.contains(p));
+        others.push(remaining);
+    }
+    if !conflicts.is_empty() && !force {
+        let list: Vec<String> = conflicts.iter().map(|(m, f)| format!("conflict with {m:?}: {f}")).collect();
+        let msg = if list.len() == 1 {
+            format!("Apply failed with 1 conflict: {}", list[0])
+        } else {
+            format!("Apply failed with {} conflicts: {}", list.len(), list.join("\n"))
+        };
+        return Err(ApiError {
+            details: Some(json!({"causes": conflicts.iter().map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m:?}"), "field": f})).collect::<Vec<_>>()})),
+            ..ApiError::new(409, "Conflict", msg)
+        });
+    }
+    let mut merged = old.clone();
+    let mut to_merge = applied.clone();
+    if let Some(m) = to_merge.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.retain(|k, _| ["labels", "annotations", "finalizers", "ownerReferences"].contains(&k.as_str()));
+    }
+    if srt.plural == "secrets" {
+        if let Some(sd) = to_merge.as_object_mut().and_then(|m| m.remove("stringData")) {
+            let mut tmp = json!({"stringData": sd});
+            crate::validate::fold_string_data(&mut tmp);
+            if let Some(d) = tmp.get("data") {
+                fields::merge_apply(merged.as_object_mut().map(|m| m.entry("data").or_insert(json!({}))).expect("object"), d, &mut vec!["data".into()], &schema);
+            }
+        }
+    }
+    if only_status {
+        let st = to_merge.get("status").cloned().unwrap_or(json!({}));
+        let mut cur = merged.get("status").cloned().unwrap_or(json!({}));
+        fields::merge_apply(&mut cur, &st, &mut vec!["status".into()], &schema);
+        merged["status"] = cur;
+    } else {
+        if let Some(m) = to_merge.as_object_mut() {
+            m.remove("status");
+        }
+        fields::merge_apply(&mut merged, &to_merge, &mut vec![], &schema);
+    }
+    // Fields this manager applied before and no longer applies are removed, unless others own them.
+    for p in fields::leaves(&prev_set) {
+        if new_set.contains(p) || others.iter().any(|s| s.contains(p)) {
+            continue;
+        }
+        // secrets: stringData ownership removes the corresponding data key
+        if srt.plural == "secrets" && p.first().map(String::as_str) == Some("f:stringData") {
+            let mut dp = p.clone();
+            dp[0] = "f:data".into();
+            fields::remove_at(&mut merged, &dp);
+            continue;
+        }
+        fields::remove_at(&mut merged, p);
+    }
+    if dry_run {
+        return Ok((StatusCode::OK, merged));
+    }
+    let ctx = WriteCtx { manager, op: Op::Apply, sub, apply_fields: Some(new_set), forced };
+    let (v, _) = inner.write(srt, &t.version, &ns, &name, Some(old), merged, ctx)?;
+    Ok((StatusCode::OK, events::to_view(rt, &t.version, &v)))
+}
+
+fn delete_options(body: &Bytes, q: &HashMap<String, String>) -> (Option<String>, Value) {
+    let opts: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let prop = q
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| opts.get("propagationPolicy").and_then(Value::as_str).map(String::from))
+        .or_else(|| match opts.get("orphanDependents").and_then(Value::as_bool) {
+            Some(true) => Some("Orphan".into()),
+            _ => None,
+        });
+    (prop, opts.get("preconditions").cloned().unwrap_or(Value::Null))
+}
+
+fn delete(state: &AppState, rt: &ResourceType, t: &Target, body: &Bytes, q: &HashMap<String, String>) -> Result<Value, ApiError> {
+    let (prop, pre) = delete_options(body, q);
+    let srt = storage(state, rt);
+    let mut inner = state.lock();
+    let name = t.name.clone().unwrap_or_default();
+    if inner.get(&srt, t.namespace.as_deref().unwrap_or(""), &name).is_none() {
+        return Err(ApiError::not_found(rt, &name));
+    }
+    let v = inner.delete(&srt, t.namespace.as_deref().unwrap_or(""), &name, prop.as_deref(), &pre)?;
+    Ok(events::to_view(rt, &t.version, &v))
+}
+
+fn delete_collection(state: &AppState, rt: &ResourceType, t: &Target, body: &Bytes, q: &HashMap<String, String>) -> Result<Value, ApiError> {
+    let (prop, _) = delete_options(body, q);
+    let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")).map_err(ApiError::bad_request)?;
+    let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or("")).map_err(ApiError::bad_request)?;
+    let srt = storage(state, rt);
+    let mut inner = state.lock();
+    let targets: Vec<(String, String)> = inner
+        .list(&srt, t.namespace.as_deref())
+        .into_iter()
+        .filter(|o| ls.matches(o) && fs.matches(o))
+        .map(|o| (md_str(o, "namespace").to_string(), md_str(o, "name").to_string()))
+        .collect();
+    let mut items = vec![];
+    for (ns, n) in targets {
+        if let Ok(v) = inner.delete(&srt, &ns, &n, prop.as_deref(), &Value::Null) {
+            items.push(events::to_view(rt, &t.version, &v));
+        }
+    }
+    Ok(json!({"apiVersion": rt.api_version_for(&t.version), "kind": format!("{}List", rt.kind), "metadata": {"resourceVersion": inner.rv.to_string()}, "items": items}))
+}
+
+fn list(state: &AppState, rt: &ResourceType, t: &Target, q: &HashMap<String, String>, want_table: bool) -> Result<Value, ApiError> {
+    let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")).map_err(ApiError::bad_request)?;
+    let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or("")).map_err(ApiError::bad_request)?;
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let start = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c.trim_end_matches('='))
+                .map_err(|_| ApiError::bad_request("continue key is not valid"))?;
+            let v: Value = serde_json::from_slice(&raw).map_err(|_| ApiError::bad_request("continue key is not valid"))?;
+            Some(v.get("start").and_then(Value::as_str).unwrap_or("").to_string())
+        }
+        None => None,
+    };
+    let srt = storage(state, rt);
+    let inner = state.lock();
+    let rv = inner.rv;
+    let mut matched: Vec<(String, Value)> = inner
+        .list(&srt, t.namespace.as_deref())
+        .into_iter()
+        .map(|o| events::to_view(rt, &t.version, o))
+        .filter(|o| ls.matches(o) && fs.matches(o))
+        .map(|o| (format!("{}/{}", md_str(&o, "namespace"), md_str(&o, "name")), o))
+        .filter(|(k, _)| start.as_ref().map(|s| k.as_str() >= s.as_str()).unwrap_or(true))
+        .collect();
+    matched.sort_by(|a, b| a.0.cmp(&b.0));
+    let total = matched.len();
+    let page: Vec<(String, Value)> = matched.into_iter().take(limit).collect();
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if total > page.len() {
+        let last = page.last().map(|(k, _)| k.clone()).unwrap_or_default();
+        let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{last}\u{0}")});
+        meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string()));
+        meta["remainingItemCount"] = json!(total - page.len());
+    } else if rt.custom {
+        meta["continue"] = json!("");
+    }
+    let items: Vec<Value> = page.into_iter().map(|(_, o)| o).collect();
+    if want_table {
+        let mut tbl = table::render(rt, &t.version, &items, rv, q);
+        tbl["metadata"] = meta;
+        return Ok(tbl);
+    }
+    let items: Vec<Value> = if rt.custom {
+        items
+    } else {
+        items
+            .into_iter()
+            .map(|mut o| {
+                if let Some(m) = o.as_object_mut() {
+                    m.remove("apiVersion");
+                    m.remove("kind");
+                }
+                o
+            })
+            .collect()
+    };
+    Ok(json!({"apiVersion": rt.api_version_for(&t.version), "kind": format!("{}List", rt.kind), "metadata": meta, "items": items}))
+}
+
+fn watch_stream(state: Arc<AppState>, rt: ResourceType, t: Target, q: HashMap<String, String>, want_table: bool) -> Response {
+    let ls = match LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")) {
+        Ok(l) => l,
+        Err(e) => return ApiError::bad_request(e).into_response(),
+    };
+    let fs = match FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or("")) {
+        Ok(f) => f,
+        Err(e) => return ApiError::bad_request(e).into_response(),
+    };
+    let bookmarks = q.get("allowWatchBookmarks").map(|v| v == "true" || v == "1").unwrap_or(false);
+    let timeout = q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(1800);
+    let from: Option<u64> = q.get("resourceVersion").and_then(|s| s.parse().ok());
+    let srt = storage(&state, &rt);
+    let key = srt.key();
+    let ns_filter = t.namespace.clone();
+    let matches = move |o: &Value| -> bool {
+        ns_filter.as_ref().map(|n| md_str(o, "namespace") == n).unwrap_or(true) && ls.matches(o) && fs.matches(o)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let mut sub = state.tx.subscribe();
+    let mut epoch = state.watch_epoch.subscribe();
+    let (initial, mut last_rv, err): (Vec<(String, Value)>, u64, Option<ApiError>) = {
+        let inner = state.lock();
+        match from {
+            Some(rv) if rv > 0 && rv < inner.floor => (vec![], 0, Some(ApiError::gone(format!("too old resource version: {rv} ({})", inner.floor)))),
+            Some(rv) if rv > 0 => {
+                let evs = inner
+                    .history
+                    .iter()
+                    .filter(|c| c.rv > rv && c.type_key == key)
+                    .flat_map(|c| filter_event(c, &matches))
+                    .collect();
+                (evs, rv.max(inner.floor), None)
+            }
+            _ => {
+                let mut objs: Vec<Value> = inner.list(&srt, t.namespace.as_deref()).into_iter().filter(|o| matches(o)).cloned().collect();
+                objs.sort_by_key(|o| md_str(o, "resourceVersion").parse::<u64>().unwrap_or(0));
+                (objs.into_iter().map(|o| ("ADDED".to_string(), o)).collect(), inner.rv, None)
+            }
+        }
+    };
+    let version = t.version.clone();
+    let q2 = q.clone();
+    let st = state.clone();
+    tokio::spawn(async move {
+        let render = |ty: &str, o: &Value| -> Bytes {
+            let view = events::to_view(&rt, &version, o);
+            let obj = if want_table && ty != "BOOKMARK" && ty != "ERROR" {
+                table::render(&rt, &version, &[view], 0, &q2)
+            } else {
+                view
+            };
+            Bytes::from(format!("{}\n", json!({"type": ty, "object": obj})))
+        };
+        if let Some(e) = err {
+            let _ = tx.send(Ok(Bytes::from(format!("{}\n", json!({"type": "ERROR", "object": e.to_status()}))))).await;
+            return;
+        }
+        for (ty, o) in &initial {
+            last_rv = last_rv.max(md_str(o, "resourceVersion").parse().unwrap_or(0));
+            if tx.send(Ok(render(ty, o))).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        let mut tick = tokio::time::interval(st.bookmark_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    if bookmarks {
+                        let _ = tx.send(Ok(bookmark(&rt, &version, last_rv))).await;
+                    }
+                    break;
+                }
+                _ = epoch.changed() => break,
+                msg = sub.recv() => match msg {
+                    Ok(c) => {
+                        if c.rv <= last_rv || c.type_key != key { continue; }
+                        last_rv = c.rv;
+                        for (ty, o) in filter_event(&c, &matches) {
+                            if tx.send(Ok(render(&ty, &o))).await.is_err() { return; }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tick.tick(), if bookmarks => {
+                    // Everything up to the current resourceVersion is already in the channel: drain it first.
+                    let current = st.lock().rv;
+                    while let Ok(c) = sub.try_recv() {
+                        if c.rv <= last_rv || c.type_key != key { continue; }
+                        last_rv = c.rv;
+                        for (ty, o) in filter_event(&c, &matches) {
+                            if tx.send(Ok(render(&ty, &o))).await.is_err() { return; }
+                        }
+                    }
+                    last_rv = last_rv.max(current);
+                    if tx.send(Ok(bookmark(&rt, &version, last_rv))).await.is_err() { return; }
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("transfer-encoding", "chunked")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+fn bookmark(rt: &ResourceType, version: &str, rv: u64) -> Bytes {
+    Bytes::from(format!(
+        "{}\n",
+        json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version_for(version), "metadata": {"resourceVersion": rv.to_string(), "creationTimestamp": null}}})
+    ))
+}
+
+/// A change as a selector-filtered watch sees it: an object that stops matching is DELETED for it.
+fn filter_event(c: &Change, matches: &impl Fn(&Value) -> bool) -> Vec<(String, Value)> {
+    let now = matches(&c.object);
+    let before = c.old.as_ref().map(matches).unwrap_or(false);
+    match (c.event, before, now) {
+        ("DELETED", true, _) | ("DELETED", _, true) => vec![("DELETED".into(), c.object.clone())],
+        ("DELETED", false, false) => vec![],
+        (_, _, true) if c.event == "ADDED" || before => vec![(c.event.to_string(), c.object.clone())],
+        (_, false, true) => vec![("ADDED".into(), c.object.clone())],
+        (_, true, false) => vec![("DELETED".into(), c.object.clone())],
+        _ => vec![],
+    }
+}
+
+fn group_list(inner: &Inner) -> Value {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut order: Vec<String> = vec![];
+    for t in inner.types.values() {
+        if t.group.is_empty() {
+            continue;
+        }
+        if !groups.contains_key(&t.group) {
+            order.push(t.group.clone());
+        }
+        let e = groups.entry(t.group.clone()).or_default();
+        for v in &t.versions {
+            if !e.contains(v) {
+                e.push(v.clone());
+            }
+        }
+    }
+    let gs: Vec<Value> = order
+        .iter()
+        .map(|g| {
+            let vs = &groups[g];
+            let versions: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
+}
+
+fn resource_list(inner: &Inner, group: &str, version: &str) -> Response {
+    let types: Vec<&ResourceType> = inner.types.values().filter(|t| t.group == group && t.versions.iter().any(|v| v == version)).collect();
+    if types.is_empty() {
+        return ApiError::path_not_found().into_response();
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let mut v = json!({"kind": "APIResourceList", "groupVersion": gv, "resources": resources::api_resources(&types, version)});
+    if !group.is_empty() {
+        v["apiVersion"] = json!("v1");
+    }
+    json_response(StatusCode::OK, &v)
+}
+
+fn openapi_index(inner: &Inner) -> Value {
+    let mut paths = serde_json::Map::new();
+    paths.insert("api/v1".into(), json!({"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", inner.rv)}));
+    for t in inner.types.values() {
+        if t.group.is_empty() {
+            continue;
+        }
+        for v in &t.versions {
+            let k = format!("apis/{}/{}", t.group, v);
+            paths.insert(k.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={}", inner.rv)}));
+        }
+    }
+    json!({"paths": paths})
+}
+
+fn openapi_doc(inner: &Inner, gv: &str) -> Value {
+    // Enough OpenAPI v3 for kubectl: the schemas of custom resources, and paths whose write
+    // operations declare the `fieldValidation` parameter (so kubectl leaves validation to the server).
+    let mut schemas = serde_json::Map::new();
+    let mut paths = serde_json::Map::new();
+    let param = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                       {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                       {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
+    for t in inner.types.values() {
+        for v in &t.versions {
+            let prefix = if t.group.is_empty() { format!("api/{v}") } else { format!("apis/{}/{}", t.group, v) };
+            if gv != prefix {
+                continue;
+            }
+            let gvk = json!({"group": t.group, "version": v, "kind": t.kind});
+            let op = |action: &str| json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk, "parameters": param, "responses": {"200": {"description": "OK"}}});
+            let base = if t.namespaced { format!("/{prefix}/namespaces/{{namespace}}/{}", t.plural) } else { format!("/{prefix}/{}", t.plural) };
+            paths.insert(base.clone(), json!({"post": op("post")}));
+            paths.insert(format!("{base}/{{name}}"), json!({"put": op("put"), "patch": op("patch")}));
+            if t.status_subresource {
+                paths.insert(format!("{base}/{{name}}/status"), json!({"put": op("put"), "patch": op("patch")}));
+            }
+            if let Some(sch) = t.schema(v) {
+                let mut sch = sch.clone();
+                sch["x-kubernetes-group-version-kind"] = json!([gvk]);
+                let rev: Vec<&str> = t.group.split('.').rev().collect();
+                schemas.insert(format!("{}.{}.{}", rev.join("."), v, t.kind), sch);
+            }
+        }
+    }
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.24.0"}, "paths": paths, "components": {"schemas": schemas}})
+}
+
+fn admin(state: &AppState, method: &Method, rest: &[&str], body: &Bytes) -> Response {
+    match (method.as_str(), rest) {
+        ("POST", ["faults"]) => match serde_json::from_slice::<Fault>(body) {
+            Ok(f) => {
+                state.admin.lock().unwrap_or_else(|e| e.into_inner()).faults.push(f);
+                json_response(StatusCode::OK, &json!({"ok": true}))
+            }
+            Err(e) => ApiError::bad_request(format!("bad fault: {e}")).into_response(),
+        },
+        ("DELETE", ["faults"]) => {
+            state.admin.lock().unwrap_or_else(|e| e.into_inner()).faults.clear();
+            json_response(StatusCode::OK, &json!({"ok": true}))
+        }
+        ("GET", ["counters"]) => {
+            let a = state.admin.lock().unwrap_or_else(|e| e.into_inner());
+            let list: Vec<Value> = a.counters.iter().map(|((v, r, n), c)| json!({"verb": v, "resource": r, "namespace": n, "count": c})).collect();
+            json_response(StatusCode::OK, &json!({"counters": list}))
+        }
+        ("DELETE", ["counters"]) | ("POST", ["counters", "reset"]) => {
+            state.admin.lock().unwrap_or_else(|e| e.into_inner()).counters.clear();
+            json_response(StatusCode::OK, &json!({"ok": true}))
+        }
+        ("POST", ["watches", "close"]) => {
+            state.watch_epoch.send_modify(|e| *e += 1);
+            json_response(StatusCode::OK, &json!({"ok": true}))
+        }
+        ("POST", ["history", "expire"]) => {
+            state.lock().expire_history();
+            state.watch_epoch.send_modify(|e| *e += 1);
+            json_response(StatusCode::OK, &json!({"ok": true}))
+        }
+        _ => ApiError::path_not_found().into_response(),
+    }
+}
+
+/// Runs the built-in controllers (workloads, CRD status, garbage collection, namespaces).
+pub async fn run_controllers(state: Arc<AppState>) {
+    let mut rx = state.tx.subscribe();
+    loop {
+        let mut work: Vec<Arc<Change>> = vec![];
+        tokio::select! {
+            m = rx.recv() => match m {
+                Ok(c) => work.push(c),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            },
+            _ = state.controllers.notified() => {},
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+        }
+        while let Ok(c) = rx.try_recv() {
+            work.push(c);
+        }
+        let mut inner = state.lock();
+        for c in &work {
+            if c.event == "DELETED" {
+                continue;
+            }
+            let name = md_str(&c.object, "name").to_string();
+            match c.type_key.as_str() {
+                "apps/deployments" | "apps/statefulsets" | "apps/daemonsets" => {
+                    let plural = c.type_key.trim_start_matches("apps/").to_string();
+                    crate::workloads::reconcile(&mut inner, &plural, &c.namespace, &name);
+                }
+                "apiextensions.k8s.io/customresourcedefinitions" => establish_crd(&mut inner, &name),
+                _ => {}
+            }
+        }
+        let mut passes = 0;
+        while inner.collect_garbage() && passes < 20 {
+            passes += 1;
+        }
+    }
+}
+
+fn establish_crd(inner: &mut Inner, name: &str) {
+    let rt = inner.types["apiextensions.k8s.io/customresourcedefinitions"].clone();
+    let Some(crd) = inner.get(&rt, "", name).cloned() else { return };
+    if md(&crd, "deletionTimestamp").is_some() {
+        return;
+    }
+    let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
+    if crd.pointer("/status/acceptedNames") == Some(&names) {
+        return;
+    }
+    let now = crate::store::now();
+    let mut n = crd.clone();
+    let versions: Vec<Value> = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter(|v| v["storage"] == json!(true)).map(|v| v["name"].clone()).collect())
+        .unwrap_or_default();
+    n["status"] = json!({
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "lastTransitionTime": now, "reason": "NoConflicts", "message": "no conflicts found"},
+            {"type": "Established", "status": "True", "lastTransitionTime": now, "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"}
+        ],
+        "acceptedNames": names,
+        "storedVersions": versions,
+    });
+    let _ = inner.write(&rt, "v1", "", name, Some(crd), n, WriteCtx::update("kube-apiserver", Sub::Status));
+}
