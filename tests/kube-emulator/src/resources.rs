@@ -237,7 +237,7 @@ pub fn builtins() -> Vec<ResourceType> {
         ),
     ];
     for r in v.iter_mut() {
-        if ["deployments", "statefulsets", "daemonsets", "replicasets", "pods"].contains(&r.plural.as_str()) {
+        if ["deployments", "statefulsets", "daemonsets", "replicasets", "pods", "services"].contains(&r.plural.as_str()) {
             r.categories = vec!["all".into()];
         }
         if ["deployments", "statefulsets", "replicasets"].contains(&r.plural.as_str()) {

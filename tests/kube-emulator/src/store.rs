@@ -310,6 +310,11 @@ impl Inner {
                 causes.extend(validate::validate_secret(new, old));
             }
             ("", "configmaps") => {}
+            ("", "events") => {
+                if new.get("source").is_none() {
+                    new["source"] = json!({});
+                }
+            }
             ("", "namespaces") => {
                 if new.pointer("/spec/finalizers").is_none() {
                     new["spec"] = json!({"finalizers": ["kubernetes"]});
@@ -320,8 +325,25 @@ impl Inner {
             }
             ("apps", "deployments") | ("apps", "statefulsets") | ("apps", "daemonsets") | ("apps", "replicasets") => {
                 crate::workloads::default_workload(&rt.plural, new);
-                if old.is_none() && new.get("status").is_none() {
-                    new["status"] = json!({});
+                if old.is_none() {
+                    new["status"] = match rt.plural.as_str() {
+                        "statefulsets" => json!({"replicas": 0, "availableReplicas": 0}),
+                        "daemonsets" => json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}),
+                        _ => json!({}),
+                    };
+                }
+                if rt.plural == "daemonsets" {
+                    // The DaemonSet controller's template generation, bumped on each template change.
+                    let prev: i64 = old
+                        .and_then(|o| o.pointer("/metadata/annotations/deprecated.daemonset.template.generation"))
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    let changed = old.map(|o| o.pointer("/spec/template") != new.pointer("/spec/template")).unwrap_or(true);
+                    let g = if changed { prev + 1 } else { prev };
+                    let m = md_mut(new);
+                    let ann = m.entry("annotations").or_insert_with(|| json!({}));
+                    ann["deprecated.daemonset.template.generation"] = json!(g.to_string());
                 }
                 if new.pointer("/spec/template").is_none() || new.pointer("/spec/selector").is_none() {
                     causes.push(validate::Cause { reason: "FieldValueRequired", message: "Required value".into(), field: "spec.selector".into() });
@@ -365,7 +387,12 @@ impl Inner {
                     }
                 }
                 if old.is_none() && new.get("status").is_none() {
-                    new["status"] = json!({"conditions": null, "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": []});
+                    let stored: Vec<Value> = new
+                        .pointer("/spec/versions")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter(|v| v["storage"] == json!(true)).map(|v| v["name"].clone()).collect())
+                        .unwrap_or_default();
+                    new["status"] = json!({"conditions": null, "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": stored});
                 }
             }
             _ => {}
