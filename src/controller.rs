@@ -1,0 +1,313 @@
+//! The reconcile glue: read state, ask the pure functions what to do, do it, record status and
+//! Events. No decision lives here that a plain function can make.
+
+use crate::crd::{ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FINALIZER, FORCE_SYNC_ANNOTATION, MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL};
+use crate::error::{backoff, Error, Result};
+use crate::k8s;
+use crate::metrics::Metrics;
+use crate::render;
+use crate::schedule::{self, Observed, Plan};
+use crate::source::{DynSourceRef, FetchRequest, SecretRef, VersionSelector};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as FEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, instrument, warn};
+
+/// Settings the controller runs with (validated by `config`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace (all when `None`).
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+    pub min_refresh: Duration,
+    pub reporter: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { namespace: None, concurrency: 4, min_refresh: schedule::MIN_REFRESH, reporter: "managed-secrets".into() }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub source: DynSourceRef,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    managed: Mutex<HashSet<String>>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn parse_ts(s: &Option<String>) -> Option<DateTime<Utc>> {
+    s.as_deref().and_then(|x| DateTime::parse_from_rfc3339(x).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+/// The Ready condition, keeping lastTransitionTime while the status does not flip.
+fn ready_condition(prev: &[Condition], ok: bool, reason: &str, message: String, generation: Option<i64>, now: DateTime<Utc>) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = prev
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(k8s_openapi::jiff::Timestamp::from_second(now.timestamp()).unwrap_or_default()));
+    Condition { type_: "Ready".into(), status: status.into(), reason: reason.into(), message, observed_generation: generation, last_transition_time: since }
+}
+
+fn secret_ref(ms: &ManagedSecret) -> SecretRef {
+    let version = match (&ms.spec.version_id, &ms.spec.version_stage) {
+        (Some(id), _) => VersionSelector::Id(id.clone()),
+        (None, Some(s)) => VersionSelector::Stage(s.clone()),
+        (None, None) => VersionSelector::Stage("AWSCURRENT".into()),
+    };
+    SecretRef { secret_id: ms.spec.secret_id.clone(), region: ms.spec.region.clone(), version }
+}
+
+/// Spec checks beyond the schema. Pure.
+pub fn validate_spec(ms: &ManagedSecret, min_refresh: Duration) -> Result<Duration> {
+    let interval = schedule::refresh_interval(ms.spec.refresh_interval.as_deref(), min_refresh)?;
+    render::validate_mapping(&ms.spec)?;
+    if ms.spec.version_stage.as_deref() == Some("AWSPENDING") {
+        return Err(Error::InvalidSpec("versionStage AWSPENDING is refused: a pending value is not yet in use and may never be".into()));
+    }
+    if ms.spec.version_id.is_some() && ms.spec.version_stage.is_some() {
+        return Err(Error::InvalidSpec("set either versionStage or versionId, not both".into()));
+    }
+    Ok(interval)
+}
+
+impl Context {
+    async fn event(&self, ms: &ManagedSecret, type_: EventType, reason: &str, note: String) {
+        let ev = KEvent { type_, reason: reason.into(), note: Some(note), action: "Sync".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &ms.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+
+    async fn write_status(&self, ms: &ManagedSecret, status: &ManagedSecretStatus) -> Result<()> {
+        if ms.status.as_ref() == Some(status) {
+            return Ok(());
+        }
+        let api: Api<ManagedSecret> = Api::namespaced(self.client.clone(), &ms.namespace().unwrap_or_default());
+        let body = json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret", "status": status});
+        api.patch_status(&ms.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await.map_err(Error::Kube)?;
+        Ok(())
+    }
+
+    fn track(&self, key: String, present: bool) {
+        let mut m = self.managed.lock().unwrap_or_else(|e| e.into_inner());
+        if present {
+            m.insert(key);
+        } else {
+            m.remove(&key);
+        }
+        self.metrics.managed_objects.set(m.len() as i64);
+    }
+}
+
+#[instrument(skip_all, fields(namespace = %ms.namespace().unwrap_or_default(), name = %ms.name_any()))]
+async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let api: Api<ManagedSecret> = Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
+    let res = finalizer(&api, FINALIZER, ms, |event| async {
+        match event {
+            FEvent::Apply(ms) => sync(&ms, &ctx).await,
+            FEvent::Cleanup(ms) => cleanup(&ms, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    res
+}
+
+async fn sync(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
+    let now = Utc::now();
+    let ns = ms.namespace().unwrap_or_default();
+    let key = format!("{ns}/{}", ms.name_any());
+    ctx.track(key, true);
+    let status = ms.status.clone().unwrap_or_default();
+    let force = ms.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
+    let interval = match validate_spec(ms, ctx.settings.min_refresh) {
+        Ok(i) => i,
+        Err(e) => return fail(ms, ctx, e, &force).await,
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = secrets.get_opt(&ms.target_name()).await.map_err(Error::Kube)?;
+    let intact = match &status.data_hash {
+        None => true,
+        Some(h) => current.as_ref().and_then(|c| k8s::current_hash(c, &status_keys(&status))).as_deref() == Some(h.as_str()),
+    };
+    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let plan = schedule::plan(&Observed {
+        now,
+        generation: ms.metadata.generation,
+        observed_generation: status.observed_generation,
+        force_sync: force.clone(),
+        last_force_sync: status.last_force_sync.clone(),
+        next_refresh: parse_ts(&status.next_refresh_time),
+        ready,
+        secret_intact: intact,
+    });
+    let bypass_cache = match plan {
+        Plan::Rest { until } => {
+            debug!(until = %until, "in sync; resting");
+            return Ok(Action::requeue((until - now).to_std().unwrap_or(Duration::from_secs(1))));
+        }
+        Plan::Sync { bypass_cache, why } => {
+            debug!(why, bypass_cache, "syncing");
+            bypass_cache
+        }
+    };
+    if let Err(e) = k8s::check_target(ms, current.as_ref()) {
+        return fail(ms, ctx, e, &force).await;
+    }
+    let req = FetchRequest { secret: secret_ref(ms), bypass_cache, max_age: interval };
+    let fetched = match ctx.source.fetch(&req).await {
+        Ok(f) => f,
+        Err(e) => return fail(ms, ctx, e, &force).await,
+    };
+    let data = match render::render(&ms.spec, &fetched.value) {
+        Ok(d) => d,
+        Err(e) => return fail(ms, ctx, e, &force).await,
+    };
+    let desired = k8s::desired_secret(ms, &data, &fetched.version_id);
+    let changed = match &current {
+        Some(c) if k8s::in_sync(c, &desired) => false,
+        _ => {
+            if let Err(e) = k8s::apply_secret(&secrets, ms, &desired).await {
+                return fail(ms, ctx, e, &force).await;
+            }
+            true
+        }
+    };
+    let target = ms.target_name();
+    if changed {
+        ctx.metrics.syncs.inc();
+        info!(secret = %target, version = %fetched.version_id, keys = data.0.len(), "Secret written");
+        ctx.event(ms, EventType::Normal, "Synced", format!("Secret {target} now holds AWS version {} (keys: {})", fetched.version_id, data.keys().join(", "))).await;
+    }
+    let next = now + chrono::Duration::from_std(schedule::jittered(interval, rand::random::<f64>())).unwrap_or_default();
+    let new_status = ManagedSecretStatus {
+        observed_generation: ms.metadata.generation,
+        conditions: vec![ready_condition(
+            &status.conditions,
+            true,
+            "Synced",
+            format!("Secret {target} holds AWS version {} of {}", fetched.version_id, ms.spec.secret_id),
+            ms.metadata.generation,
+            now,
+        )],
+        secret_name: Some(target),
+        synced_version_id: Some(fetched.version_id.clone()),
+        synced_version_stages: fetched.version_stages.clone(),
+        data_hash: Some(data.hash()),
+        synced_keys: data.keys(),
+        last_sync_time: Some(ts(now)),
+        last_attempt_time: Some(ts(now)),
+        next_refresh_time: Some(ts(next)),
+        last_force_sync: force.or(status.last_force_sync.clone()),
+        failures: 0,
+    };
+    ctx.write_status(ms, &new_status).await?;
+    Ok(Action::requeue((next - now).to_std().unwrap_or(interval)))
+}
+
+fn status_keys(s: &ManagedSecretStatus) -> Vec<String> {
+    s.synced_keys.clone()
+}
+
+/// A failed sync: the Secret is left as it is; status and an Event say what failed and when the
+/// next attempt is.
+async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, force: &Option<String>) -> Result<Action> {
+    let now = Utc::now();
+    let prev = ms.status.clone().unwrap_or_default();
+    let failures = prev.failures.saturating_add(1);
+    let wait = backoff(failures);
+    let reason = err.reason();
+    ctx.metrics.failure(reason);
+    let kept = match &prev.synced_version_id {
+        Some(v) if prev.data_hash.is_some() => format!("; the Secret keeps AWS version {v}"),
+        _ => String::new(),
+    };
+    let message = format!("{err}{kept}; next attempt at {}", ts(now + chrono::Duration::from_std(wait).unwrap_or_default()));
+    warn!(reason, transient = err.is_transient(), error = %err, "sync failed");
+    ctx.event(ms, EventType::Warning, reason, err.to_string()).await;
+    let status = ManagedSecretStatus {
+        observed_generation: ms.metadata.generation,
+        conditions: vec![ready_condition(&prev.conditions, false, reason, message, ms.metadata.generation, now)],
+        last_attempt_time: Some(ts(now)),
+        next_refresh_time: Some(ts(now + chrono::Duration::from_std(wait).unwrap_or_default())),
+        last_force_sync: force.clone().or(prev.last_force_sync.clone()),
+        failures,
+        ..prev
+    };
+    ctx.write_status(ms, &status).await?;
+    Ok(Action::requeue(wait))
+}
+
+async fn cleanup(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
+    k8s::release_secret(&secrets, ms).await?;
+    ctx.track(format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()), false);
+    info!(policy = ?ms.spec.target.deletion_policy, "released the Secret");
+    Ok(Action::await_change())
+}
+
+fn error_policy(ms: Arc<ManagedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(err.reason());
+    let failures = ms.status.as_ref().map(|s| s.failures).unwrap_or(0) + 1;
+    warn!(name = %ms.name_any(), error = %err, "reconcile error");
+    Action::requeue(backoff(failures))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(client: Client, source: DynSourceRef, metrics: Arc<Metrics>, settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let (mss, secrets): (Api<ManagedSecret>, Api<Secret>) = match &settings.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| settings.reporter.clone());
+    let recorder = Recorder::new(client.clone(), Reporter { controller: settings.reporter.clone(), instance: Some(instance) });
+    let ctx = Arc::new(Context { client, source, metrics, recorder, settings: settings.clone(), managed: Mutex::new(HashSet::new()) });
+    let secret_watch = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+    Controller::new(mss, watcher::Config::default())
+        .watches(secrets, secret_watch, |s: Secret| {
+            let ns = s.namespace();
+            s.annotations().get(MANAGED_BY_ANNOTATION).map(|name| {
+                let r = ObjectRef::<ManagedSecret>::new(name);
+                match ns {
+                    Some(ns) => r.within(&ns),
+                    None => r,
+                }
+            })
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "controller stream item");
+            }
+        })
+        .await;
+}

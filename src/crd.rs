@@ -1,0 +1,209 @@
+//! The `ManagedSecret` custom resource (`managedsecrets.io/v1alpha1`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const GROUP: &str = "managedsecrets.io";
+/// Annotation whose new value forces an immediate re-read from AWS, bypassing every cache.
+pub const FORCE_SYNC_ANNOTATION: &str = "managedsecrets.io/force-sync";
+/// Annotation on the target Secret naming the ManagedSecret that manages it.
+pub const MANAGED_BY_ANNOTATION: &str = "managedsecrets.io/managed-secret";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const FIELD_MANAGER: &str = "managed-secrets";
+pub const FINALIZER: &str = "managedsecrets.io/cleanup";
+
+/// Keeps a Kubernetes Secret in sync with an AWS Secrets Manager secret.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "managedsecrets.io",
+    version = "v1alpha1",
+    kind = "ManagedSecret",
+    namespaced,
+    shortname = "ms",
+    status = "ManagedSecretStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"AWS Version","type":"string","jsonPath":".status.syncedVersionId"}"#,
+    printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedSecretSpec {
+    /// Name (e.g. `prod/db/credentials`) or full ARN of the AWS Secrets Manager secret.
+    #[schemars(length(min = 1, max = 2048))]
+    pub secret_id: String,
+    /// AWS region of the secret; defaults to the operator's region (or the ARN's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Staging label to read (default `AWSCURRENT`). `AWSPENDING` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_stage: Option<String>,
+    /// Pin one version by its VersionId instead of following a staging label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// How often the value is re-read from AWS: `30s`, `5m`, `1h`, `1h30m`. Default `5m`, minimum `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub refresh_interval: Option<String>,
+    /// How the AWS value maps into the Secret's keys.
+    pub data: DataMapping,
+    /// Extra keys rendered from the JSON fields with `{{ field }}` placeholders (see the README).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, String>,
+    /// The Kubernetes Secret to write.
+    #[serde(default)]
+    pub target: Target,
+}
+
+/// Exactly one of `allKeys`, `keys` or `rawKey`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataMapping {
+    /// The value is a JSON object: each top-level field becomes a key (nested values as JSON text).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_keys: bool,
+    /// Selected fields of a JSON value, each to a key; `from` may be a dotted path (`credentials.password`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyMapping>,
+    /// The whole value (string or binary) goes to this one key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_key: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct KeyMapping {
+    /// Field of the JSON value; dots go into nested objects.
+    #[schemars(length(min = 1))]
+    pub from: String,
+    /// Key in the Secret; defaults to the last segment of `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Secret name; defaults to the ManagedSecret's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Secret type.
+    #[serde(default, rename = "type")]
+    pub type_: SecretType,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub creation_policy: CreationPolicy,
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SecretType {
+    #[default]
+    Opaque,
+    #[serde(rename = "kubernetes.io/basic-auth")]
+    BasicAuth,
+    #[serde(rename = "kubernetes.io/tls")]
+    Tls,
+    #[serde(rename = "kubernetes.io/dockerconfigjson")]
+    DockerConfigJson,
+}
+
+impl SecretType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretType::Opaque => "Opaque",
+            SecretType::BasicAuth => "kubernetes.io/basic-auth",
+            SecretType::Tls => "kubernetes.io/tls",
+            SecretType::DockerConfigJson => "kubernetes.io/dockerconfigjson",
+        }
+    }
+    /// Keys the API server requires for this type.
+    pub fn required_keys(self) -> &'static [&'static str] {
+        match self {
+            SecretType::Opaque => &[],
+            SecretType::BasicAuth => &[],
+            SecretType::Tls => &["tls.crt", "tls.key"],
+            SecretType::DockerConfigJson => &[".dockerconfigjson"],
+        }
+    }
+}
+
+/// Who owns the target Secret.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CreationPolicy {
+    /// Create the Secret and own it (ownerReference); an existing Secret that is not ours is refused.
+    #[default]
+    Owner,
+    /// The Secret exists already; only our keys are managed, others' keys are left alone.
+    Merge,
+    /// Create and manage the Secret, without an ownerReference.
+    Orphan,
+}
+
+/// What happens to the Secret when the ManagedSecret is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the Secret (with Merge: remove only our keys).
+    #[default]
+    Delete,
+    /// Keep the Secret and its data.
+    Retain,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedSecretStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (kstatus style): True when the Secret holds the current AWS value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The AWS VersionId last written to the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_version_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synced_version_stages: Vec<String>,
+    /// The keys written to the Secret (names only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synced_keys: Vec<String>,
+    /// SHA-256 of the synced keys and values (never the data itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_time: Option<String>,
+    /// The force-sync annotation value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_force_sync: Option<String>,
+    /// Consecutive failures (drives the back-off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl ManagedSecret {
+    pub fn target_name(&self) -> String {
+        self.spec.target.name.clone().unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+}
+
+/// The CRD as YAML (what `managed-secrets crdgen` prints and `crds/` holds).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&ManagedSecret::crd()).expect("CRD serializes")
+}

@@ -1,0 +1,126 @@
+//! AWS Secrets Manager through the official SDK. Credentials come from the standard aws-config
+//! chain (env, profile, IRSA web identity, EKS Pod Identity, IMDS); `AWS_ENDPOINT_URL` is honoured.
+
+use super::{Fetched, SecretRef, SecretsBackend, VersionSelector};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::render::SecretValue;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::Client;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub struct AwsBackend {
+    base: aws_config::SdkConfig,
+    clients: Mutex<HashMap<String, Client>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AwsBackend {
+    /// Loads the default credential chain and region.
+    pub async fn from_env(metrics: Arc<Metrics>) -> AwsBackend {
+        let base = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        AwsBackend { base, clients: Mutex::new(HashMap::new()), metrics }
+    }
+
+    fn client(&self, secret: &SecretRef) -> Client {
+        let region = secret.region.clone().or_else(|| region_of_arn(&secret.secret_id)).unwrap_or_default();
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(region.clone())
+            .or_insert_with(|| {
+                let mut b = aws_sdk_secretsmanager::config::Builder::from(&self.base);
+                if !region.is_empty() {
+                    b = b.region(aws_sdk_secretsmanager::config::Region::new(region));
+                }
+                Client::from_conf(b.build())
+            })
+            .clone()
+    }
+}
+
+/// `arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME` -> REGION.
+pub fn region_of_arn(id: &str) -> Option<String> {
+    let parts: Vec<&str> = id.split(':').collect();
+    (parts.len() >= 7 && parts[0] == "arn" && parts[2] == "secretsmanager" && !parts[3].is_empty()).then(|| parts[3].to_string())
+}
+
+/// Maps an SDK error to the operator's reasons. Messages carry the AWS error code, never payloads.
+pub fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static>(secret: &str, err: &SdkError<E>) -> Error {
+    let code = err.code().unwrap_or("");
+    let s = secret.to_string();
+    match code {
+        "ResourceNotFoundException" => Error::SecretNotFound(s),
+        "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException" => {
+            Error::AccessDenied(s)
+        }
+        "DecryptionFailure" | "KMSAccessDeniedException" | "KMSDisabledException" | "KMSInvalidStateException" => Error::DecryptionFailed(s),
+        "ThrottlingException" | "TooManyRequestsException" | "Throttling" | "RequestLimitExceeded" => Error::Throttled(s),
+        "InvalidRequestException" if err.message().map(|m| m.contains("deleted")).unwrap_or(false) => Error::SecretNotFound(s),
+        "" => {
+            let detail = match err {
+                SdkError::TimeoutError(_) => "the request timed out".to_string(),
+                SdkError::DispatchFailure(_) => "the connection failed".to_string(),
+                SdkError::ResponseError(_) => "the response could not be read".to_string(),
+                SdkError::ConstructionFailure(_) => "the request could not be built (check the region and credentials)".to_string(),
+                _ => "unknown error".to_string(),
+            };
+            Error::AwsUnavailable { secret: s, detail }
+        }
+        other => Error::AwsUnavailable { secret: s, detail: format!("{other}: {}", err.message().unwrap_or("")) },
+    }
+}
+
+impl SecretsBackend for AwsBackend {
+    fn get_value<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Fetched>> {
+        Box::pin(async move {
+            let mut req = self.client(secret).get_secret_value().secret_id(&secret.secret_id);
+            req = match &secret.version {
+                VersionSelector::Stage(s) => req.version_stage(s),
+                VersionSelector::Id(id) => req.version_id(id),
+            };
+            let res = req.send().await;
+            self.metrics.aws_call("GetSecretValue", res.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code().unwrap_or("error")));
+            let out = res.map_err(|e| map_error(&secret.secret_id, &e))?;
+            let value = if let Some(s) = out.secret_string() {
+                SecretValue::String(s.to_string())
+            } else if let Some(b) = out.secret_binary() {
+                SecretValue::Binary(b.as_ref().to_vec())
+            } else {
+                return Err(Error::SecretNotFound(secret.secret_id.clone()));
+            };
+            Ok(Fetched {
+                value: Arc::new(value),
+                version_id: out.version_id().unwrap_or_default().to_string(),
+                version_stages: out.version_stages().to_vec(),
+                from_cache: false,
+            })
+        })
+    }
+
+    fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Vec<(String, Vec<String>)>>> {
+        Box::pin(async move {
+            let res = self.client(secret).describe_secret().secret_id(&secret.secret_id).send().await;
+            self.metrics.aws_call("DescribeSecret", res.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code().unwrap_or("error")));
+            let out = res.map_err(|e| map_error(&secret.secret_id, &e))?;
+            if out.deleted_date().is_some() {
+                return Err(Error::SecretNotFound(secret.secret_id.clone()));
+            }
+            let mut v: Vec<(String, Vec<String>)> = out.version_ids_to_stages().map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect()).unwrap_or_default();
+            v.sort();
+            Ok(v)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_comes_from_an_arn() {
+        assert_eq!(region_of_arn("arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db/credentials-AbCdEf").as_deref(), Some("eu-west-1"));
+        assert_eq!(region_of_arn("prod/db/credentials"), None);
+    }
+}

@@ -1,0 +1,68 @@
+//! Where secret values come from. The controller only sees [`SecretSource`]; the AWS client and the
+//! cache in front of it are the one place that talks to AWS.
+
+pub mod aws;
+pub mod cache;
+
+use crate::error::Result;
+use crate::render::SecretValue;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which version of a secret to read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VersionSelector {
+    Stage(String),
+    Id(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretRef {
+    pub secret_id: String,
+    pub region: Option<String>,
+    pub version: VersionSelector,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    pub secret: SecretRef,
+    /// Re-read from AWS, ignoring any cached value (force-sync).
+    pub bypass_cache: bool,
+    /// A cached value older than this is re-validated with AWS.
+    pub max_age: Duration,
+}
+
+/// A value with the AWS version it belongs to. `Debug` is redacted through [`SecretValue`].
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub value: Arc<SecretValue>,
+    pub version_id: String,
+    pub version_stages: Vec<String>,
+    /// Served from the cache without any AWS call.
+    pub from_cache: bool,
+}
+
+/// Shared handle to a source, as the controller holds it.
+pub type DynSourceRef = Arc<dyn SecretSource>;
+
+/// The operator's view of a secret store.
+pub trait SecretSource: Send + Sync {
+    fn fetch<'a>(&'a self, req: &'a FetchRequest) -> BoxFuture<'a, Result<Fetched>>;
+}
+
+/// The raw calls a backend answers; the cache decides which to make.
+pub trait SecretsBackend: Send + Sync {
+    /// GetSecretValue for a stage or version id.
+    fn get_value<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Fetched>>;
+    /// DescribeSecret: the version ids and their stages.
+    fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Vec<(String, Vec<String>)>>>;
+}
+
+/// The version id a selector points at, per a DescribeSecret answer.
+pub fn resolve(versions: &[(String, Vec<String>)], sel: &VersionSelector) -> Option<String> {
+    match sel {
+        VersionSelector::Id(id) => versions.iter().find(|(v, _)| v == id).map(|(v, _)| v.clone()),
+        VersionSelector::Stage(s) => versions.iter().find(|(_, st)| st.iter().any(|x| x == s)).map(|(v, _)| v.clone()),
+    }
+}

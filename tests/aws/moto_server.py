@@ -1,0 +1,118 @@
+"""Starts moto (the AWS emulator) in server mode on 127.0.0.1 for managed-secrets' tests and demo.
+
+Prints `listening on http://127.0.0.1:PORT` as its first line, then serves until SIGTERM/SIGINT.
+
+It corrects one gap of moto 5.2.5 so that tests model real AWS: after UpdateSecretVersionStage moves
+AWSCURRENT to another version, moto keeps answering GetSecretValue without a VersionStage (and
+BatchGetSecretValue, and DescribeSecret's default version) with the old version, because it never
+updates the secret's default version. Real Secrets Manager answers with the new AWSCURRENT.
+tests/aws_emulator.rs proves the correction.
+"""
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections import Counter
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.secretsmanager.models import SecretsManagerBackend
+from werkzeug.serving import make_server
+
+_original_update_stage = SecretsManagerBackend.update_secret_version_stage
+
+
+def _update_secret_version_stage(self, secret_id, version_stage, remove_from_version_id, move_to_version_id):
+    result = _original_update_stage(self, secret_id, version_stage, remove_from_version_id, move_to_version_id)
+    if version_stage == "AWSCURRENT" and move_to_version_id:
+        secret = self.secrets[secret_id]
+        if hasattr(secret, "set_default_version_id"):
+            secret.set_default_version_id(move_to_version_id)
+    return result
+
+
+SecretsManagerBackend.update_secret_version_stage = _update_secret_version_stage
+
+
+class TestControl:
+    """WSGI middleware for tests: counts calls per API action and injects AWS error responses.
+
+    POST /__faults {"action": "GetSecretValue", "secret_id": "prod/db/x", "code": "ThrottlingException",
+                    "status": 400, "count": 1}  -> the next matching calls answer that AWS error
+    GET  /__calls -> {"GetSecretValue": 3, ...};  DELETE /__calls resets.
+    The SDK under test receives real HTTP error responses in the AWS JSON protocol.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.faults = []
+        self.calls = Counter()
+
+    def _reply(self, start_response, status, body):
+        data = json.dumps(body).encode()
+        start_response(f"{status} X", [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/__faults" and method == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            fault = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            fault.setdefault("count", 1)
+            with self.lock:
+                self.faults.append(fault)
+            return self._reply(start_response, 200, {"ok": True})
+        if path == "/__faults" and method == "DELETE":
+            with self.lock:
+                self.faults.clear()
+            return self._reply(start_response, 200, {"ok": True})
+        if path == "/__calls":
+            with self.lock:
+                if method == "DELETE":
+                    self.calls.clear()
+                return self._reply(start_response, 200, dict(self.calls))
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        action = target.split(".")[-1] if target else ""
+        if action:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            raw = environ["wsgi.input"].read(length) if length else b""
+            import io
+            environ["wsgi.input"] = io.BytesIO(raw)
+            try:
+                secret_id = json.loads(raw or b"{}").get("SecretId", "")
+            except ValueError:
+                secret_id = ""
+            with self.lock:
+                self.calls[action] += 1
+                for f in self.faults:
+                    if f["count"] > 0 and f.get("action", action) == action and f.get("secret_id", secret_id) == secret_id:
+                        f["count"] -= 1
+                        self.faults = [x for x in self.faults if x["count"] > 0]
+                        return self._reply(start_response, f.get("status", 400), {"__type": f["code"], "message": f.get("message", f"injected {f['code']}")})
+        return self.app(environ, start_response)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 picks a free one)")
+    args = parser.parse_args()
+    app = TestControl(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", args.port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    print(f"listening on http://{host}:{port}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    # Exit too when the parent goes away (stdin closes), so no server outlives a crashed test run.
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    done.wait()
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
