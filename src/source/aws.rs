@@ -21,6 +21,10 @@ impl AwsBackend {
     /// Loads the default credential chain and region.
     pub async fn from_env(metrics: Arc<Metrics>) -> AwsBackend {
         let base = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        Self::new(base, metrics)
+    }
+
+    pub fn new(base: aws_config::SdkConfig, metrics: Arc<Metrics>) -> AwsBackend {
         AwsBackend { base, clients: Mutex::new(HashMap::new()), metrics }
     }
 

@@ -1,0 +1,142 @@
+//! moto, the AWS emulator, started through tests/aws/moto_server.py, and helpers that drive it with
+//! the real aws-sdk-secretsmanager the way users and rotation Lambdas do.
+
+use aws_sdk_secretsmanager::primitives::Blob;
+use aws_sdk_secretsmanager::Client;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub struct Moto {
+    child: Child,
+    pub url: String,
+    pub client: Client,
+    http: reqwest::Client,
+}
+
+fn python() -> String {
+    std::env::var("MANAGED_SECRETS_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string())
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aws/moto_server.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting moto with {} (run scripts/setup-tools.sh): {e}", python()));
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut l = String::new();
+            BufReader::new(stdout).read_line(&mut l).map(|_| l)
+        })
+        .await
+        .unwrap()
+        .expect("moto prints its address");
+        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected moto output: {line:?}")).to_string();
+        let m = Moto { child, client: Client::new(&sdk_config_for(&url)), url, http: reqwest::Client::new() };
+        m
+    }
+
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        sdk_config_for(&self.url)
+    }
+
+    pub async fn create_string(&self, name: &str, value: &str) -> String {
+        let out = self.client.create_secret().name(name).secret_string(value).send().await.expect("CreateSecret");
+        out.version_id().unwrap().to_string()
+    }
+    pub async fn create_json(&self, name: &str, value: &Value) -> String {
+        self.create_string(name, &value.to_string()).await
+    }
+    pub async fn create_binary(&self, name: &str, value: &[u8]) -> String {
+        let out = self.client.create_secret().name(name).secret_binary(Blob::new(value.to_vec())).send().await.expect("CreateSecret");
+        out.version_id().unwrap().to_string()
+    }
+    /// PutSecretValue: a new AWSCURRENT version (as a person updating the secret does).
+    pub async fn put_json(&self, name: &str, value: &Value) -> String {
+        let out = self.client.put_secret_value().secret_id(name).secret_string(value.to_string()).send().await.expect("PutSecretValue");
+        out.version_id().unwrap().to_string()
+    }
+
+    /// The version id holding `stage`, per DescribeSecret.
+    pub async fn version_with_stage(&self, name: &str, stage: &str) -> Option<String> {
+        let d = self.client.describe_secret().secret_id(name).send().await.ok()?;
+        d.version_ids_to_stages()?.iter().find(|(_, s)| s.iter().any(|x| x == stage)).map(|(v, _)| v.clone())
+    }
+
+    /// Rotation as a rotation Lambda does it: createSecret puts the new value as AWSPENDING,
+    /// finishSecret moves AWSCURRENT to it. Returns the new version id.
+    pub async fn put_pending(&self, name: &str, value: &Value) -> String {
+        let token = format!("rotation-{}", uuid());
+        self.client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.to_string())
+            .client_request_token(&token)
+            .version_stages("AWSPENDING")
+            .send()
+            .await
+            .expect("PutSecretValue AWSPENDING");
+        token
+    }
+    pub async fn finish_rotation(&self, name: &str, pending: &str) {
+        let current = self.version_with_stage(name, "AWSCURRENT").await.expect("a current version");
+        self.client
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage("AWSCURRENT")
+            .move_to_version_id(pending)
+            .remove_from_version_id(current)
+            .send()
+            .await
+            .expect("UpdateSecretVersionStage");
+    }
+    pub async fn rotate_like_lambda(&self, name: &str, value: &Value) -> String {
+        let v = self.put_pending(name, value).await;
+        self.finish_rotation(name, &v).await;
+        v
+    }
+
+    /// Makes the next `count` calls of `action` for `secret_id` answer the AWS error `code`.
+    pub async fn fault(&self, action: &str, secret_id: &str, code: &str, count: u32) {
+        let status = if code == "InternalServiceError" { 500 } else { 400 };
+        self.http
+            .post(format!("{}/__faults", self.url))
+            .json(&json!({"action": action, "secret_id": secret_id, "code": code, "count": count, "status": status}))
+            .send()
+            .await
+            .expect("fault");
+    }
+    pub async fn calls(&self, action: &str) -> u64 {
+        let v: Value = self.http.get(format!("{}/__calls", self.url)).send().await.unwrap().json().await.unwrap();
+        v[action].as_u64().unwrap_or(0)
+    }
+}
+
+fn uuid() -> String {
+    use rand::Rng;
+    let mut r = rand::rng();
+    (0..32).map(|_| char::from(b"0123456789abcdef"[r.random_range(0..16)])).collect()
+}
+
+pub fn sdk_config_for(url: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(url)
+        .credentials_provider(aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(aws_sdk_secretsmanager::config::Credentials::new(
+            "testing", "testing", None, None, "e2e",
+        )))
+        .build()
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
