@@ -137,6 +137,7 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
         other => Error::Finalizer(other.to_string()),
     });
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics.reconciles_completed.inc();
     res
 }
 

@@ -21,6 +21,7 @@ pub struct AwsLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Counter,
+    pub reconciles_completed: Counter,
     pub syncs: Counter,
     pub failures: Family<ReasonLabels, Counter>,
     pub aws_calls: Family<AwsLabels, Counter>,
@@ -32,18 +33,20 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("managed_secrets");
         let reconciles = Counter::default();
+        let reconciles_completed = Counter::default();
         let syncs = Counter::default();
         let failures = Family::<ReasonLabels, Counter>::default();
         let aws_calls = Family::<AwsLabels, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let managed_objects = Gauge::default();
-        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register("reconciles", "Reconciles started", reconciles.clone());
+        registry.register("reconciles_completed", "Reconciles finished", reconciles_completed.clone());
         registry.register("syncs", "Syncs that changed a Secret", syncs.clone());
         registry.register("failures", "Failed reconciles by reason", failures.clone());
         registry.register("aws_calls", "AWS Secrets Manager calls by API and outcome", aws_calls.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
         registry.register("managed_objects", "ManagedSecrets being managed", managed_objects.clone());
-        Metrics { registry, reconciles, syncs, failures, aws_calls, reconcile_duration, managed_objects }
+        Metrics { registry, reconciles, reconciles_completed, syncs, failures, aws_calls, reconcile_duration, managed_objects }
     }
 }
 
@@ -53,6 +56,9 @@ impl Metrics {
     }
     pub fn failure(&self, reason: &str) {
         self.failures.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+    pub fn reconcile_duration_count(&self) -> u64 {
+        self.reconciles_completed.get()
     }
     pub fn render(&self) -> String {
         let mut s = String::new();

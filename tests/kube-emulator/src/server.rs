@@ -385,6 +385,13 @@ fn patch(state: &AppState, rt: &ResourceType, t: &Target, sub: Sub, body: &Bytes
             n
         }
         "application/json-patch+json" => {
+            // As the API server's JSON Patch library does: `test` for null passes on a missing path.
+            let mut patch = patch;
+            if let Some(ops) = patch.as_array_mut() {
+                ops.retain(|op| {
+                    !(op["op"] == "test" && op["value"].is_null() && op["path"].as_str().map(|p| view.pointer(p).is_none()).unwrap_or(false))
+                });
+            }
             let p: json_patch::Patch = serde_json::from_value(patch).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
             let mut n = view.clone();
             json_patch::patch(&mut n, &p).map_err(|_| ApiError { details: Some(json!({})), ..ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request") })?;

@@ -152,6 +152,12 @@ async fn json_merge_and_strategic_patches() {
     assert_eq!((c, v["spec"]["size"].clone()), (200, json!(5)));
     let (c, e) = api.patch(&format!("{W}/w1"), "application/json-patch+json", json!([{"op": "test", "path": "/spec/size", "value": 99}])).await;
     assert_eq!((c, e["reason"].clone()), (422, json!("Invalid")));
+    // The API server's JSON Patch treats `test` for null on a missing path as passing (kube-rs'
+    // finalizer helper relies on it).
+    let (c, v) = api
+        .patch(&format!("{W}/w1"), "application/json-patch+json", json!([{"op": "test", "path": "/metadata/finalizers", "value": null}, {"op": "add", "path": "/metadata/finalizers", "value": ["x/y"]}]))
+        .await;
+    assert_eq!((c, v["metadata"]["finalizers"].clone()), (200, json!(["x/y"])));
     let (c, e) = api.patch(&format!("{W}/w1"), "application/strategic-merge-patch+json", json!({"spec": {"size": 6}})).await;
     assert_eq!((c, e["reason"].clone()), (415, json!("UnsupportedMediaType")));
     let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx", "env": [{"name": "A", "value": "1"}]}, {"name": "side", "image": "busybox"}]}}}});
