@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "managed-secrets", version, about = "Syncs AWS Secrets Manager secrets into Kubernetes Secrets")]
+#[command(
+    name = "managed-secrets",
+    version,
+    about = "Syncs AWS Secrets Manager secrets into Kubernetes Secrets"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -31,9 +35,18 @@ pub struct RunArgs {
     #[arg(long, env = "MANAGED_SECRETS_NAMESPACE")]
     pub namespace: Option<String>,
     /// Address of the HTTP server for /healthz, /readyz and /metrics.
-    #[arg(long, env = "MANAGED_SECRETS_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_addr: SocketAddr,
-    #[arg(long, env = "MANAGED_SECRETS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// ManagedSecrets reconciled at once.
     #[arg(long, env = "MANAGED_SECRETS_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -53,7 +66,15 @@ mod tests {
 
     #[test]
     fn flags_are_validated_with_clear_errors() {
-        let c = Cli::try_parse_from(["managed-secrets", "run", "--concurrency", "8", "--min-refresh-interval", "1m"]).unwrap();
+        let c = Cli::try_parse_from([
+            "managed-secrets",
+            "run",
+            "--concurrency",
+            "8",
+            "--min-refresh-interval",
+            "1m",
+        ])
+        .unwrap();
         match c.command {
             Command::Run(a) => {
                 assert_eq!(a.concurrency, 8);
@@ -62,9 +83,13 @@ mod tests {
             }
             _ => panic!("run"),
         }
-        let e = Cli::try_parse_from(["managed-secrets", "run", "--concurrency", "0"]).unwrap_err().to_string();
+        let e = Cli::try_parse_from(["managed-secrets", "run", "--concurrency", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--concurrency"), "{e}");
-        let e = Cli::try_parse_from(["managed-secrets", "run", "--min-refresh-interval", "soon"]).unwrap_err().to_string();
+        let e = Cli::try_parse_from(["managed-secrets", "run", "--min-refresh-interval", "soon"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--min-refresh-interval"), "{e}");
         assert!(Cli::try_parse_from(["managed-secrets", "run", "--unknown"]).is_err());
     }

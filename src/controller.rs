@@ -1,7 +1,10 @@
 //! The reconcile glue: read state, ask the pure functions what to do, do it, record status and
 //! Events. No decision lives here that a plain function can make.
 
-use crate::crd::{ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FINALIZER, FORCE_SYNC_ANNOTATION, MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL};
+use crate::crd::{
+    ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FINALIZER, FORCE_SYNC_ANNOTATION,
+    MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL,
+};
 use crate::error::{backoff, Error, Result};
 use crate::k8s;
 use crate::metrics::Metrics;
@@ -37,7 +40,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { namespace: None, concurrency: 4, min_refresh: schedule::MIN_REFRESH, reporter: "managed-secrets".into() }
+        Settings {
+            namespace: None,
+            concurrency: 4,
+            min_refresh: schedule::MIN_REFRESH,
+            reporter: "managed-secrets".into(),
+        }
     }
 }
 
@@ -55,18 +63,36 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn parse_ts(s: &Option<String>) -> Option<DateTime<Utc>> {
-    s.as_deref().and_then(|x| DateTime::parse_from_rfc3339(x).ok()).map(|t| t.with_timezone(&Utc))
+    s.as_deref()
+        .and_then(|x| DateTime::parse_from_rfc3339(x).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The Ready condition, keeping lastTransitionTime while the status does not flip.
-fn ready_condition(prev: &[Condition], ok: bool, reason: &str, message: String, generation: Option<i64>, now: DateTime<Utc>) -> Condition {
+fn ready_condition(
+    prev: &[Condition],
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
     let since = prev
         .iter()
         .find(|c| c.type_ == "Ready" && c.status == status)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(k8s_openapi::jiff::Timestamp::from_second(now.timestamp()).unwrap_or_default()));
-    Condition { type_: "Ready".into(), status: status.into(), reason: reason.into(), message, observed_generation: generation, last_transition_time: since }
+        .unwrap_or(Time(
+            k8s_openapi::jiff::Timestamp::from_second(now.timestamp()).unwrap_or_default(),
+        ));
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
 }
 
 fn secret_ref(ms: &ManagedSecret) -> SecretRef {
@@ -75,7 +101,11 @@ fn secret_ref(ms: &ManagedSecret) -> SecretRef {
         (None, Some(s)) => VersionSelector::Stage(s.clone()),
         (None, None) => VersionSelector::Stage("AWSCURRENT".into()),
     };
-    SecretRef { secret_id: ms.spec.secret_id.clone(), region: ms.spec.region.clone(), version }
+    SecretRef {
+        secret_id: ms.spec.secret_id.clone(),
+        region: ms.spec.region.clone(),
+        version,
+    }
 }
 
 /// Spec checks beyond the schema. Pure.
@@ -86,14 +116,22 @@ pub fn validate_spec(ms: &ManagedSecret, min_refresh: Duration) -> Result<Durati
         return Err(Error::InvalidSpec("versionStage AWSPENDING is refused: a pending value is not yet in use and may never be".into()));
     }
     if ms.spec.version_id.is_some() && ms.spec.version_stage.is_some() {
-        return Err(Error::InvalidSpec("set either versionStage or versionId, not both".into()));
+        return Err(Error::InvalidSpec(
+            "set either versionStage or versionId, not both".into(),
+        ));
     }
     Ok(interval)
 }
 
 impl Context {
     async fn event(&self, ms: &ManagedSecret, type_: EventType, reason: &str, note: String) {
-        let ev = KEvent { type_, reason: reason.into(), note: Some(note), action: "Sync".into(), secondary: None };
+        let ev = KEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Sync".into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&ev, &ms.object_ref(&())).await {
             warn!(error = %e, "could not publish event");
         }
@@ -103,9 +141,16 @@ impl Context {
         if ms.status.as_ref() == Some(status) {
             return Ok(());
         }
-        let api: Api<ManagedSecret> = Api::namespaced(self.client.clone(), &ms.namespace().unwrap_or_default());
+        let api: Api<ManagedSecret> =
+            Api::namespaced(self.client.clone(), &ms.namespace().unwrap_or_default());
         let body = json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret", "status": status});
-        api.patch_status(&ms.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await.map_err(Error::Kube)?;
+        api.patch_status(
+            &ms.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::Kube)?;
         Ok(())
     }
 
@@ -124,7 +169,8 @@ impl Context {
 async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let api: Api<ManagedSecret> = Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
+    let api: Api<ManagedSecret> =
+        Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
     let res = finalizer(&api, FINALIZER, ms, |event| async {
         match event {
             FEvent::Apply(ms) => sync(&ms, &ctx).await,
@@ -133,10 +179,13 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconciles_completed.inc();
     res
 }
@@ -153,12 +202,24 @@ async fn sync(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
         Err(e) => return fail(ms, ctx, e, &force).await,
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let current = secrets.get_opt(&ms.target_name()).await.map_err(Error::Kube)?;
+    let current = secrets
+        .get_opt(&ms.target_name())
+        .await
+        .map_err(Error::Kube)?;
     let intact = match &status.data_hash {
         None => true,
-        Some(h) => current.as_ref().and_then(|c| k8s::current_hash(c, &status_keys(&status))).as_deref() == Some(h.as_str()),
+        Some(h) => {
+            current
+                .as_ref()
+                .and_then(|c| k8s::current_hash(c, &status_keys(&status)))
+                .as_deref()
+                == Some(h.as_str())
+        }
     };
-    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     let plan = schedule::plan(&Observed {
         now,
         generation: ms.metadata.generation,
@@ -172,7 +233,9 @@ async fn sync(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
     let bypass_cache = match plan {
         Plan::Rest { until } => {
             debug!(until = %until, "in sync; resting");
-            return Ok(Action::requeue((until - now).to_std().unwrap_or(Duration::from_secs(1))));
+            return Ok(Action::requeue(
+                (until - now).to_std().unwrap_or(Duration::from_secs(1)),
+            ));
         }
         Plan::Sync { bypass_cache, why } => {
             debug!(why, bypass_cache, "syncing");
@@ -182,7 +245,11 @@ async fn sync(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
     if let Err(e) = k8s::check_target(ms, current.as_ref()) {
         return fail(ms, ctx, e, &force).await;
     }
-    let req = FetchRequest { secret: secret_ref(ms), bypass_cache, max_age: interval };
+    let req = FetchRequest {
+        secret: secret_ref(ms),
+        bypass_cache,
+        max_age: interval,
+    };
     let fetched = match ctx.source.fetch(&req).await {
         Ok(f) => f,
         Err(e) => return fail(ms, ctx, e, &force).await,
@@ -205,16 +272,31 @@ async fn sync(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
     if changed {
         ctx.metrics.syncs.inc();
         info!(secret = %target, version = %fetched.version_id, keys = data.0.len(), "Secret written");
-        ctx.event(ms, EventType::Normal, "Synced", format!("Secret {target} now holds AWS version {} (keys: {})", fetched.version_id, data.keys().join(", "))).await;
+        ctx.event(
+            ms,
+            EventType::Normal,
+            "Synced",
+            format!(
+                "Secret {target} now holds AWS version {} (keys: {})",
+                fetched.version_id,
+                data.keys().join(", ")
+            ),
+        )
+        .await;
     }
-    let next = now + chrono::Duration::from_std(schedule::jittered(interval, rand::random::<f64>())).unwrap_or_default();
+    let next = now
+        + chrono::Duration::from_std(schedule::jittered(interval, rand::random::<f64>()))
+            .unwrap_or_default();
     let new_status = ManagedSecretStatus {
         observed_generation: ms.metadata.generation,
         conditions: vec![ready_condition(
             &status.conditions,
             true,
             "Synced",
-            format!("Secret {target} holds AWS version {} of {}", fetched.version_id, ms.spec.secret_id),
+            format!(
+                "Secret {target} holds AWS version {} of {}",
+                fetched.version_id, ms.spec.secret_id
+            ),
             ms.metadata.generation,
             now,
         )],
@@ -239,7 +321,12 @@ fn status_keys(s: &ManagedSecretStatus) -> Vec<String> {
 
 /// A failed sync: the Secret is left as it is; status and an Event say what failed and when the
 /// next attempt is.
-async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, force: &Option<String>) -> Result<Action> {
+async fn fail(
+    ms: &ManagedSecret,
+    ctx: &Context,
+    err: Error,
+    force: &Option<String>,
+) -> Result<Action> {
     let now = Utc::now();
     let prev = ms.status.clone().unwrap_or_default();
     let failures = prev.failures.saturating_add(1);
@@ -250,14 +337,27 @@ async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, force: &Option<Stri
         Some(v) if prev.data_hash.is_some() => format!("; the Secret keeps AWS version {v}"),
         _ => String::new(),
     };
-    let message = format!("{err}{kept}; next attempt at {}", ts(now + chrono::Duration::from_std(wait).unwrap_or_default()));
+    let message = format!(
+        "{err}{kept}; next attempt at {}",
+        ts(now + chrono::Duration::from_std(wait).unwrap_or_default())
+    );
     warn!(reason, transient = err.is_transient(), error = %err, "sync failed");
-    ctx.event(ms, EventType::Warning, reason, err.to_string()).await;
+    ctx.event(ms, EventType::Warning, reason, err.to_string())
+        .await;
     let status = ManagedSecretStatus {
         observed_generation: ms.metadata.generation,
-        conditions: vec![ready_condition(&prev.conditions, false, reason, message, ms.metadata.generation, now)],
+        conditions: vec![ready_condition(
+            &prev.conditions,
+            false,
+            reason,
+            message,
+            ms.metadata.generation,
+            now,
+        )],
         last_attempt_time: Some(ts(now)),
-        next_refresh_time: Some(ts(now + chrono::Duration::from_std(wait).unwrap_or_default())),
+        next_refresh_time: Some(ts(
+            now + chrono::Duration::from_std(wait).unwrap_or_default()
+        )),
         last_force_sync: force.clone().or(prev.last_force_sync.clone()),
         failures,
         ..prev
@@ -267,9 +367,13 @@ async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, force: &Option<Stri
 }
 
 async fn cleanup(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
     k8s::release_secret(&secrets, ms).await?;
-    ctx.track(format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()), false);
+    ctx.track(
+        format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()),
+        false,
+    );
     info!(policy = ?ms.spec.target.deletion_policy, "released the Secret");
     Ok(Action::await_change())
 }
@@ -282,15 +386,38 @@ fn error_policy(ms: Arc<ManagedSecret>, err: &Error, ctx: Arc<Context>) -> Actio
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(client: Client, source: DynSourceRef, metrics: Arc<Metrics>, settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    client: Client,
+    source: DynSourceRef,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let (mss, secrets): (Api<ManagedSecret>, Api<Secret>) = match &settings.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| settings.reporter.clone());
-    let recorder = Recorder::new(client.clone(), Reporter { controller: settings.reporter.clone(), instance: Some(instance) });
-    let ctx = Arc::new(Context { client, source, metrics, recorder, settings: settings.clone(), managed: Mutex::new(HashSet::new()) });
-    let secret_watch = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: settings.reporter.clone(),
+            instance: Some(instance),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        source,
+        metrics,
+        recorder,
+        settings: settings.clone(),
+        managed: Mutex::new(HashSet::new()),
+    });
+    let secret_watch =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
     Controller::new(mss, watcher::Config::default())
         .watches(secrets, secret_watch, |s: Secret| {
             let ns = s.namespace();

@@ -198,7 +198,11 @@ fn is_zero(n: &u32) -> bool {
 
 impl ManagedSecret {
     pub fn target_name(&self) -> String {
-        self.spec.target.name.clone().unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+        self.spec
+            .target
+            .name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
     }
 }
 

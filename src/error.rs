@@ -59,7 +59,13 @@ impl Error {
     /// Transient failures are retried with back-off and never touch the synced Secret; permanent
     /// ones wait for a spec change (or the next refresh) and say what to change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Throttled(_) | Error::AwsUnavailable { .. } | Error::Kube(_) | Error::Finalizer(_))
+        matches!(
+            self,
+            Error::Throttled(_)
+                | Error::AwsUnavailable { .. }
+                | Error::Kube(_)
+                | Error::Finalizer(_)
+        )
     }
 }
 
@@ -85,10 +91,17 @@ mod tests {
     #[test]
     fn transient_and_permanent_are_decided_in_one_place() {
         assert!(Error::Throttled("a".into()).is_transient());
-        assert!(Error::AwsUnavailable { secret: "a".into(), detail: "timeout".into() }.is_transient());
+        assert!(Error::AwsUnavailable {
+            secret: "a".into(),
+            detail: "timeout".into()
+        }
+        .is_transient());
         assert!(!Error::SecretNotFound("a".into()).is_transient());
         assert!(!Error::AccessDenied("a".into()).is_transient());
         assert!(!Error::KeyNotFound("x".into()).is_transient());
-        assert_eq!(Error::KeyNotFound("password".into()).to_string(), "KeyNotFound: password");
+        assert_eq!(
+            Error::KeyNotFound("password".into()).to_string(),
+            "KeyNotFound: password"
+        );
     }
 }

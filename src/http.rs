@@ -34,7 +34,15 @@ pub fn router(h: Health) -> Router {
             "/metrics",
             get(move || {
                 let m = metrics.clone();
-                async move { ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render()) }
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
             }),
         )
 }

@@ -18,14 +18,21 @@ async fn main() -> anyhow::Result<()> {
     };
     telemetry::init(args.log_format);
     let metrics = Arc::new(Metrics::default());
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
     let backend = source::aws::AwsBackend::from_env(metrics.clone()).await;
     let src: source::DynSourceRef = Arc::new(source::cache::CachedSource::new(backend));
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
-    let router = http::router(http::Health { ready: ready.clone(), metrics: metrics.clone() });
+    let router = http::router(http::Health {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -56,7 +63,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},

@@ -40,22 +40,56 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let managed_objects = Gauge::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
-        registry.register("reconciles_completed", "Reconciles finished", reconciles_completed.clone());
+        registry.register(
+            "reconciles_completed",
+            "Reconciles finished",
+            reconciles_completed.clone(),
+        );
         registry.register("syncs", "Syncs that changed a Secret", syncs.clone());
         registry.register("failures", "Failed reconciles by reason", failures.clone());
-        registry.register("aws_calls", "AWS Secrets Manager calls by API and outcome", aws_calls.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
-        registry.register("managed_objects", "ManagedSecrets being managed", managed_objects.clone());
-        Metrics { registry, reconciles, reconciles_completed, syncs, failures, aws_calls, reconcile_duration, managed_objects }
+        registry.register(
+            "aws_calls",
+            "AWS Secrets Manager calls by API and outcome",
+            aws_calls.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "managed_objects",
+            "ManagedSecrets being managed",
+            managed_objects.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconciles_completed,
+            syncs,
+            failures,
+            aws_calls,
+            reconcile_duration,
+            managed_objects,
+        }
     }
 }
 
 impl Metrics {
     pub fn aws_call(&self, api: &str, outcome: &str) {
-        self.aws_calls.get_or_create(&AwsLabels { api: api.into(), outcome: outcome.into() }).inc();
+        self.aws_calls
+            .get_or_create(&AwsLabels {
+                api: api.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
     pub fn failure(&self, reason: &str) {
-        self.failures.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
     pub fn reconcile_duration_count(&self) -> u64 {
         self.reconciles_completed.get()

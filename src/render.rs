@@ -20,8 +20,12 @@ pub enum SecretValue {
 impl std::fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SecretValue::String(s) => write!(f, "SecretValue::String(<redacted, {} bytes>)", s.len()),
-            SecretValue::Binary(b) => write!(f, "SecretValue::Binary(<redacted, {} bytes>)", b.len()),
+            SecretValue::String(s) => {
+                write!(f, "SecretValue::String(<redacted, {} bytes>)", s.len())
+            }
+            SecretValue::Binary(b) => {
+                write!(f, "SecretValue::Binary(<redacted, {} bytes>)", b.len())
+            }
         }
     }
 }
@@ -32,7 +36,11 @@ pub struct SecretData(pub BTreeMap<String, Vec<u8>>);
 
 impl std::fmt::Debug for SecretData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}=<{} bytes>", v.len())).collect();
+        let keys: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| format!("{k}=<{} bytes>", v.len()))
+            .collect();
         write!(f, "SecretData[{}]", keys.join(", "))
     }
 }
@@ -60,15 +68,22 @@ pub fn hash_data<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])>) -> String
 
 /// Checks the mapping is one of the three modes; the message says what to change.
 pub fn validate_mapping(spec: &ManagedSecretSpec) -> Result<()> {
-    let DataMapping { all_keys, keys, raw_key } = &spec.data;
-    let modes = usize::from(*all_keys) + usize::from(!keys.is_empty()) + usize::from(raw_key.is_some());
+    let DataMapping {
+        all_keys,
+        keys,
+        raw_key,
+    } = &spec.data;
+    let modes =
+        usize::from(*all_keys) + usize::from(!keys.is_empty()) + usize::from(raw_key.is_some());
     if modes != 1 {
         return Err(Error::InvalidSpec(format!(
             "spec.data must set exactly one of allKeys: true, keys, or rawKey (found {modes})"
         )));
     }
     if raw_key.is_some() && !spec.templates.is_empty() {
-        return Err(Error::InvalidSpec("spec.templates need a JSON value; they cannot be combined with data.rawKey".into()));
+        return Err(Error::InvalidSpec(
+            "spec.templates need a JSON value; they cannot be combined with data.rawKey".into(),
+        ));
     }
     for tpl in spec.templates.values() {
         Template::parse(tpl)?;
@@ -100,7 +115,10 @@ fn parse_json(secret_id: &str, value: &SecretValue) -> Result<Value> {
     let text = match value {
         SecretValue::String(s) => s.as_str(),
         SecretValue::Binary(_) => {
-            return Err(Error::InvalidJson { secret: secret_id.into(), detail: "the secret is binary".into() })
+            return Err(Error::InvalidJson {
+                secret: secret_id.into(),
+                detail: "the secret is binary".into(),
+            })
         }
     };
     let v: Value = serde_json::from_str(text).map_err(|e| Error::InvalidJson {
@@ -109,13 +127,21 @@ fn parse_json(secret_id: &str, value: &SecretValue) -> Result<Value> {
         detail: format!("parse error at line {} column {}", e.line(), e.column()),
     })?;
     if !v.is_object() {
-        return Err(Error::InvalidJson { secret: secret_id.into(), detail: "the top level is not an object".into() });
+        return Err(Error::InvalidJson {
+            secret: secret_id.into(),
+            detail: "the top level is not an object".into(),
+        });
     }
     Ok(v)
 }
 
 pub fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 253 && k != "." && k != ".." && k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    !k.is_empty()
+        && k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
 }
 
 /// Renders the Secret data for `spec` from `value`.
@@ -133,7 +159,9 @@ pub fn render(spec: &ManagedSecretSpec, value: &SecretValue) -> Result<SecretDat
         let v = parse_json(&spec.secret_id, value)?;
         for m in &spec.data.keys {
             let found = lookup(&v, &m.from).ok_or_else(|| Error::KeyNotFound(m.from.clone()))?;
-            let to = m.to.clone().unwrap_or_else(|| m.from.rsplit('.').next().unwrap_or(&m.from).to_string());
+            let to =
+                m.to.clone()
+                    .unwrap_or_else(|| m.from.rsplit('.').next().unwrap_or(&m.from).to_string());
             out.insert(to, scalar_bytes(found));
         }
         json = Some(v);
@@ -162,7 +190,14 @@ pub fn render(spec: &ManagedSecretSpec, value: &SecretValue) -> Result<SecretDat
     if total > MAX_SECRET_BYTES {
         return Err(Error::ValueTooLarge(total));
     }
-    let missing: Vec<&str> = spec.target.type_.required_keys().iter().copied().filter(|k| !out.contains_key(*k)).collect();
+    let missing: Vec<&str> = spec
+        .target
+        .type_
+        .required_keys()
+        .iter()
+        .copied()
+        .filter(|k| !out.contains_key(*k))
+        .collect();
     if !missing.is_empty() {
         return Err(Error::InvalidSpec(format!(
             "a Secret of type {} needs the keys {}; map them with data.keys",
@@ -171,9 +206,14 @@ pub fn render(spec: &ManagedSecretSpec, value: &SecretValue) -> Result<SecretDat
         )));
     }
     if spec.target.type_ == crate::crd::SecretType::DockerConfigJson {
-        let ok = out.get(".dockerconfigjson").map(|b| serde_json::from_slice::<Value>(b).is_ok()).unwrap_or(false);
+        let ok = out
+            .get(".dockerconfigjson")
+            .map(|b| serde_json::from_slice::<Value>(b).is_ok())
+            .unwrap_or(false);
         if !ok {
-            return Err(Error::InvalidSpec("the .dockerconfigjson key must hold JSON".into()));
+            return Err(Error::InvalidSpec(
+                "the .dockerconfigjson key must hold JSON".into(),
+            ));
         }
     }
     Ok(SecretData(out))
@@ -189,7 +229,10 @@ pub struct Template {
 #[derive(Debug, PartialEq)]
 enum Part {
     Text(String),
-    Field { path: String, filter: Option<Filter> },
+    Field {
+        path: String,
+        filter: Option<Filter>,
+    },
 }
 
 #[derive(Debug, PartialEq, Clone, Copy)]
@@ -207,7 +250,9 @@ impl Template {
                 parts.push(Part::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or_else(|| Error::InvalidSpec(format!("template {src:?}: '{{{{' without '}}}}'")))?;
+            let end = after.find("}}").ok_or_else(|| {
+                Error::InvalidSpec(format!("template {src:?}: '{{{{' without '}}}}'"))
+            })?;
             let inner = after[..end].trim();
             let (path, filter) = match inner.split_once('|') {
                 Some((p, f)) => {
@@ -215,7 +260,9 @@ impl Template {
                         "urlencode" => Filter::UrlEncode,
                         "base64" => Filter::Base64,
                         other => {
-                            return Err(Error::InvalidSpec(format!("template {src:?}: unknown filter {other:?} (use urlencode or base64)")))
+                            return Err(Error::InvalidSpec(format!(
+                            "template {src:?}: unknown filter {other:?} (use urlencode or base64)"
+                        )))
                         }
                     };
                     (p.trim(), Some(filter))
@@ -223,14 +270,25 @@ impl Template {
                 None => (inner, None),
             };
             let path = path.strip_prefix('.').unwrap_or(path);
-            if path.is_empty() || !path.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-                return Err(Error::InvalidSpec(format!("template {src:?}: {inner:?} is not a field path")));
+            if path.is_empty()
+                || !path
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(Error::InvalidSpec(format!(
+                    "template {src:?}: {inner:?} is not a field path"
+                )));
             }
-            parts.push(Part::Field { path: path.to_string(), filter });
+            parts.push(Part::Field {
+                path: path.to_string(),
+                filter,
+            });
             rest = &after[end + 2..];
         }
         if rest.contains("}}") {
-            return Err(Error::InvalidSpec(format!("template {src:?}: '}}}}' without '{{{{'")));
+            return Err(Error::InvalidSpec(format!(
+                "template {src:?}: '}}}}' without '{{{{'"
+            )));
         }
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_string()));
@@ -249,8 +307,16 @@ impl Template {
                     let s = String::from_utf8_lossy(&scalar_bytes(found)).into_owned();
                     match filter {
                         None => out.push_str(&s),
-                        Some(Filter::UrlEncode) => out.push_str(&percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC).to_string()),
-                        Some(Filter::Base64) => out.push_str(&base64::engine::general_purpose::STANDARD.encode(s.as_bytes())),
+                        Some(Filter::UrlEncode) => out.push_str(
+                            &percent_encoding::utf8_percent_encode(
+                                &s,
+                                percent_encoding::NON_ALPHANUMERIC,
+                            )
+                            .to_string(),
+                        ),
+                        Some(Filter::Base64) => out.push_str(
+                            &base64::engine::general_purpose::STANDARD.encode(s.as_bytes()),
+                        ),
                     }
                 }
             }
@@ -285,8 +351,26 @@ mod tests {
 
     #[test]
     fn all_keys_maps_each_top_level_field_and_nested_values_as_json() {
-        let d = render(&spec(DataMapping { all_keys: true, ..Default::default() }), &creds()).unwrap();
-        assert_eq!(d.keys(), ["credentials", "database", "host", "password", "port", "tags", "username"]);
+        let d = render(
+            &spec(DataMapping {
+                all_keys: true,
+                ..Default::default()
+            }),
+            &creds(),
+        )
+        .unwrap();
+        assert_eq!(
+            d.keys(),
+            [
+                "credentials",
+                "database",
+                "host",
+                "password",
+                "port",
+                "tags",
+                "username"
+            ]
+        );
         assert_eq!(s(&d, "port"), "5432");
         assert_eq!(s(&d, "credentials"), r#"{"password":"nested"}"#);
         assert_eq!(s(&d, "tags"), r#"["a"]"#);
@@ -296,8 +380,14 @@ mod tests {
     fn selected_keys_follow_dotted_paths_and_rename() {
         let m = DataMapping {
             keys: vec![
-                KeyMapping { from: "password".into(), to: Some("DB_PASSWORD".into()) },
-                KeyMapping { from: "credentials.password".into(), to: None },
+                KeyMapping {
+                    from: "password".into(),
+                    to: Some("DB_PASSWORD".into()),
+                },
+                KeyMapping {
+                    from: "credentials.password".into(),
+                    to: None,
+                },
             ],
             ..Default::default()
         };
@@ -308,49 +398,115 @@ mod tests {
 
     #[test]
     fn raw_strings_and_binary_go_to_one_key() {
-        let m = DataMapping { raw_key: Some("token".into()), ..Default::default() };
-        assert_eq!(render(&spec(m.clone()), &SecretValue::String("plain".into())).unwrap().0["token"], b"plain");
-        assert_eq!(render(&spec(m), &SecretValue::Binary(vec![0, 255])).unwrap().0["token"], vec![0, 255]);
+        let m = DataMapping {
+            raw_key: Some("token".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            render(&spec(m.clone()), &SecretValue::String("plain".into()))
+                .unwrap()
+                .0["token"],
+            b"plain"
+        );
+        assert_eq!(
+            render(&spec(m), &SecretValue::Binary(vec![0, 255]))
+                .unwrap()
+                .0["token"],
+            vec![0, 255]
+        );
     }
 
     #[test]
     fn templates_render_fields_with_filters() {
-        let mut sp = spec(DataMapping { keys: vec![KeyMapping { from: "username".into(), to: None }], ..Default::default() });
+        let mut sp = spec(DataMapping {
+            keys: vec![KeyMapping {
+                from: "username".into(),
+                to: None,
+            }],
+            ..Default::default()
+        });
         sp.templates.insert(
             "DATABASE_URL".into(),
             "postgres://{{ username }}:{{ password | urlencode }}@{{ host }}:{{ port }}/{{ .database }}".into(),
         );
         let d = render(&sp, &creds()).unwrap();
-        assert_eq!(s(&d, "DATABASE_URL"), "postgres://dbadmin:p%40ss%2Fw%3Ard@db.local:5432/myapp");
+        assert_eq!(
+            s(&d, "DATABASE_URL"),
+            "postgres://dbadmin:p%40ss%2Fw%3Ard@db.local:5432/myapp"
+        );
         assert!(Template::parse("{{ a | upper }}").is_err());
         assert!(Template::parse("{{ a ").is_err());
         assert!(Template::parse("{{ a b }}").is_err());
-        assert_eq!(Template::parse("x{{ a | base64 }}y").unwrap().render(&serde_json::json!({"a": "hi"})).unwrap(), "xaGk=y");
+        assert_eq!(
+            Template::parse("x{{ a | base64 }}y")
+                .unwrap()
+                .render(&serde_json::json!({"a": "hi"}))
+                .unwrap(),
+            "xaGk=y"
+        );
     }
 
     #[test]
     fn errors_name_the_problem_not_the_value() {
-        let m = DataMapping { keys: vec![KeyMapping { from: "missing".into(), to: None }], ..Default::default() };
+        let m = DataMapping {
+            keys: vec![KeyMapping {
+                from: "missing".into(),
+                to: None,
+            }],
+            ..Default::default()
+        };
         let e = render(&spec(m), &creds()).unwrap_err();
         assert_eq!(e.reason(), "KeyNotFound");
         assert_eq!(e.to_string(), "KeyNotFound: missing");
-        let e = render(&spec(DataMapping { all_keys: true, ..Default::default() }), &SecretValue::String("hunter2-not-json".into())).unwrap_err();
+        let e = render(
+            &spec(DataMapping {
+                all_keys: true,
+                ..Default::default()
+            }),
+            &SecretValue::String("hunter2-not-json".into()),
+        )
+        .unwrap_err();
         assert_eq!(e.reason(), "InvalidJSON");
         assert!(!e.to_string().contains("hunter2"));
-        let e = render(&spec(DataMapping { all_keys: true, ..Default::default() }), &SecretValue::String(r#"{"bad key":"x"}"#.into())).unwrap_err();
+        let e = render(
+            &spec(DataMapping {
+                all_keys: true,
+                ..Default::default()
+            }),
+            &SecretValue::String(r#"{"bad key":"x"}"#.into()),
+        )
+        .unwrap_err();
         assert_eq!(e.reason(), "InvalidKeyName");
         let big = SecretValue::String("x".repeat(MAX_SECRET_BYTES + 1));
-        let e = render(&spec(DataMapping { raw_key: Some("k".into()), ..Default::default() }), &big).unwrap_err();
+        let e = render(
+            &spec(DataMapping {
+                raw_key: Some("k".into()),
+                ..Default::default()
+            }),
+            &big,
+        )
+        .unwrap_err();
         assert_eq!(e.reason(), "ValueTooLarge");
         let e = render(&spec(DataMapping::default()), &creds()).unwrap_err();
         assert_eq!(e.reason(), "InvalidSpec");
-        let e = render(&spec(DataMapping { all_keys: true, raw_key: Some("k".into()), ..Default::default() }), &creds()).unwrap_err();
+        let e = render(
+            &spec(DataMapping {
+                all_keys: true,
+                raw_key: Some("k".into()),
+                ..Default::default()
+            }),
+            &creds(),
+        )
+        .unwrap_err();
         assert_eq!(e.reason(), "InvalidSpec");
     }
 
     #[test]
     fn typed_secrets_need_their_keys() {
-        let mut sp = spec(DataMapping { all_keys: true, ..Default::default() });
+        let mut sp = spec(DataMapping {
+            all_keys: true,
+            ..Default::default()
+        });
         sp.target.type_ = SecretType::Tls;
         assert_eq!(render(&sp, &creds()).unwrap_err().reason(), "InvalidSpec");
         let tls = SecretValue::String(r#"{"tls.crt":"C","tls.key":"K"}"#.into());
@@ -364,7 +520,14 @@ mod tests {
     fn debug_output_redacts_values_and_hash_changes_with_data() {
         let v = creds();
         assert!(!format!("{v:?}").contains("dbadmin"));
-        let d = render(&spec(DataMapping { all_keys: true, ..Default::default() }), &v).unwrap();
+        let d = render(
+            &spec(DataMapping {
+                all_keys: true,
+                ..Default::default()
+            }),
+            &v,
+        )
+        .unwrap();
         let dbg = format!("{d:?}");
         assert!(dbg.contains("username=<7 bytes>") && !dbg.contains("dbadmin"));
         let mut d2 = d.clone();

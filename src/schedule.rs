@@ -9,7 +9,11 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(10);
 
 /// Parses a Kubernetes-style duration: `30s`, `5m`, `1h`, `1h30m`, `500ms`.
 pub fn parse_duration(s: &str) -> Result<Duration> {
-    let bad = || Error::InvalidSpec(format!("refreshInterval {s:?} is not a duration like 30s, 5m or 1h"));
+    let bad = || {
+        Error::InvalidSpec(format!(
+            "refreshInterval {s:?} is not a duration like 30s, 5m or 1h"
+        ))
+    };
     let mut total = Duration::ZERO;
     let mut rest = s.trim();
     if rest.is_empty() {
@@ -81,26 +85,44 @@ pub enum Plan {
     /// Nothing to do until this time.
     Rest { until: DateTime<Utc> },
     /// Read the value (from the cache unless `bypass_cache`) and converge.
-    Sync { bypass_cache: bool, why: &'static str },
+    Sync {
+        bypass_cache: bool,
+        why: &'static str,
+    },
 }
 
 /// Decides whether to touch AWS at all. Pure.
 pub fn plan(o: &Observed) -> Plan {
     let forced = o.force_sync.is_some() && o.force_sync != o.last_force_sync;
     if forced {
-        return Plan::Sync { bypass_cache: true, why: "force-sync annotation changed" };
+        return Plan::Sync {
+            bypass_cache: true,
+            why: "force-sync annotation changed",
+        };
     }
     if o.generation != o.observed_generation {
-        return Plan::Sync { bypass_cache: false, why: "spec changed" };
+        return Plan::Sync {
+            bypass_cache: false,
+            why: "spec changed",
+        };
     }
     if !o.secret_intact {
-        return Plan::Sync { bypass_cache: false, why: "Secret changed or missing" };
+        return Plan::Sync {
+            bypass_cache: false,
+            why: "Secret changed or missing",
+        };
     }
     match o.next_refresh {
         // After a failure, next_refresh is the end of the back-off.
         Some(t) if o.now < t => Plan::Rest { until: t },
-        _ if !o.ready => Plan::Sync { bypass_cache: false, why: "retry after failure" },
-        _ => Plan::Sync { bypass_cache: false, why: "refresh interval elapsed" },
+        _ if !o.ready => Plan::Sync {
+            bypass_cache: false,
+            why: "retry after failure",
+        },
+        _ => Plan::Sync {
+            bypass_cache: false,
+            why: "refresh interval elapsed",
+        },
     }
 }
 
@@ -113,7 +135,10 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
         for bad in ["", "5", "m", "5d", "-5s", "5 m"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
@@ -121,10 +146,19 @@ mod tests {
 
     #[test]
     fn refresh_interval_defaults_to_five_minutes_and_enforces_the_minimum() {
-        assert_eq!(refresh_interval(None, MIN_REFRESH).unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            refresh_interval(None, MIN_REFRESH).unwrap(),
+            Duration::from_secs(300)
+        );
         let e = refresh_interval(Some("5s"), MIN_REFRESH).unwrap_err();
-        assert_eq!(e.to_string(), "invalid spec: refreshInterval 5s is below the minimum of 10s");
-        assert_eq!(refresh_interval(Some("10s"), MIN_REFRESH).unwrap(), Duration::from_secs(10));
+        assert_eq!(
+            e.to_string(),
+            "invalid spec: refreshInterval 5s is below the minimum of 10s"
+        );
+        assert_eq!(
+            refresh_interval(Some("10s"), MIN_REFRESH).unwrap(),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -152,25 +186,57 @@ mod tests {
     #[test]
     fn rests_until_the_refresh_when_all_is_in_sync() {
         let o = base();
-        assert_eq!(plan(&o), Plan::Rest { until: o.next_refresh.unwrap() });
+        assert_eq!(
+            plan(&o),
+            Plan::Rest {
+                until: o.next_refresh.unwrap()
+            }
+        );
     }
 
     #[test]
     fn syncs_when_due_changed_forced_or_drifted() {
         let mut o = base();
         o.now = o.next_refresh.unwrap();
-        assert!(matches!(plan(&o), Plan::Sync { bypass_cache: false, .. }));
+        assert!(matches!(
+            plan(&o),
+            Plan::Sync {
+                bypass_cache: false,
+                ..
+            }
+        ));
         let mut o = base();
         o.generation = Some(2);
-        assert!(matches!(plan(&o), Plan::Sync { bypass_cache: false, why: "spec changed" }));
+        assert!(matches!(
+            plan(&o),
+            Plan::Sync {
+                bypass_cache: false,
+                why: "spec changed"
+            }
+        ));
         let mut o = base();
         o.secret_intact = false;
-        assert!(matches!(plan(&o), Plan::Sync { bypass_cache: false, .. }));
+        assert!(matches!(
+            plan(&o),
+            Plan::Sync {
+                bypass_cache: false,
+                ..
+            }
+        ));
         let mut o = base();
         o.force_sync = Some("1".into());
-        assert_eq!(plan(&o), Plan::Sync { bypass_cache: true, why: "force-sync annotation changed" });
+        assert_eq!(
+            plan(&o),
+            Plan::Sync {
+                bypass_cache: true,
+                why: "force-sync annotation changed"
+            }
+        );
         o.last_force_sync = Some("1".into());
-        assert!(matches!(plan(&o), Plan::Rest { .. }), "the same force value acts once");
+        assert!(
+            matches!(plan(&o), Plan::Rest { .. }),
+            "the same force value acts once"
+        );
         let mut o = base();
         o.ready = false;
         o.next_refresh = None;

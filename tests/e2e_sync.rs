@@ -30,7 +30,11 @@ async fn wait_attempts(c: &Cluster, name: &str, n: usize) {
         seen = Some(
             wait_for("another refresh", DEADLINE, || {
                 let prev = seen.clone();
-                async move { last_attempt(c, name).await.filter(|t| Some(t) != prev.as_ref()) }
+                async move {
+                    last_attempt(c, name)
+                        .await
+                        .filter(|t| Some(t) != prev.as_ref())
+                }
             })
             .await,
         );
@@ -40,9 +44,13 @@ async fn wait_attempts(c: &Cluster, name: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_refresh() {
     let (c, moto, _op) = setup().await;
-    let v1 = moto.create_json("prod/db/credentials", &creds("SuperSecure123")).await;
+    let v1 = moto
+        .create_json("prod/db/credentials", &creds("SuperSecure123"))
+        .await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "2s", "data": {"allKeys": true}})).await;
-    let d = c.wait_secret_value("db", "password", "SuperSecure123").await;
+    let d = c
+        .wait_secret_value("db", "password", "SuperSecure123")
+        .await;
     assert_eq!(d["port"], "5432");
     assert_eq!(d["username"], "dbadmin");
     let ms = c.wait_ready("db", "True", "Synced").await;
@@ -54,10 +62,15 @@ async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_ref
     assert_eq!(st.observed_generation, Some(1));
     assert!(st.next_refresh_time.is_some() && st.last_sync_time.is_some());
     let secret = c.secrets().get("db").await.unwrap();
-    assert_eq!(secret.metadata.owner_references.unwrap()[0].kind, "ManagedSecret");
+    assert_eq!(
+        secret.metadata.owner_references.unwrap()[0].kind,
+        "ManagedSecret"
+    );
     assert!(c.events_for("db").await.iter().any(|(r, _)| r == "Synced"));
 
-    let v2 = moto.rotate_like_lambda("prod/db/credentials", &creds("Rotated456")).await;
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("Rotated456"))
+        .await;
     c.wait_secret_value("db", "password", "Rotated456").await;
     let st = wait_for("status to show the new version", DEADLINE, || async {
         let st = c.managed().get("db").await.ok()?.status?;
@@ -71,11 +84,21 @@ async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_ref
 async fn selected_keys_raw_values_binary_and_templates() {
     let (c, moto, _op) = setup().await;
     moto.create_json("prod/api/nested", &json!({"credentials": {"password": "inner"}, "user": "u1", "host": "h", "port": 5432, "database": "app", "password": "p@ss/word"})).await;
-    moto.create_string("prod/api/token", "plain-token-value").await;
-    moto.create_binary("prod/api/cert", &[0u8, 159, 146, 150]).await;
+    moto.create_string("prod/api/token", "plain-token-value")
+        .await;
+    moto.create_binary("prod/api/cert", &[0u8, 159, 146, 150])
+        .await;
     c.create_ms("keys", json!({"secretId": "prod/api/nested", "data": {"keys": [{"from": "credentials.password", "to": "DB_PASSWORD"}, {"from": "user"}]}})).await;
-    c.create_ms("raw", json!({"secretId": "prod/api/token", "data": {"rawKey": "token"}})).await;
-    c.create_ms("bin", json!({"secretId": "prod/api/cert", "data": {"rawKey": "cert.der"}})).await;
+    c.create_ms(
+        "raw",
+        json!({"secretId": "prod/api/token", "data": {"rawKey": "token"}}),
+    )
+    .await;
+    c.create_ms(
+        "bin",
+        json!({"secretId": "prod/api/cert", "data": {"rawKey": "cert.der"}}),
+    )
+    .await;
     c.create_ms(
         "tpl",
         json!({"secretId": "prod/api/nested", "data": {"keys": [{"from": "user"}]},
@@ -84,44 +107,96 @@ async fn selected_keys_raw_values_binary_and_templates() {
     .await;
     let d = c.wait_secret_value("keys", "DB_PASSWORD", "inner").await;
     assert_eq!(d.keys().collect::<Vec<_>>(), ["DB_PASSWORD", "user"]);
-    c.wait_secret_value("raw", "token", "plain-token-value").await;
-    let bin = wait_for("binary secret", DEADLINE, || async { c.secrets().get_opt("bin").await.ok()?.and_then(|s| s.data)?.get("cert.der").cloned() }).await;
+    c.wait_secret_value("raw", "token", "plain-token-value")
+        .await;
+    let bin = wait_for("binary secret", DEADLINE, || async {
+        c.secrets()
+            .get_opt("bin")
+            .await
+            .ok()?
+            .and_then(|s| s.data)?
+            .get("cert.der")
+            .cloned()
+    })
+    .await;
     assert_eq!(bin.0, vec![0u8, 159, 146, 150]);
-    c.wait_secret_value("tpl", "DATABASE_URL", "postgres://u1:p%40ss%2Fword@h:5432/app").await;
+    c.wait_secret_value(
+        "tpl",
+        "DATABASE_URL",
+        "postgres://u1:p%40ss%2Fword@h:5432/app",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_target_type_is_written_with_its_required_keys() {
     let (c, moto, _op) = setup().await;
-    moto.create_json("prod/web/basic", &json!({"username": "admin", "password": "pw"})).await;
-    moto.create_json("prod/web/tls", &json!({"cert": "-----BEGIN CERTIFICATE-----", "key": "-----BEGIN PRIVATE KEY-----"})).await;
-    moto.create_json("prod/web/registry", &json!({"config": "{\"auths\":{\"registry.example.com\":{\"auth\":\"eDp5\"}}}"})).await;
+    moto.create_json(
+        "prod/web/basic",
+        &json!({"username": "admin", "password": "pw"}),
+    )
+    .await;
+    moto.create_json(
+        "prod/web/tls",
+        &json!({"cert": "-----BEGIN CERTIFICATE-----", "key": "-----BEGIN PRIVATE KEY-----"}),
+    )
+    .await;
+    moto.create_json(
+        "prod/web/registry",
+        &json!({"config": "{\"auths\":{\"registry.example.com\":{\"auth\":\"eDp5\"}}}"}),
+    )
+    .await;
     c.create_ms("basic", json!({"secretId": "prod/web/basic", "data": {"allKeys": true}, "target": {"type": "kubernetes.io/basic-auth"}})).await;
     c.create_ms("tls", json!({"secretId": "prod/web/tls", "data": {"keys": [{"from": "cert", "to": "tls.crt"}, {"from": "key", "to": "tls.key"}]}, "target": {"type": "kubernetes.io/tls", "name": "web-tls"}})).await;
     c.create_ms("registry", json!({"secretId": "prod/web/registry", "data": {"keys": [{"from": "config", "to": ".dockerconfigjson"}]}, "target": {"type": "kubernetes.io/dockerconfigjson"}})).await;
-    c.create_ms("opaque", json!({"secretId": "prod/web/basic", "data": {"allKeys": true}})).await;
-    for (name, ty) in [("basic", "kubernetes.io/basic-auth"), ("web-tls", "kubernetes.io/tls"), ("registry", "kubernetes.io/dockerconfigjson"), ("opaque", "Opaque")] {
-        let s = wait_for(&format!("Secret {name}"), DEADLINE, || async { c.secrets().get_opt(name).await.ok()? }).await;
+    c.create_ms(
+        "opaque",
+        json!({"secretId": "prod/web/basic", "data": {"allKeys": true}}),
+    )
+    .await;
+    for (name, ty) in [
+        ("basic", "kubernetes.io/basic-auth"),
+        ("web-tls", "kubernetes.io/tls"),
+        ("registry", "kubernetes.io/dockerconfigjson"),
+        ("opaque", "Opaque"),
+    ] {
+        let s = wait_for(&format!("Secret {name}"), DEADLINE, || async {
+            c.secrets().get_opt(name).await.ok()?
+        })
+        .await;
         assert_eq!(s.type_.as_deref(), Some(ty), "{name}");
     }
     // A tls Secret without its keys is refused before anything is written.
     c.create_ms("bad-tls", json!({"secretId": "prod/web/basic", "data": {"allKeys": true}, "target": {"type": "kubernetes.io/tls"}})).await;
     let ms = c.wait_ready("bad-tls", "False", "InvalidSpec").await;
-    assert!(ms.status.unwrap().conditions[0].message.contains("tls.crt, tls.key"));
+    assert!(ms.status.unwrap().conditions[0]
+        .message
+        .contains("tls.crt, tls.key"));
     assert!(c.secrets().get_opt("bad-tls").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_or_edited_managed_secret_is_repaired_within_seconds() {
     let (c, moto, _op) = setup().await;
-    moto.create_json("prod/db/credentials", &creds("orig")).await;
+    moto.create_json("prod/db/credentials", &creds("orig"))
+        .await;
     // A long refresh interval: only the watch on the Secret can bring the repair.
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}})).await;
     c.wait_secret_value("db", "password", "orig").await;
     c.wait_ready("db", "True", "Synced").await;
-    c.secrets().delete("db", &DeleteParams::default()).await.unwrap();
+    c.secrets()
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
     c.wait_secret_value("db", "password", "orig").await;
-    c.secrets().patch("db", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "tampered"}}))).await.unwrap();
+    c.secrets()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "tampered"}})),
+        )
+        .await
+        .unwrap();
     c.wait_secret_value("db", "password", "orig").await;
 }
 
@@ -130,56 +205,119 @@ async fn creation_policies_refuse_foreign_secrets_and_merge_only_our_keys() {
     let (c, moto, _op) = setup().await;
     moto.create_json("prod/db/credentials", &creds("pw")).await;
     let foreign: Secret = serde_json::from_value(json!({"metadata": {"name": "app-config"}, "stringData": {"LOG_LEVEL": "debug", "password": "theirs"}})).unwrap();
-    c.secrets().create(&PostParams::default(), &foreign).await.unwrap();
+    c.secrets()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
     c.create_ms("owner", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "target": {"name": "app-config"}})).await;
     let ms = c.wait_ready("owner", "False", "SecretConflict").await;
-    assert!(ms.status.unwrap().conditions[0].message.contains("creationPolicy: Merge"));
+    assert!(ms.status.unwrap().conditions[0]
+        .message
+        .contains("creationPolicy: Merge"));
     let d = c.secret_data("app-config").await.unwrap();
-    assert_eq!(d["password"], "theirs", "a foreign Secret is never overwritten");
-    assert!(c.events_for("owner").await.iter().any(|(r, _)| r == "SecretConflict"));
-    c.managed().delete("owner", &DeleteParams::default()).await.unwrap();
+    assert_eq!(
+        d["password"], "theirs",
+        "a foreign Secret is never overwritten"
+    );
+    assert!(c
+        .events_for("owner")
+        .await
+        .iter()
+        .any(|(r, _)| r == "SecretConflict"));
+    c.managed()
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
 
     c.create_ms("merge", json!({"secretId": "prod/db/credentials", "data": {"keys": [{"from": "username", "to": "DB_USER"}]}, "target": {"name": "app-config", "creationPolicy": "Merge"}})).await;
-    let d = c.wait_secret_value("app-config", "DB_USER", "dbadmin").await;
+    let d = c
+        .wait_secret_value("app-config", "DB_USER", "dbadmin")
+        .await;
     assert_eq!(d["LOG_LEVEL"], "debug");
     assert_eq!(d["password"], "theirs");
     let s = c.secrets().get("app-config").await.unwrap();
-    assert!(s.metadata.owner_references.is_none(), "Merge does not take ownership");
+    assert!(
+        s.metadata.owner_references.is_none(),
+        "Merge does not take ownership"
+    );
 
     c.create_ms("missing", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "target": {"name": "nope", "creationPolicy": "Merge"}})).await;
     c.wait_ready("missing", "False", "TargetMissing").await;
 
     c.create_ms("orphan", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "target": {"creationPolicy": "Orphan"}})).await;
     c.wait_secret_value("orphan", "password", "pw").await;
-    assert!(c.secrets().get("orphan").await.unwrap().metadata.owner_references.is_none());
+    assert!(c
+        .secrets()
+        .get("orphan")
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_policies_delete_retain_and_give_back_merged_keys() {
     let (c, moto, _op) = setup().await;
     moto.create_json("prod/db/credentials", &creds("pw")).await;
-    c.create_ms("gone", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}})).await;
+    c.create_ms(
+        "gone",
+        json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}}),
+    )
+    .await;
     c.create_ms("kept", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "target": {"deletionPolicy": "Retain"}})).await;
-    let shared: Secret = serde_json::from_value(json!({"metadata": {"name": "shared"}, "stringData": {"OTHER": "x"}})).unwrap();
-    c.secrets().create(&PostParams::default(), &shared).await.unwrap();
+    let shared: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "shared"}, "stringData": {"OTHER": "x"}}),
+    )
+    .unwrap();
+    c.secrets()
+        .create(&PostParams::default(), &shared)
+        .await
+        .unwrap();
     c.create_ms("merged", json!({"secretId": "prod/db/credentials", "data": {"keys": [{"from": "password"}]}, "target": {"name": "shared", "creationPolicy": "Merge"}})).await;
     c.wait_secret_value("gone", "password", "pw").await;
     c.wait_secret_value("kept", "password", "pw").await;
     c.wait_secret_value("shared", "password", "pw").await;
     for n in ["gone", "kept", "merged"] {
-        c.managed().delete(n, &DeleteParams::default()).await.unwrap();
+        c.managed()
+            .delete(n, &DeleteParams::default())
+            .await
+            .unwrap();
     }
     for n in ["gone", "kept", "merged"] {
-        wait_for(&format!("ManagedSecret {n} to be finalized"), DEADLINE, || async { c.managed().get_opt(n).await.ok()?.is_none().then_some(()) }).await;
+        wait_for(
+            &format!("ManagedSecret {n} to be finalized"),
+            DEADLINE,
+            || async { c.managed().get_opt(n).await.ok()?.is_none().then_some(()) },
+        )
+        .await;
     }
-    wait_for("Secret gone to be deleted", DEADLINE, || async { c.secrets().get_opt("gone").await.ok()?.is_none().then_some(()) }).await;
-    let kept = c.secrets().get("kept").await.unwrap();
-    assert!(kept.metadata.owner_references.unwrap_or_default().is_empty(), "Retain drops the ownerReference");
-    assert_eq!(c.secret_data("kept").await.unwrap()["password"], "pw");
-    let shared = wait_for("our key removed from the merged Secret", DEADLINE, || async {
-        let d = c.secret_data("shared").await?;
-        (!d.contains_key("password")).then_some(d)
+    wait_for("Secret gone to be deleted", DEADLINE, || async {
+        c.secrets()
+            .get_opt("gone")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
+    .await;
+    let kept = c.secrets().get("kept").await.unwrap();
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty(),
+        "Retain drops the ownerReference"
+    );
+    assert_eq!(c.secret_data("kept").await.unwrap()["password"], "pw");
+    let shared = wait_for(
+        "our key removed from the merged Secret",
+        DEADLINE,
+        || async {
+            let d = c.secret_data("shared").await?;
+            (!d.contains_key("password")).then_some(d)
+        },
+    )
     .await;
     assert_eq!(shared["OTHER"], "x");
 }
@@ -188,26 +326,74 @@ async fn deletion_policies_delete_retain_and_give_back_merged_keys() {
 async fn aws_and_mapping_errors_have_clear_reasons_and_never_cost_data() {
     let (c, moto, _op) = setup().await;
     moto.create_json("prod/db/credentials", &creds("pw")).await;
-    moto.create_string("prod/plain/text", "not json at all").await;
-    moto.create_json("prod/bad/keys", &json!({"bad key": "v"})).await;
-    moto.create_json("prod/big/value", &json!({"blob": "x".repeat(60_000)})).await;
+    moto.create_string("prod/plain/text", "not json at all")
+        .await;
+    moto.create_json("prod/bad/keys", &json!({"bad key": "v"}))
+        .await;
+    moto.create_json("prod/big/value", &json!({"blob": "x".repeat(60_000)}))
+        .await;
     for id in ["prod/denied/x", "prod/kms/x", "prod/throttled/x"] {
         moto.create_json(id, &creds("pw")).await;
     }
     // Faults stay until used: enough for every retry the SDK and the operator make in this test.
-    moto.fault("GetSecretValue", "prod/denied/x", "AccessDeniedException", 1000).await;
-    moto.fault("GetSecretValue", "prod/kms/x", "DecryptionFailure", 1000).await;
-    let templates: serde_json::Map<String, serde_json::Value> = (0..20).map(|i| (format!("copy{i}"), json!("{{ blob }}"))).collect();
+    moto.fault(
+        "GetSecretValue",
+        "prod/denied/x",
+        "AccessDeniedException",
+        1000,
+    )
+    .await;
+    moto.fault("GetSecretValue", "prod/kms/x", "DecryptionFailure", 1000)
+        .await;
+    let templates: serde_json::Map<String, serde_json::Value> = (0..20)
+        .map(|i| (format!("copy{i}"), json!("{{ blob }}")))
+        .collect();
     let cases = [
-        ("notfound", json!({"secretId": "prod/missing/x", "data": {"allKeys": true}}), "SecretNotFound"),
-        ("denied", json!({"secretId": "prod/denied/x", "data": {"allKeys": true}}), "AccessDenied"),
-        ("kms", json!({"secretId": "prod/kms/x", "data": {"allKeys": true}}), "DecryptionFailed"),
-        ("notjson", json!({"secretId": "prod/plain/text", "data": {"allKeys": true}}), "InvalidJSON"),
-        ("nokey", json!({"secretId": "prod/db/credentials", "data": {"keys": [{"from": "api_key"}]}}), "KeyNotFound"),
-        ("badkey", json!({"secretId": "prod/bad/keys", "data": {"allKeys": true}}), "InvalidKeyName"),
-        ("toobig", json!({"secretId": "prod/big/value", "data": {"keys": [{"from": "blob"}]}, "templates": templates}), "ValueTooLarge"),
-        ("pending", json!({"secretId": "prod/db/credentials", "versionStage": "AWSPENDING", "data": {"allKeys": true}}), "InvalidSpec"),
-        ("tooshort", json!({"secretId": "prod/db/credentials", "refreshInterval": "500ms", "data": {"allKeys": true}}), "InvalidSpec"),
+        (
+            "notfound",
+            json!({"secretId": "prod/missing/x", "data": {"allKeys": true}}),
+            "SecretNotFound",
+        ),
+        (
+            "denied",
+            json!({"secretId": "prod/denied/x", "data": {"allKeys": true}}),
+            "AccessDenied",
+        ),
+        (
+            "kms",
+            json!({"secretId": "prod/kms/x", "data": {"allKeys": true}}),
+            "DecryptionFailed",
+        ),
+        (
+            "notjson",
+            json!({"secretId": "prod/plain/text", "data": {"allKeys": true}}),
+            "InvalidJSON",
+        ),
+        (
+            "nokey",
+            json!({"secretId": "prod/db/credentials", "data": {"keys": [{"from": "api_key"}]}}),
+            "KeyNotFound",
+        ),
+        (
+            "badkey",
+            json!({"secretId": "prod/bad/keys", "data": {"allKeys": true}}),
+            "InvalidKeyName",
+        ),
+        (
+            "toobig",
+            json!({"secretId": "prod/big/value", "data": {"keys": [{"from": "blob"}]}, "templates": templates}),
+            "ValueTooLarge",
+        ),
+        (
+            "pending",
+            json!({"secretId": "prod/db/credentials", "versionStage": "AWSPENDING", "data": {"allKeys": true}}),
+            "InvalidSpec",
+        ),
+        (
+            "tooshort",
+            json!({"secretId": "prod/db/credentials", "refreshInterval": "500ms", "data": {"allKeys": true}}),
+            "InvalidSpec",
+        ),
     ];
     for (name, spec, _) in &cases {
         c.create_ms(name, spec.clone()).await;
@@ -217,27 +403,59 @@ async fn aws_and_mapping_errors_have_clear_reasons_and_never_cost_data() {
         let st = ms.status.unwrap();
         let msg = &st.conditions[0].message;
         assert!(msg.contains("next attempt at"), "{name}: {msg}");
-        assert!(!msg.contains("pw\"") && !msg.contains("not json at all"), "no values in messages: {msg}");
+        assert!(
+            !msg.contains("pw\"") && !msg.contains("not json at all"),
+            "no values in messages: {msg}"
+        );
         assert!(st.next_refresh_time.is_some());
-        assert!(c.events_for(name).await.iter().any(|(r, _)| r == reason), "{name}: a Warning event with reason {reason}");
-        assert!(c.secrets().get_opt(name).await.unwrap().is_none(), "{name}: nothing written");
+        assert!(
+            c.events_for(name).await.iter().any(|(r, _)| r == reason),
+            "{name}: a Warning event with reason {reason}"
+        );
+        assert!(
+            c.secrets().get_opt(name).await.unwrap().is_none(),
+            "{name}: nothing written"
+        );
     }
     let nokey = c.managed().get("nokey").await.unwrap().status.unwrap();
-    assert!(nokey.conditions[0].message.starts_with("KeyNotFound: api_key"));
+    assert!(nokey.conditions[0]
+        .message
+        .starts_with("KeyNotFound: api_key"));
 
     // A transient failure after a good sync keeps the Secret as it was.
     c.create_ms("throttled", json!({"secretId": "prod/throttled/x", "refreshInterval": "1s", "data": {"allKeys": true}, "target": {"name": "kept"}})).await;
     c.wait_secret_value("kept", "password", "pw").await;
     c.wait_ready("throttled", "True", "Synced").await;
     let before = c.secrets().get("kept").await.unwrap();
-    moto.put_json("prod/throttled/x", &creds("new-but-unreachable")).await;
-    moto.fault("DescribeSecret", "prod/throttled/x", "ThrottlingException", 1000).await;
-    moto.fault("GetSecretValue", "prod/throttled/x", "ThrottlingException", 1000).await;
+    moto.put_json("prod/throttled/x", &creds("new-but-unreachable"))
+        .await;
+    moto.fault(
+        "DescribeSecret",
+        "prod/throttled/x",
+        "ThrottlingException",
+        1000,
+    )
+    .await;
+    moto.fault(
+        "GetSecretValue",
+        "prod/throttled/x",
+        "ThrottlingException",
+        1000,
+    )
+    .await;
     let ms = c.wait_ready("throttled", "False", "Throttled").await;
-    assert!(ms.status.unwrap().conditions[0].message.contains("the Secret keeps AWS version"));
+    assert!(ms.status.unwrap().conditions[0]
+        .message
+        .contains("the Secret keeps AWS version"));
     let after = c.secrets().get("kept").await.unwrap();
-    assert_eq!(after.data, before.data, "a transient failure never blanks the Secret");
-    assert_eq!(after.metadata.resource_version, before.metadata.resource_version);
+    assert_eq!(
+        after.data, before.data,
+        "a transient failure never blanks the Secret"
+    );
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,14 +465,45 @@ async fn refreshes_that_find_nothing_new_write_nothing_and_reread_nothing() {
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true}})).await;
     c.wait_secret_value("db", "password", "pw").await;
     c.wait_ready("db", "True", "Synced").await;
-    let rv = c.secrets().get("db").await.unwrap().metadata.resource_version;
-    let writes = (c.count("patch", "secrets").await, c.count("create", "secrets").await, c.count("update", "secrets").await);
+    let rv = c
+        .secrets()
+        .get("db")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let writes = (
+        c.count("patch", "secrets").await,
+        c.count("create", "secrets").await,
+        c.count("update", "secrets").await,
+    );
     let gets = moto.calls("GetSecretValue").await;
     let describes = moto.calls("DescribeSecret").await;
     wait_attempts(&c, "db", 3).await;
-    assert_eq!(c.secrets().get("db").await.unwrap().metadata.resource_version, rv, "no Secret write");
-    assert_eq!((c.count("patch", "secrets").await, c.count("create", "secrets").await, c.count("update", "secrets").await), writes, "no write request at all");
-    assert_eq!(moto.calls("GetSecretValue").await, gets, "the cache re-validated with DescribeSecret instead of re-reading");
+    assert_eq!(
+        c.secrets()
+            .get("db")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        rv,
+        "no Secret write"
+    );
+    assert_eq!(
+        (
+            c.count("patch", "secrets").await,
+            c.count("create", "secrets").await,
+            c.count("update", "secrets").await
+        ),
+        writes,
+        "no write request at all"
+    );
+    assert_eq!(
+        moto.calls("GetSecretValue").await,
+        gets,
+        "the cache re-validated with DescribeSecret instead of re-reading"
+    );
     assert!(moto.calls("DescribeSecret").await > describes);
 }
 
@@ -266,18 +515,66 @@ async fn an_operator_restart_writes_nothing() {
     c.wait_secret_value("db", "password", "pw").await;
     c.wait_ready("db", "True", "Synced").await;
     op.stop().await;
-    let secret_rv = c.secrets().get("db").await.unwrap().metadata.resource_version;
-    let ms_rv = c.managed().get("db").await.unwrap().metadata.resource_version;
-    let writes = (c.count("patch", "secrets").await, c.count("patch", "managedsecrets/status").await);
+    let secret_rv = c
+        .secrets()
+        .get("db")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let ms_rv = c
+        .managed()
+        .get("db")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let writes = (
+        c.count("patch", "secrets").await,
+        c.count("patch", "managedsecrets/status").await,
+    );
     let gets = moto.calls("GetSecretValue").await;
     let op2 = Operator::start(&c, &moto).await;
-    wait_for("the new operator to reconcile", DEADLINE, || async { (op2.metrics.reconciles.get() >= 1).then_some(()) }).await;
+    wait_for("the new operator to reconcile", DEADLINE, || async {
+        (op2.metrics.reconciles.get() >= 1).then_some(())
+    })
+    .await;
     // Give the new operator the time of a few reconciles; then nothing must have been written.
-    wait_for("the reconcile to finish", DEADLINE, || async { (op2.metrics.reconcile_duration_count() >= 1).then_some(()) }).await;
-    assert_eq!(c.secrets().get("db").await.unwrap().metadata.resource_version, secret_rv);
-    assert_eq!(c.managed().get("db").await.unwrap().metadata.resource_version, ms_rv, "no status write either");
-    assert_eq!((c.count("patch", "secrets").await, c.count("patch", "managedsecrets/status").await), writes);
-    assert_eq!(moto.calls("GetSecretValue").await, gets, "nothing re-read before the refresh is due");
+    wait_for("the reconcile to finish", DEADLINE, || async {
+        (op2.metrics.reconcile_duration_count() >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.secrets()
+            .get("db")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        secret_rv
+    );
+    assert_eq!(
+        c.managed()
+            .get("db")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        ms_rv,
+        "no status write either"
+    );
+    assert_eq!(
+        (
+            c.count("patch", "secrets").await,
+            c.count("patch", "managedsecrets/status").await
+        ),
+        writes
+    );
+    assert_eq!(
+        moto.calls("GetSecretValue").await,
+        gets,
+        "nothing re-read before the refresh is due"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +589,9 @@ async fn force_sync_rereads_aws_at_once_bypassing_the_cache() {
     c.wait_secret_value("db", "password", "new").await;
     let st = wait_for("status to record the forced sync", DEADLINE, || async {
         let st = c.managed().get("db").await.ok()?.status?;
-        (st.last_force_sync.as_deref() == Some("2026-11-26T10:00:00Z") && st.synced_version_id.as_deref() == Some(v2.as_str())).then_some(st)
+        (st.last_force_sync.as_deref() == Some("2026-11-26T10:00:00Z")
+            && st.synced_version_id.as_deref() == Some(v2.as_str()))
+        .then_some(st)
     })
     .await;
     assert_eq!(st.failures, 0);
@@ -301,10 +600,13 @@ async fn force_sync_rereads_aws_at_once_bypassing_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_values_are_never_synced_until_the_rotation_finishes() {
     let (c, moto, _op) = setup().await;
-    moto.create_json("prod/db/credentials", &creds("current")).await;
+    moto.create_json("prod/db/credentials", &creds("current"))
+        .await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true}})).await;
     c.wait_secret_value("db", "password", "current").await;
-    let pending = moto.put_pending("prod/db/credentials", &creds("pending")).await;
+    let pending = moto
+        .put_pending("prod/db/credentials", &creds("pending"))
+        .await;
     wait_attempts(&c, "db", 2).await;
     assert_eq!(c.secret_data("db").await.unwrap()["password"], "current");
     moto.finish_rotation("prod/db/credentials", &pending).await;
@@ -317,10 +619,17 @@ async fn kubernetes_api_failures_are_retried() {
     moto.create_json("prod/db/credentials", &creds("pw")).await;
     // Emulator only (on a real cluster the sync simply succeeds the first time).
     c.kube_fault("patch", "secrets", 500, 1).await;
-    c.create_ms("db", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}})).await;
+    c.create_ms(
+        "db",
+        json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}}),
+    )
+    .await;
     c.wait_secret_value("db", "password", "pw").await;
     c.wait_ready("db", "True", "Synced").await;
     if c.is_emulator() {
-        assert!(c.count("patch", "secrets").await.unwrap() >= 2, "the failed write was retried");
+        assert!(
+            c.count("patch", "secrets").await.unwrap() >= 2,
+            "the failed write was retried"
+        );
     }
 }

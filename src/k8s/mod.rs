@@ -1,7 +1,9 @@
 //! Writing the target Secret: the pure decisions (is it ours, is it in sync, what must it hold)
 //! and the server-side apply under one fixed field manager.
 
-use crate::crd::{CreationPolicy, ManagedSecret, FIELD_MANAGER, MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL};
+use crate::crd::{
+    CreationPolicy, ManagedSecret, FIELD_MANAGER, MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL,
+};
 use crate::error::{Error, Result};
 use crate::render::{hash_data, SecretData};
 use base64::Engine;
@@ -23,10 +25,21 @@ pub fn desired_secret(ms: &ManagedSecret, data: &SecretData, version_id: &str) -
     for (k, v) in &t.annotations {
         annotations.insert(k.clone(), json!(v));
     }
-    annotations.insert(MANAGED_BY_ANNOTATION.into(), json!(ms.metadata.name.clone().unwrap_or_default()));
+    annotations.insert(
+        MANAGED_BY_ANNOTATION.into(),
+        json!(ms.metadata.name.clone().unwrap_or_default()),
+    );
     annotations.insert("managedsecrets.io/aws-version-id".into(), json!(version_id));
-    let encoded: serde_json::Map<String, Value> =
-        data.0.iter().map(|(k, v)| (k.clone(), json!(base64::engine::general_purpose::STANDARD.encode(v)))).collect();
+    let encoded: serde_json::Map<String, Value> = data
+        .0
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
     let mut s = json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -65,7 +78,10 @@ pub fn check_target(ms: &ManagedSecret, current: Option<&Secret>) -> Result<()> 
                 .metadata
                 .owner_references
                 .as_ref()
-                .map(|refs| refs.iter().any(|r| r.controller == Some(true) && r.uid != uid))
+                .map(|refs| {
+                    refs.iter()
+                        .any(|r| r.controller == Some(true) && r.uid != uid)
+                })
                 .unwrap_or(false);
             if ours_by_annotation && !other_controller {
                 Ok(())
@@ -80,11 +96,20 @@ pub fn check_target(ms: &ManagedSecret, current: Option<&Secret>) -> Result<()> 
 pub fn owned_keys(s: &Secret) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for mf in s.metadata.managed_fields.iter().flatten() {
-        if mf.manager.as_deref() != Some(FIELD_MANAGER) || mf.operation.as_deref() != Some("Apply") {
+        if mf.manager.as_deref() != Some(FIELD_MANAGER) || mf.operation.as_deref() != Some("Apply")
+        {
             continue;
         }
-        if let Some(data) = mf.fields_v1.as_ref().and_then(|f| f.0.get("f:data")).and_then(Value::as_object) {
-            out.extend(data.keys().filter_map(|k| k.strip_prefix("f:").map(String::from)));
+        if let Some(data) = mf
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:data"))
+            .and_then(Value::as_object)
+        {
+            out.extend(
+                data.keys()
+                    .filter_map(|k| k.strip_prefix("f:").map(String::from)),
+            );
         }
     }
     out
@@ -95,7 +120,9 @@ pub fn in_sync(current: &Secret, desired: &Value) -> bool {
     let cur_data = current.data.clone().unwrap_or_default();
     let want = desired["data"].as_object().cloned().unwrap_or_default();
     for (k, v) in &want {
-        let b = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).unwrap_or_default();
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or(""))
+            .unwrap_or_default();
         if cur_data.get(k).map(|x| x.0.as_slice()) != Some(b.as_slice()) {
             return false;
         }
@@ -105,9 +132,23 @@ pub fn in_sync(current: &Secret, desired: &Value) -> bool {
         return false;
     }
     let sub = |want: &Value, cur: Option<&std::collections::BTreeMap<String, String>>| {
-        want.as_object().map(|m| m.iter().all(|(k, v)| cur.and_then(|c| c.get(k)).map(|x| Some(x.as_str()) == v.as_str()).unwrap_or(false))).unwrap_or(true)
+        want.as_object()
+            .map(|m| {
+                m.iter().all(|(k, v)| {
+                    cur.and_then(|c| c.get(k))
+                        .map(|x| Some(x.as_str()) == v.as_str())
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(true)
     };
-    if !sub(&desired["metadata"]["labels"], current.metadata.labels.as_ref()) || !sub(&desired["metadata"]["annotations"], current.metadata.annotations.as_ref()) {
+    if !sub(
+        &desired["metadata"]["labels"],
+        current.metadata.labels.as_ref(),
+    ) || !sub(
+        &desired["metadata"]["annotations"],
+        current.metadata.annotations.as_ref(),
+    ) {
         return false;
     }
     if let Some(t) = desired["type"].as_str() {
@@ -116,8 +157,17 @@ pub fn in_sync(current: &Secret, desired: &Value) -> bool {
         }
     }
     if let Some(refs) = desired["metadata"]["ownerReferences"].as_array() {
-        let have: Vec<String> = current.metadata.owner_references.iter().flatten().map(|r| r.uid.clone()).collect();
-        if !refs.iter().all(|r| have.iter().any(|h| Some(h.as_str()) == r["uid"].as_str())) {
+        let have: Vec<String> = current
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|r| r.uid.clone())
+            .collect();
+        if !refs
+            .iter()
+            .all(|r| have.iter().any(|h| Some(h.as_str()) == r["uid"].as_str()))
+        {
             return false;
         }
     }
@@ -137,11 +187,18 @@ pub fn current_hash(current: &Secret, keys: &[String]) -> Option<String> {
 
 /// Server-side apply of the desired Secret. Owner/Orphan take their fields back (force); Merge does
 /// not, so a key owned by someone else is reported as a conflict rather than overwritten.
-pub async fn apply_secret(api: &Api<Secret>, ms: &ManagedSecret, desired: &Value) -> Result<Secret> {
+pub async fn apply_secret(
+    api: &Api<Secret>,
+    ms: &ManagedSecret,
+    desired: &Value,
+) -> Result<Secret> {
     let force = ms.spec.target.creation_policy != CreationPolicy::Merge;
     let mut pp = PatchParams::apply(FIELD_MANAGER);
     pp.force = force;
-    match api.patch(&ms.target_name(), &pp, &Patch::Apply(desired)).await {
+    match api
+        .patch(&ms.target_name(), &pp, &Patch::Apply(desired))
+        .await
+    {
         Ok(s) => Ok(s),
         Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::SecretConflict(ms.target_name())),
         Err(e) => Err(Error::Kube(e)),
@@ -152,22 +209,49 @@ pub async fn apply_secret(api: &Api<Secret>, ms: &ManagedSecret, desired: &Value
 pub async fn release_secret(api: &Api<Secret>, ms: &ManagedSecret) -> Result<()> {
     use crate::crd::DeletionPolicy;
     let name = ms.target_name();
-    let Some(current) = api.get_opt(&name).await.map_err(Error::Kube)? else { return Ok(()) };
+    let Some(current) = api.get_opt(&name).await.map_err(Error::Kube)? else {
+        return Ok(());
+    };
     let ours = check_target(ms, Some(&current)).is_ok();
     let uid = ms.metadata.uid.clone().unwrap_or_default();
-    match (ms.spec.target.deletion_policy, ms.spec.target.creation_policy) {
+    match (
+        ms.spec.target.deletion_policy,
+        ms.spec.target.creation_policy,
+    ) {
         (DeletionPolicy::Retain, _) => {
             // Keep the Secret: drop our ownerReference so the garbage collector leaves it.
-            let refs: Vec<_> = current.metadata.owner_references.clone().unwrap_or_default().into_iter().filter(|r| r.uid != uid).collect();
-            if refs.len() != current.metadata.owner_references.as_ref().map(Vec::len).unwrap_or(0) {
+            let refs: Vec<_> = current
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.uid != uid)
+                .collect();
+            if refs.len()
+                != current
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .map(Vec::len)
+                    .unwrap_or(0)
+            {
                 let patch = json!({"metadata": {"ownerReferences": if refs.is_empty() { Value::Null } else { json!(refs) }}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::Kube)?;
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(Error::Kube)?;
             }
         }
         (DeletionPolicy::Delete, CreationPolicy::Merge) => {
             // Give back only our keys: applying an empty config removes the fields we own.
             let empty = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ms.metadata.namespace}});
-            api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&empty)).await.map_err(Error::Kube)?;
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&empty),
+            )
+            .await
+            .map_err(Error::Kube)?;
         }
         (DeletionPolicy::Delete, _) if ours => {
             match api.delete(&name, &DeleteParams::default()).await {
@@ -188,7 +272,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn ms(policy: CreationPolicy) -> ManagedSecret {
-        let mut spec: ManagedSecretSpec = serde_json::from_value(json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}})).unwrap();
+        let mut spec: ManagedSecretSpec = serde_json::from_value(
+            json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}}),
+        )
+        .unwrap();
         spec.target.creation_policy = policy;
         let mut m = ManagedSecret::new("db", spec);
         m.metadata.namespace = Some("app".into());
@@ -214,16 +301,40 @@ mod tests {
         let d = desired_secret(&ms(CreationPolicy::Orphan), &data(), "v1");
         assert!(d["metadata"].get("ownerReferences").is_none());
         let d = desired_secret(&ms(CreationPolicy::Merge), &data(), "v1");
-        assert!(d.get("type").is_none(), "Merge leaves the type to the Secret's owner");
+        assert!(
+            d.get("type").is_none(),
+            "Merge leaves the type to the Secret's owner"
+        );
     }
 
     #[test]
     fn a_foreign_secret_is_refused_unless_merging() {
-        let foreign = Secret { metadata: kube::api::ObjectMeta { name: Some("db".into()), ..Default::default() }, ..Default::default() };
-        assert_eq!(check_target(&ms(CreationPolicy::Owner), Some(&foreign)).unwrap_err().reason(), "SecretConflict");
-        assert_eq!(check_target(&ms(CreationPolicy::Orphan), Some(&foreign)).unwrap_err().reason(), "SecretConflict");
+        let foreign = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("db".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            check_target(&ms(CreationPolicy::Owner), Some(&foreign))
+                .unwrap_err()
+                .reason(),
+            "SecretConflict"
+        );
+        assert_eq!(
+            check_target(&ms(CreationPolicy::Orphan), Some(&foreign))
+                .unwrap_err()
+                .reason(),
+            "SecretConflict"
+        );
         assert!(check_target(&ms(CreationPolicy::Merge), Some(&foreign)).is_ok());
-        assert_eq!(check_target(&ms(CreationPolicy::Merge), None).unwrap_err().reason(), "TargetMissing");
+        assert_eq!(
+            check_target(&ms(CreationPolicy::Merge), None)
+                .unwrap_err()
+                .reason(),
+            "TargetMissing"
+        );
         let ours = secret_from(&desired_secret(&ms(CreationPolicy::Owner), &data(), "v1"));
         assert!(check_target(&ms(CreationPolicy::Owner), Some(&ours)).is_ok());
         assert!(check_target(&ms(CreationPolicy::Owner), None).is_ok());
@@ -235,7 +346,11 @@ mod tests {
         let d = desired_secret(&m, &data(), "v1");
         let s = secret_from(&d);
         assert!(in_sync(&s, &d));
-        let changed = desired_secret(&m, &SecretData(BTreeMap::from([("password".to_string(), b"y".to_vec())])), "v1");
+        let changed = desired_secret(
+            &m,
+            &SecretData(BTreeMap::from([("password".to_string(), b"y".to_vec())])),
+            "v1",
+        );
         assert!(!in_sync(&s, &changed));
         let new_version = desired_secret(&m, &data(), "v2");
         assert!(!in_sync(&s, &new_version));

@@ -1,7 +1,7 @@
 //! AWS Secrets Manager through the official SDK. Credentials come from the standard aws-config
 //! chain (env, profile, IRSA web identity, EKS Pod Identity, IMDS); `AWS_ENDPOINT_URL` is honoured.
 
-use super::{Fetched, SecretRef, SecretsBackend, VersionSelector};
+use super::{Fetched, SecretRef, SecretsBackend, VersionSelector, Versions};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::render::SecretValue;
@@ -20,16 +20,26 @@ pub struct AwsBackend {
 impl AwsBackend {
     /// Loads the default credential chain and region.
     pub async fn from_env(metrics: Arc<Metrics>) -> AwsBackend {
-        let base = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
         Self::new(base, metrics)
     }
 
     pub fn new(base: aws_config::SdkConfig, metrics: Arc<Metrics>) -> AwsBackend {
-        AwsBackend { base, clients: Mutex::new(HashMap::new()), metrics }
+        AwsBackend {
+            base,
+            clients: Mutex::new(HashMap::new()),
+            metrics,
+        }
     }
 
     fn client(&self, secret: &SecretRef) -> Client {
-        let region = secret.region.clone().or_else(|| region_of_arn(&secret.secret_id)).unwrap_or_default();
+        let region = secret
+            .region
+            .clone()
+            .or_else(|| region_of_arn(&secret.secret_id))
+            .unwrap_or_default();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .entry(region.clone())
@@ -47,45 +57,77 @@ impl AwsBackend {
 /// `arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME` -> REGION.
 pub fn region_of_arn(id: &str) -> Option<String> {
     let parts: Vec<&str> = id.split(':').collect();
-    (parts.len() >= 7 && parts[0] == "arn" && parts[2] == "secretsmanager" && !parts[3].is_empty()).then(|| parts[3].to_string())
+    (parts.len() >= 7 && parts[0] == "arn" && parts[2] == "secretsmanager" && !parts[3].is_empty())
+        .then(|| parts[3].to_string())
 }
 
 /// Maps an SDK error to the operator's reasons. Messages carry the AWS error code, never payloads.
-pub fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static>(secret: &str, err: &SdkError<E>) -> Error {
+pub fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    secret: &str,
+    err: &SdkError<E>,
+) -> Error {
     let code = err.code().unwrap_or("");
     let s = secret.to_string();
     match code {
         "ResourceNotFoundException" => Error::SecretNotFound(s),
-        "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException" => {
-            Error::AccessDenied(s)
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException" => Error::AccessDenied(s),
+        "DecryptionFailure"
+        | "KMSAccessDeniedException"
+        | "KMSDisabledException"
+        | "KMSInvalidStateException" => Error::DecryptionFailed(s),
+        "ThrottlingException"
+        | "TooManyRequestsException"
+        | "Throttling"
+        | "RequestLimitExceeded" => Error::Throttled(s),
+        "InvalidRequestException"
+            if err
+                .message()
+                .map(|m| m.contains("deleted"))
+                .unwrap_or(false) =>
+        {
+            Error::SecretNotFound(s)
         }
-        "DecryptionFailure" | "KMSAccessDeniedException" | "KMSDisabledException" | "KMSInvalidStateException" => Error::DecryptionFailed(s),
-        "ThrottlingException" | "TooManyRequestsException" | "Throttling" | "RequestLimitExceeded" => Error::Throttled(s),
-        "InvalidRequestException" if err.message().map(|m| m.contains("deleted")).unwrap_or(false) => Error::SecretNotFound(s),
         "" => {
             let detail = match err {
                 SdkError::TimeoutError(_) => "the request timed out".to_string(),
                 SdkError::DispatchFailure(_) => "the connection failed".to_string(),
                 SdkError::ResponseError(_) => "the response could not be read".to_string(),
-                SdkError::ConstructionFailure(_) => "the request could not be built (check the region and credentials)".to_string(),
+                SdkError::ConstructionFailure(_) => {
+                    "the request could not be built (check the region and credentials)".to_string()
+                }
                 _ => "unknown error".to_string(),
             };
             Error::AwsUnavailable { secret: s, detail }
         }
-        other => Error::AwsUnavailable { secret: s, detail: format!("{other}: {}", err.message().unwrap_or("")) },
+        other => Error::AwsUnavailable {
+            secret: s,
+            detail: format!("{other}: {}", err.message().unwrap_or("")),
+        },
     }
 }
 
 impl SecretsBackend for AwsBackend {
     fn get_value<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Fetched>> {
         Box::pin(async move {
-            let mut req = self.client(secret).get_secret_value().secret_id(&secret.secret_id);
+            let mut req = self
+                .client(secret)
+                .get_secret_value()
+                .secret_id(&secret.secret_id);
             req = match &secret.version {
                 VersionSelector::Stage(s) => req.version_stage(s),
                 VersionSelector::Id(id) => req.version_id(id),
             };
             let res = req.send().await;
-            self.metrics.aws_call("GetSecretValue", res.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code().unwrap_or("error")));
+            self.metrics.aws_call(
+                "GetSecretValue",
+                res.as_ref()
+                    .map(|_| "ok")
+                    .unwrap_or_else(|e| e.code().unwrap_or("error")),
+            );
             let out = res.map_err(|e| map_error(&secret.secret_id, &e))?;
             let value = if let Some(s) = out.secret_string() {
                 SecretValue::String(s.to_string())
@@ -103,15 +145,28 @@ impl SecretsBackend for AwsBackend {
         })
     }
 
-    fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Vec<(String, Vec<String>)>>> {
+    fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Versions>> {
         Box::pin(async move {
-            let res = self.client(secret).describe_secret().secret_id(&secret.secret_id).send().await;
-            self.metrics.aws_call("DescribeSecret", res.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code().unwrap_or("error")));
+            let res = self
+                .client(secret)
+                .describe_secret()
+                .secret_id(&secret.secret_id)
+                .send()
+                .await;
+            self.metrics.aws_call(
+                "DescribeSecret",
+                res.as_ref()
+                    .map(|_| "ok")
+                    .unwrap_or_else(|e| e.code().unwrap_or("error")),
+            );
             let out = res.map_err(|e| map_error(&secret.secret_id, &e))?;
             if out.deleted_date().is_some() {
                 return Err(Error::SecretNotFound(secret.secret_id.clone()));
             }
-            let mut v: Vec<(String, Vec<String>)> = out.version_ids_to_stages().map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect()).unwrap_or_default();
+            let mut v: Vec<(String, Vec<String>)> = out
+                .version_ids_to_stages()
+                .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
+                .unwrap_or_default();
             v.sort();
             Ok(v)
         })
@@ -124,7 +179,13 @@ mod tests {
 
     #[test]
     fn region_comes_from_an_arn() {
-        assert_eq!(region_of_arn("arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db/credentials-AbCdEf").as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            region_of_arn(
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db/credentials-AbCdEf"
+            )
+            .as_deref(),
+            Some("eu-west-1")
+        );
         assert_eq!(region_of_arn("prod/db/credentials"), None);
     }
 }

@@ -21,17 +21,33 @@ pub struct CachedSource<B> {
 
 impl<B: SecretsBackend> CachedSource<B> {
     pub fn new(backend: B) -> Self {
-        CachedSource { backend, entries: Mutex::new(HashMap::new()) }
+        CachedSource {
+            backend,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     fn cached(&self, key: &SecretRef) -> Option<(Fetched, Instant)> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).map(|e| (e.fetched.clone(), e.checked))
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map(|e| (e.fetched.clone(), e.checked))
     }
 
     fn store(&self, key: &SecretRef, fetched: &Fetched) {
         let mut f = fetched.clone();
         f.from_cache = false;
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Entry { fetched: f, checked: Instant::now() });
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key.clone(),
+                Entry {
+                    fetched: f,
+                    checked: Instant::now(),
+                },
+            );
     }
 
     /// GetSecretValue, cross-checked against DescribeSecret: when a stage was asked for and the
@@ -43,9 +59,16 @@ impl<B: SecretsBackend> CachedSource<B> {
             let versions = self.backend.describe(key).await?;
             if let Some(current) = resolve(&versions, &key.version) {
                 if current != got.version_id {
-                    let by_id = SecretRef { version: super::VersionSelector::Id(current.clone()), ..key.clone() };
+                    let by_id = SecretRef {
+                        version: super::VersionSelector::Id(current.clone()),
+                        ..key.clone()
+                    };
                     let mut f = self.backend.get_value(&by_id).await?;
-                    f.version_stages = versions.iter().find(|(v, _)| *v == current).map(|(_, s)| s.clone()).unwrap_or_default();
+                    f.version_stages = versions
+                        .iter()
+                        .find(|(v, _)| *v == current)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default();
                     debug_assert!(f.version_stages.contains(stage));
                     return Ok(f);
                 }
@@ -59,15 +82,28 @@ impl<B: SecretsBackend> CachedSource<B> {
         if !req.bypass_cache {
             if let Some((cached, checked)) = self.cached(key) {
                 if checked.elapsed() < req.max_age {
-                    return Ok(Fetched { from_cache: true, ..cached });
+                    return Ok(Fetched {
+                        from_cache: true,
+                        ..cached
+                    });
                 }
                 // Expired: is it still the same version?
                 let versions = self.backend.describe(key).await?;
                 if resolve(&versions, &key.version).as_deref() == Some(cached.version_id.as_str()) {
-                    let stages = versions.iter().find(|(v, _)| *v == cached.version_id).map(|(_, s)| s.clone()).unwrap_or_default();
-                    let refreshed = Fetched { version_stages: stages, ..cached };
+                    let stages = versions
+                        .iter()
+                        .find(|(v, _)| *v == cached.version_id)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default();
+                    let refreshed = Fetched {
+                        version_stages: stages,
+                        ..cached
+                    };
                     self.store(key, &refreshed);
-                    return Ok(Fetched { from_cache: true, ..refreshed });
+                    return Ok(Fetched {
+                        from_cache: true,
+                        ..refreshed
+                    });
                 }
             }
         }
@@ -82,7 +118,6 @@ impl<B: SecretsBackend> SecretSource for CachedSource<B> {
         Box::pin(self.fetch_inner(req))
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -113,21 +148,41 @@ mod tests {
                     (VersionSelector::Stage(st), None) => v.iter().find(|x| x.1.contains(st)),
                     (VersionSelector::Id(id), _) => v.iter().find(|x| &x.0 == id),
                 };
-                let (id, stages, val) = found.cloned().ok_or_else(|| crate::error::Error::SecretNotFound(s.secret_id.clone()))?;
-                Ok(Fetched { value: Arc::new(SecretValue::String(val)), version_id: id, version_stages: stages, from_cache: false })
+                let (id, stages, val) = found
+                    .cloned()
+                    .ok_or_else(|| crate::error::Error::SecretNotFound(s.secret_id.clone()))?;
+                Ok(Fetched {
+                    value: Arc::new(SecretValue::String(val)),
+                    version_id: id,
+                    version_stages: stages,
+                    from_cache: false,
+                })
             })
         }
-        fn describe<'a>(&'a self, _: &'a SecretRef) -> BoxFuture<'a, Result<Vec<(String, Vec<String>)>>> {
+        fn describe<'a>(
+            &'a self,
+            _: &'a SecretRef,
+        ) -> BoxFuture<'a, Result<crate::source::Versions>> {
             Box::pin(async move {
                 self.describes.fetch_add(1, Ordering::SeqCst);
-                Ok(self.versions.lock().unwrap().iter().map(|(a, b, _)| (a.clone(), b.clone())).collect())
+                Ok(self
+                    .versions
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(a, b, _)| (a.clone(), b.clone()))
+                    .collect())
             })
         }
     }
 
     fn req(bypass: bool, max_age: Duration) -> FetchRequest {
         FetchRequest {
-            secret: SecretRef { secret_id: "prod/db/credentials".into(), region: None, version: VersionSelector::Stage("AWSCURRENT".into()) },
+            secret: SecretRef {
+                secret_id: "prod/db/credentials".into(),
+                region: None,
+                version: VersionSelector::Stage("AWSCURRENT".into()),
+            },
             bypass_cache: bypass,
             max_age,
         }
@@ -135,7 +190,10 @@ mod tests {
 
     fn store() -> Store {
         let s = Store::default();
-        s.versions.lock().unwrap().push(("v1".into(), vec!["AWSCURRENT".into()], "one".into()));
+        s.versions
+            .lock()
+            .unwrap()
+            .push(("v1".into(), vec!["AWSCURRENT".into()], "one".into()));
         s
     }
 
@@ -150,13 +208,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_entries_are_revalidated_with_describe_and_reread_only_when_the_version_moved() {
+    async fn expired_entries_are_revalidated_with_describe_and_reread_only_when_the_version_moved()
+    {
         let c = CachedSource::new(store());
         c.fetch(&req(false, Duration::ZERO)).await.unwrap();
         let gets = c.backend.gets.load(Ordering::SeqCst);
         let same = c.fetch(&req(false, Duration::ZERO)).await.unwrap();
         assert!(same.from_cache);
-        assert_eq!(c.backend.gets.load(Ordering::SeqCst), gets, "same version: no GetSecretValue");
+        assert_eq!(
+            c.backend.gets.load(Ordering::SeqCst),
+            gets,
+            "same version: no GetSecretValue"
+        );
         {
             let mut v = c.backend.versions.lock().unwrap();
             v[0].1 = vec!["AWSPREVIOUS".into()];
@@ -170,12 +233,21 @@ mod tests {
     #[tokio::test]
     async fn force_bypasses_a_fresh_entry() {
         let c = CachedSource::new(store());
-        c.fetch(&req(false, Duration::from_secs(3600))).await.unwrap();
+        c.fetch(&req(false, Duration::from_secs(3600)))
+            .await
+            .unwrap();
         {
             let mut v = c.backend.versions.lock().unwrap();
-            v[0] = ("v1".into(), vec!["AWSCURRENT".into()], "changed in place".into());
+            v[0] = (
+                "v1".into(),
+                vec!["AWSCURRENT".into()],
+                "changed in place".into(),
+            );
         }
-        let f = c.fetch(&req(true, Duration::from_secs(3600))).await.unwrap();
+        let f = c
+            .fetch(&req(true, Duration::from_secs(3600)))
+            .await
+            .unwrap();
         assert!(!f.from_cache);
         assert_eq!(*f.value, SecretValue::String("changed in place".into()));
     }

@@ -51,18 +51,27 @@ pub trait SecretSource: Send + Sync {
     fn fetch<'a>(&'a self, req: &'a FetchRequest) -> BoxFuture<'a, Result<Fetched>>;
 }
 
+/// DescribeSecret's answer: each version id with its staging labels.
+pub type Versions = Vec<(String, Vec<String>)>;
+
 /// The raw calls a backend answers; the cache decides which to make.
 pub trait SecretsBackend: Send + Sync {
     /// GetSecretValue for a stage or version id.
     fn get_value<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Fetched>>;
     /// DescribeSecret: the version ids and their stages.
-    fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Vec<(String, Vec<String>)>>>;
+    fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Versions>>;
 }
 
 /// The version id a selector points at, per a DescribeSecret answer.
 pub fn resolve(versions: &[(String, Vec<String>)], sel: &VersionSelector) -> Option<String> {
     match sel {
-        VersionSelector::Id(id) => versions.iter().find(|(v, _)| v == id).map(|(v, _)| v.clone()),
-        VersionSelector::Stage(s) => versions.iter().find(|(_, st)| st.iter().any(|x| x == s)).map(|(v, _)| v.clone()),
+        VersionSelector::Id(id) => versions
+            .iter()
+            .find(|(v, _)| v == id)
+            .map(|(v, _)| v.clone()),
+        VersionSelector::Stage(s) => versions
+            .iter()
+            .find(|(_, st)| st.iter().any(|x| x == s))
+            .map(|(v, _)| v.clone()),
     }
 }

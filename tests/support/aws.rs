@@ -15,7 +15,8 @@ pub struct Moto {
 }
 
 fn python() -> String {
-    std::env::var("MANAGED_SECRETS_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string())
+    std::env::var("MANAGED_SECRETS_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string())
 }
 
 impl Moto {
@@ -27,7 +28,12 @@ impl Moto {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting moto with {} (run scripts/setup-tools.sh): {e}", python()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting moto with {} (run scripts/setup-tools.sh): {e}",
+                    python()
+                )
+            });
         let stdout = child.stdout.take().unwrap();
         let line = tokio::task::spawn_blocking(move || {
             let mut l = String::new();
@@ -36,9 +42,17 @@ impl Moto {
         .await
         .unwrap()
         .expect("moto prints its address");
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected moto output: {line:?}")).to_string();
-        let m = Moto { child, client: Client::new(&sdk_config_for(&url)), url, http: reqwest::Client::new() };
-        m
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected moto output: {line:?}"))
+            .to_string();
+        Moto {
+            child,
+            client: Client::new(&sdk_config_for(&url)),
+            url,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
@@ -46,26 +60,56 @@ impl Moto {
     }
 
     pub async fn create_string(&self, name: &str, value: &str) -> String {
-        let out = self.client.create_secret().name(name).secret_string(value).send().await.expect("CreateSecret");
+        let out = self
+            .client
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .expect("CreateSecret");
         out.version_id().unwrap().to_string()
     }
     pub async fn create_json(&self, name: &str, value: &Value) -> String {
         self.create_string(name, &value.to_string()).await
     }
     pub async fn create_binary(&self, name: &str, value: &[u8]) -> String {
-        let out = self.client.create_secret().name(name).secret_binary(Blob::new(value.to_vec())).send().await.expect("CreateSecret");
+        let out = self
+            .client
+            .create_secret()
+            .name(name)
+            .secret_binary(Blob::new(value.to_vec()))
+            .send()
+            .await
+            .expect("CreateSecret");
         out.version_id().unwrap().to_string()
     }
     /// PutSecretValue: a new AWSCURRENT version (as a person updating the secret does).
     pub async fn put_json(&self, name: &str, value: &Value) -> String {
-        let out = self.client.put_secret_value().secret_id(name).secret_string(value.to_string()).send().await.expect("PutSecretValue");
+        let out = self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .expect("PutSecretValue");
         out.version_id().unwrap().to_string()
     }
 
     /// The version id holding `stage`, per DescribeSecret.
     pub async fn version_with_stage(&self, name: &str, stage: &str) -> Option<String> {
-        let d = self.client.describe_secret().secret_id(name).send().await.ok()?;
-        d.version_ids_to_stages()?.iter().find(|(_, s)| s.iter().any(|x| x == stage)).map(|(v, _)| v.clone())
+        let d = self
+            .client
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .ok()?;
+        d.version_ids_to_stages()?
+            .iter()
+            .find(|(_, s)| s.iter().any(|x| x == stage))
+            .map(|(v, _)| v.clone())
     }
 
     /// Rotation as a rotation Lambda does it: createSecret puts the new value as AWSPENDING,
@@ -84,7 +128,10 @@ impl Moto {
         token
     }
     pub async fn finish_rotation(&self, name: &str, pending: &str) {
-        let current = self.version_with_stage(name, "AWSCURRENT").await.expect("a current version");
+        let current = self
+            .version_with_stage(name, "AWSCURRENT")
+            .await
+            .expect("a current version");
         self.client
             .update_secret_version_stage()
             .secret_id(name)
@@ -103,7 +150,11 @@ impl Moto {
 
     /// Makes the next `count` calls of `action` for `secret_id` answer the AWS error `code`.
     pub async fn fault(&self, action: &str, secret_id: &str, code: &str, count: u32) {
-        let status = if code == "InternalServiceError" { 500 } else { 400 };
+        let status = if code == "InternalServiceError" {
+            500
+        } else {
+            400
+        };
         self.http
             .post(format!("{}/__faults", self.url))
             .json(&json!({"action": action, "secret_id": secret_id, "code": code, "count": count, "status": status}))
@@ -112,7 +163,15 @@ impl Moto {
             .expect("fault");
     }
     pub async fn calls(&self, action: &str) -> u64 {
-        let v: Value = self.http.get(format!("{}/__calls", self.url)).send().await.unwrap().json().await.unwrap();
+        let v: Value = self
+            .http
+            .get(format!("{}/__calls", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         v[action].as_u64().unwrap_or(0)
     }
 }
@@ -120,7 +179,9 @@ impl Moto {
 fn uuid() -> String {
     use rand::Rng;
     let mut r = rand::rng();
-    (0..32).map(|_| char::from(b"0123456789abcdef"[r.random_range(0..16)])).collect()
+    (0..32)
+        .map(|_| char::from(b"0123456789abcdef"[r.random_range(0..16)]))
+        .collect()
 }
 
 pub fn sdk_config_for(url: &str) -> aws_config::SdkConfig {
@@ -128,9 +189,13 @@ pub fn sdk_config_for(url: &str) -> aws_config::SdkConfig {
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(url)
-        .credentials_provider(aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(aws_sdk_secretsmanager::config::Credentials::new(
-            "testing", "testing", None, None, "e2e",
-        )))
+        .credentials_provider(
+            aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(
+                aws_sdk_secretsmanager::config::Credentials::new(
+                    "testing", "testing", None, None, "e2e",
+                ),
+            ),
+        )
         .build()
 }
 

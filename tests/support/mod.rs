@@ -30,7 +30,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -54,7 +57,9 @@ fn unique(prefix: &str) -> String {
 fn uuid_like() -> String {
     use rand::Rng;
     let mut r = rand::rng();
-    (0..16).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[r.random_range(0..36)])).collect()
+    (0..16)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[r.random_range(0..36)]))
+        .collect()
 }
 
 impl Cluster {
@@ -62,12 +67,17 @@ impl Cluster {
         managed_secrets::install_crypto_provider();
         let (kind, client) = match std::env::var("MANAGED_SECRETS_E2E_KUBECONFIG") {
             Ok(path) if !path.is_empty() => {
-                let kc = kube::config::Kubeconfig::read_from(&path).expect("reading MANAGED_SECRETS_E2E_KUBECONFIG");
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig");
+                let kc = kube::config::Kubeconfig::read_from(&path)
+                    .expect("reading MANAGED_SECRETS_E2E_KUBECONFIG");
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .expect("kubeconfig");
                 (ClusterKind::Real, Client::try_from(cfg).expect("client"))
             }
             _ => {
-                let emu = kube_emulator::Emulator::start(kube_emulator::Options::default()).await.expect("emulator");
+                let emu = kube_emulator::Emulator::start(kube_emulator::Options::default())
+                    .await
+                    .expect("emulator");
                 let cfg = kube::Config::new(emu.url().parse().unwrap());
                 let client = Client::try_from(cfg).expect("client");
                 (ClusterKind::Emulator(emu), client)
@@ -75,8 +85,18 @@ impl Cluster {
         };
         let namespace = unique("e2e");
         let nss: Api<Namespace> = Api::all(client.clone());
-        nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap()).await.expect("namespace");
-        let c = Cluster { kind, client, namespace, http: reqwest::Client::new() };
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+        )
+        .await
+        .expect("namespace");
+        let c = Cluster {
+            kind,
+            client,
+            namespace,
+            http: reqwest::Client::new(),
+        };
         c.install_crd().await;
         c
     }
@@ -84,13 +104,27 @@ impl Cluster {
     /// Applies crds/ (the generated CRD) and waits until it is Established.
     pub async fn install_crd(&self) {
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-        let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/managedsecrets.io_managedsecrets.yaml")).unwrap();
+        let yaml = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/managedsecrets.io_managedsecrets.yaml"
+        ))
+        .unwrap();
         let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        api.patch("managedsecrets.managedsecrets.io", &PatchParams::apply("e2e-tests").force(), &Patch::Apply(&crd)).await.expect("CRD applies");
+        api.patch(
+            "managedsecrets.managedsecrets.io",
+            &PatchParams::apply("e2e-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("CRD applies");
         wait_for("CRD Established", DEADLINE, || async {
             let c = api.get("managedsecrets.managedsecrets.io").await.ok()?;
-            c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
         })
         .await;
     }
@@ -109,21 +143,39 @@ impl Cluster {
     /// Creates a ManagedSecret from a JSON spec.
     pub async fn create_ms(&self, name: &str, spec: Value) -> ManagedSecret {
         let ms: ManagedSecret = serde_json::from_value(json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret", "metadata": {"name": name}, "spec": spec})).unwrap();
-        self.managed().create(&PostParams::default(), &ms).await.expect("create ManagedSecret")
+        self.managed()
+            .create(&PostParams::default(), &ms)
+            .await
+            .expect("create ManagedSecret")
     }
 
     /// The Secret's data as strings, when it exists.
     pub async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
         let s = self.secrets().get_opt(name).await.ok()??;
-        Some(s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())).collect())
+        Some(
+            s.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .collect(),
+        )
     }
 
     /// Waits until the Secret has `key` = `value`.
-    pub async fn wait_secret_value(&self, name: &str, key: &str, value: &str) -> BTreeMap<String, String> {
-        wait_for(&format!("Secret {name} to hold {key}"), DEADLINE, || async {
-            let d = self.secret_data(name).await?;
-            (d.get(key).map(String::as_str) == Some(value)).then_some(d)
-        })
+    pub async fn wait_secret_value(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> BTreeMap<String, String> {
+        wait_for(
+            &format!("Secret {name} to hold {key}"),
+            DEADLINE,
+            || async {
+                let d = self.secret_data(name).await?;
+                (d.get(key).map(String::as_str) == Some(value)).then_some(d)
+            },
+        )
         .await
     }
 
@@ -133,22 +185,34 @@ impl Cluster {
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
             if let Ok(ms) = self.managed().get(name).await {
-                if let Some(c) = ms.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")) {
+                if let Some(c) = ms
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                {
                     if c.status == status && c.reason == reason {
                         return ms;
                     }
                     last = format!("{}/{}: {}", c.status, c.reason, c.message);
                 }
             }
-            assert!(tokio::time::Instant::now() < end, "ManagedSecret {name} never became Ready={status} ({reason}); last: {last}");
+            assert!(
+                tokio::time::Instant::now() < end,
+                "ManagedSecret {name} never became Ready={status} ({reason}); last: {last}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Events about an object (reason, note), from events.k8s.io.
     pub async fn events_for(&self, name: &str) -> Vec<(String, String)> {
-        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        let list = api.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let list = api
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
         list.into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
@@ -157,13 +221,27 @@ impl Cluster {
 
     /// Request counts by verb for a resource in the test namespace (emulator only; `None` on a real cluster).
     pub async fn count(&self, verb: &str, resource: &str) -> Option<u64> {
-        let ClusterKind::Emulator(emu) = &self.kind else { return None };
-        let v: Value = self.http.get(format!("{}/__admin/counters", emu.url())).send().await.ok()?.json().await.ok()?;
+        let ClusterKind::Emulator(emu) = &self.kind else {
+            return None;
+        };
+        let v: Value = self
+            .http
+            .get(format!("{}/__admin/counters", emu.url()))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         Some(
             v["counters"]
                 .as_array()?
                 .iter()
-                .filter(|c| c["verb"] == verb && c["resource"] == resource && c["namespace"] == self.namespace.as_str())
+                .filter(|c| {
+                    c["verb"] == verb
+                        && c["resource"] == resource
+                        && c["namespace"] == self.namespace.as_str()
+                })
                 .map(|c| c["count"].as_u64().unwrap_or(0))
                 .sum(),
         )
@@ -171,7 +249,9 @@ impl Cluster {
 
     /// Makes the next `count` Kubernetes requests matching verb/resource fail (emulator only).
     pub async fn kube_fault(&self, verb: &str, resource: &str, code: u16, count: u64) -> bool {
-        let ClusterKind::Emulator(emu) = &self.kind else { return false };
+        let ClusterKind::Emulator(emu) = &self.kind else {
+            return false;
+        };
         self.http
             .post(format!("{}/__admin/faults", emu.url()))
             .json(&json!({"verb": verb, "resource": resource, "code": code, "count": count, "namespace": self.namespace}))
@@ -188,7 +268,10 @@ impl Drop for Cluster {
             let client = self.client.clone();
             let ns = self.namespace.clone();
             let _ = std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     rt.block_on(async move {
                         let api: Api<Namespace> = Api::all(client);
                         let _ = api.delete(&ns, &Default::default()).await;
@@ -220,10 +303,20 @@ impl Operator {
             reporter: "managed-secrets".into(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(cluster.client.clone(), src, metrics.clone(), settings, async move {
-            let _ = rx.await;
-        }));
-        Operator { task: Some(task), stop: Some(tx), metrics }
+        let task = tokio::spawn(controller::run(
+            cluster.client.clone(),
+            src,
+            metrics.clone(),
+            settings,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Operator {
+            task: Some(task),
+            stop: Some(tx),
+            metrics,
+        }
     }
 
     /// Graceful stop, as on SIGTERM.

@@ -24,22 +24,48 @@ fn details(rt: &ResourceType, name: &str, kind_is_kind: bool) -> Value {
 
 impl ApiError {
     pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        ApiError { code, reason: reason.into(), message: message.into(), details: None }
+        ApiError {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            details: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        ApiError { details: Some(details(rt, name, false)), ..Self::new(404, "NotFound", format!("{} {name:?} not found", rt.qualified())) }
+        ApiError {
+            details: Some(details(rt, name, false)),
+            ..Self::new(
+                404,
+                "NotFound",
+                format!("{} {name:?} not found", rt.qualified()),
+            )
+        }
     }
     pub fn not_found_ns(ns: &str) -> Self {
-        ApiError { details: Some(json!({"name": ns, "kind": "namespaces"})), ..Self::new(404, "NotFound", format!("namespaces {ns:?} not found")) }
+        ApiError {
+            details: Some(json!({"name": ns, "kind": "namespaces"})),
+            ..Self::new(404, "NotFound", format!("namespaces {ns:?} not found"))
+        }
     }
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        ApiError { details: Some(details(rt, name, false)), ..Self::new(409, "AlreadyExists", format!("{} {name:?} already exists", rt.qualified())) }
+        ApiError {
+            details: Some(details(rt, name, false)),
+            ..Self::new(
+                409,
+                "AlreadyExists",
+                format!("{} {name:?} already exists", rt.qualified()),
+            )
+        }
     }
     pub fn conflict(rt: &ResourceType, name: &str) -> Self {
         ApiError {
@@ -51,7 +77,13 @@ impl ApiError {
             )
         }
     }
-    pub fn conflict_precondition(rt: &ResourceType, name: &str, what: &str, want: &str, got: &str) -> Self {
+    pub fn conflict_precondition(
+        rt: &ResourceType,
+        name: &str,
+        what: &str,
+        want: &str,
+        got: &str,
+    ) -> Self {
         ApiError {
             details: Some(details(rt, name, false)),
             ..Self::new(
@@ -65,11 +97,25 @@ impl ApiError {
         let summary = if causes.len() == 1 {
             causes[0].summary()
         } else {
-            format!("[{}]", causes.iter().map(Cause::summary).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                causes
+                    .iter()
+                    .map(Cause::summary)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let mut d = details(rt, name, true);
         d["causes"] = Value::Array(causes.iter().map(Cause::to_json).collect());
-        ApiError { details: Some(d), ..Self::new(422, "Invalid", format!("{} {name:?} is invalid: {summary}", rt.kind_qualified())) }
+        ApiError {
+            details: Some(d),
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("{} {name:?} is invalid: {summary}", rt.kind_qualified()),
+            )
+        }
     }
     pub fn forbidden_terminating(rt: &ResourceType, name: &str, ns: &str) -> Self {
         ApiError {
@@ -92,9 +138,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (code, [("content-type", "application/json")], self.to_status().to_string()).into_response();
+        let mut resp = (
+            code,
+            [("content-type", "application/json")],
+            self.to_status().to_string(),
+        )
+            .into_response();
         if self.code == 429 || self.code == 503 {
-            resp.headers_mut().insert("retry-after", "1".parse().expect("header"));
+            resp.headers_mut()
+                .insert("retry-after", "1".parse().expect("header"));
         }
         resp
     }

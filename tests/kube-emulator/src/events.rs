@@ -25,7 +25,13 @@ fn rename(obj: Value, to_core: bool) -> Value {
         let nk = RENAMES
             .iter()
             .find(|(new, core)| if to_core { k == *new } else { k == *core })
-            .map(|(new, core)| if to_core { core.to_string() } else { new.to_string() })
+            .map(|(new, core)| {
+                if to_core {
+                    core.to_string()
+                } else {
+                    new.to_string()
+                }
+            })
             .unwrap_or(k);
         out.insert(nk, v);
     }

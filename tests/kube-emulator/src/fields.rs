@@ -41,7 +41,9 @@ const TRACKED_METADATA: [&str; 4] = ["labels", "annotations", "finalizers", "own
 /// `status` is left out unless `only_status`; everything but status when not.
 pub fn collect(obj: &Value, schema: &Schema, only_status: bool, nodes: bool) -> FieldSet {
     let mut out = FieldSet::new();
-    let Some(map) = obj.as_object() else { return out };
+    let Some(map) = obj.as_object() else {
+        return out;
+    };
     for (k, v) in map {
         match k.as_str() {
             "apiVersion" | "kind" => continue,
@@ -52,20 +54,41 @@ pub fn collect(obj: &Value, schema: &Schema, only_status: bool, nodes: bool) -> 
                     for (mk, mv) in md {
                         if TRACKED_METADATA.contains(&mk.as_str()) {
                             let path = vec!["f:metadata".to_string(), format!("f:{mk}")];
-                            walk(mv, &mut vec!["metadata".into(), mk.clone()], path, schema, nodes, &mut out);
+                            walk(
+                                mv,
+                                &mut vec!["metadata".into(), mk.clone()],
+                                path,
+                                schema,
+                                nodes,
+                                &mut out,
+                            );
                         }
                     }
                 }
             }
             _ => {
-                walk(v, &mut vec![k.clone()], vec![format!("f:{k}")], schema, nodes, &mut out);
+                walk(
+                    v,
+                    &mut vec![k.clone()],
+                    vec![format!("f:{k}")],
+                    schema,
+                    nodes,
+                    &mut out,
+                );
             }
         }
     }
     out
 }
 
-fn walk(v: &Value, keys: &mut Vec<String>, path: FieldPath, schema: &Schema, nodes: bool, out: &mut FieldSet) {
+fn walk(
+    v: &Value,
+    keys: &mut Vec<String>,
+    path: FieldPath,
+    schema: &Schema,
+    nodes: bool,
+    out: &mut FieldSet,
+) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             if nodes {
@@ -173,7 +196,7 @@ pub fn from_fields_v1(v: &Value) -> FieldSet {
     out
 }
 
-fn find_item<'a>(items: &'a [Value], elem: &str) -> Option<usize> {
+fn find_item(items: &[Value], elem: &str) -> Option<usize> {
     if let Some(k) = elem.strip_prefix("k:") {
         let keys: Map<String, Value> = serde_json::from_str(k).ok()?;
         items
@@ -260,21 +283,18 @@ pub fn remove_at(obj: &mut Value, path: &[String]) {
 /// Merges `patch` into `base` with apply semantics: maps recursively, associative lists by key,
 /// sets by value, everything else replaced.
 pub fn merge_apply(base: &mut Value, patch: &Value, keys: &mut Vec<String>, schema: &Schema) {
-    match (base.as_object_mut(), patch.as_object()) {
-        (Some(b), Some(p)) => {
-            for (k, pv) in p {
-                keys.push(k.clone());
-                match b.get_mut(k) {
-                    Some(bv) if !pv.is_null() => merge_apply(bv, pv, keys, schema),
-                    _ => {
-                        b.insert(k.clone(), pv.clone());
-                    }
+    if let (Some(b), Some(p)) = (base.as_object_mut(), patch.as_object()) {
+        for (k, pv) in p {
+            keys.push(k.clone());
+            match b.get_mut(k) {
+                Some(bv) if !pv.is_null() => merge_apply(bv, pv, keys, schema),
+                _ => {
+                    b.insert(k.clone(), pv.clone());
                 }
-                keys.pop();
             }
-            return;
+            keys.pop();
         }
-        _ => {}
+        return;
     }
     if let (Some(b), Some(p)) = (base.as_array(), patch.as_array()) {
         match schema.list_kind(keys) {
@@ -308,7 +328,8 @@ pub fn merge_apply(base: &mut Value, patch: &Value, keys: &mut Vec<String>, sche
 
 /// Leaf paths (no `.` markers) of a set.
 pub fn leaves(set: &FieldSet) -> impl Iterator<Item = &FieldPath> {
-    set.iter().filter(|p| p.last().map(String::as_str) != Some("."))
+    set.iter()
+        .filter(|p| p.last().map(String::as_str) != Some("."))
 }
 
 /// Renders a field path the way conflict messages do: `.spec.size`, `.spec.containers[name="web"].image`.

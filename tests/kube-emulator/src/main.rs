@@ -5,7 +5,10 @@ use clap::Parser;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "kube-emulator", about = "A Kubernetes API server emulator for tests")]
+#[command(
+    name = "kube-emulator",
+    about = "A Kubernetes API server emulator for tests"
+)]
 struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -20,7 +23,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let mut emu = kube_emulator::Emulator::start(kube_emulator::Options {
         listen: args.listen,

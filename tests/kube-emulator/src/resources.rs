@@ -114,7 +114,11 @@ impl ResourceType {
                     .get("properties")
                     .and_then(|p| p.get(seg))
                     .or_else(|| node.get("additionalProperties").filter(|v| v.is_object()))
-                    .or_else(|| node.get("items").and_then(|i| i.get("properties")).and_then(|p| p.get(seg)));
+                    .or_else(|| {
+                        node.get("items")
+                            .and_then(|i| i.get("properties"))
+                            .and_then(|p| p.get(seg))
+                    });
                 match next {
                     Some(n) => node = n,
                     None => {
@@ -127,7 +131,11 @@ impl ResourceType {
                 Some("map") => ListKind::Map(
                     node.get("x-kubernetes-list-map-keys")
                         .and_then(Value::as_array)
-                        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(String::from))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 ),
                 Some("set") => ListKind::Set,
@@ -149,13 +157,19 @@ fn builtin_list_kind_metadata_only(path: &[String]) -> ListKind {
 /// The patch-merge keys of the built-in types (as in their OpenAPI `x-kubernetes-patch-merge-key`).
 pub fn builtin_list_kind(path: &[String]) -> ListKind {
     let last = path.last().map(String::as_str).unwrap_or("");
-    let parent = if path.len() >= 2 { path[path.len() - 2].as_str() } else { "" };
+    let parent = if path.len() >= 2 {
+        path[path.len() - 2].as_str()
+    } else {
+        ""
+    };
     let key = |k: &str| ListKind::Map(vec![k.to_string()]);
     match last {
         "containers" | "initContainers" | "ephemeralContainers" => key("name"),
         "env" | "volumes" | "imagePullSecrets" => key("name"),
         "hostAliases" => key("ip"),
-        "ports" if parent.ends_with("ontainers") => ListKind::Map(vec!["containerPort".into(), "protocol".into()]),
+        "ports" if parent.ends_with("ontainers") => {
+            ListKind::Map(vec!["containerPort".into(), "protocol".into()])
+        }
         "ports" => ListKind::Map(vec!["port".into(), "protocol".into()]),
         "volumeMounts" => key("mountPath"),
         "volumeDevices" => key("devicePath"),
@@ -166,6 +180,7 @@ pub fn builtin_list_kind(path: &[String]) -> ListKind {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn builtin(
     group: &str,
     version: &str,
@@ -198,20 +213,110 @@ fn builtin(
 
 pub fn builtins() -> Vec<ResourceType> {
     let mut v = vec![
-        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true, false),
+        builtin(
+            "",
+            "v1",
+            "namespaces",
+            "Namespace",
+            false,
+            &["ns"],
+            true,
+            false,
+        ),
         builtin("", "v1", "secrets", "Secret", true, &[], false, false),
-        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false, false),
+        builtin(
+            "",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            true,
+            &["cm"],
+            false,
+            false,
+        ),
         builtin("", "v1", "events", "Event", true, &["ev"], false, false),
-        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, false),
+        builtin(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            &["sa"],
+            false,
+            false,
+        ),
         builtin("", "v1", "pods", "Pod", true, &["po"], true, false),
         builtin("", "v1", "services", "Service", true, &["svc"], true, false),
-        builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"], true, true),
-        builtin("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], true, true),
-        builtin("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true, true),
-        builtin("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true, true),
-        builtin("apps", "v1", "controllerrevisions", "ControllerRevision", true, &[], false, false),
-        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false, false),
-        builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], false, false),
+        builtin(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            true,
+            &["deploy"],
+            true,
+            true,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "statefulsets",
+            "StatefulSet",
+            true,
+            &["sts"],
+            true,
+            true,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "daemonsets",
+            "DaemonSet",
+            true,
+            &["ds"],
+            true,
+            true,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "replicasets",
+            "ReplicaSet",
+            true,
+            &["rs"],
+            true,
+            true,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "controllerrevisions",
+            "ControllerRevision",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "Event",
+            true,
+            &["ev"],
+            false,
+            false,
+        ),
         builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -222,9 +327,36 @@ pub fn builtins() -> Vec<ResourceType> {
             true,
             true,
         ),
-        builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false, false),
-        builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false, false),
-        builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false, false),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "roles",
+            "Role",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            &[],
+            false,
+            false,
+        ),
         builtin(
             "rbac.authorization.k8s.io",
             "v1",
@@ -237,7 +369,16 @@ pub fn builtins() -> Vec<ResourceType> {
         ),
     ];
     for r in v.iter_mut() {
-        if ["deployments", "statefulsets", "daemonsets", "replicasets", "pods", "services"].contains(&r.plural.as_str()) {
+        if [
+            "deployments",
+            "statefulsets",
+            "daemonsets",
+            "replicasets",
+            "pods",
+            "services",
+        ]
+        .contains(&r.plural.as_str())
+        {
             r.categories = vec!["all".into()];
         }
         if ["deployments", "statefulsets", "replicasets"].contains(&r.plural.as_str()) {
@@ -247,7 +388,9 @@ pub fn builtins() -> Vec<ResourceType> {
             r.categories = vec!["api-extensions".into()];
         }
         if r.plural == "namespaces" {
-            r.verbs = vec!["create", "delete", "get", "list", "patch", "update", "watch"];
+            r.verbs = vec![
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ];
         }
     }
     v
@@ -267,7 +410,11 @@ pub fn from_crd(crd: &Value) -> Option<ResourceType> {
         .unwrap_or_else(|| kind.to_lowercase());
     let strs = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
@@ -302,10 +449,18 @@ pub fn from_crd(crd: &Value) -> Option<ResourceType> {
                     .filter_map(|c| {
                         Some(PrinterColumn {
                             name: c.get("name")?.as_str()?.into(),
-                            type_: c.get("type").and_then(Value::as_str).unwrap_or("string").into(),
+                            type_: c
+                                .get("type")
+                                .and_then(Value::as_str)
+                                .unwrap_or("string")
+                                .into(),
                             json_path: c.get("jsonPath")?.as_str()?.into(),
                             priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
-                            description: c.get("description").and_then(Value::as_str).unwrap_or("").into(),
+                            description: c
+                                .get("description")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .into(),
                         })
                     })
                     .collect::<Vec<_>>()
@@ -330,7 +485,16 @@ pub fn from_crd(crd: &Value) -> Option<ResourceType> {
         schemas,
         printer_columns,
         custom: true,
-        verbs: vec!["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
+        verbs: vec![
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "create",
+            "update",
+            "watch",
+        ],
     })
 }
 

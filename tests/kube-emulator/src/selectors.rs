@@ -45,8 +45,14 @@ fn set_values(s: &str) -> Result<Vec<String>, String> {
     let inner = s
         .strip_prefix('(')
         .and_then(|x| x.strip_suffix(')'))
-        .ok_or_else(|| format!("unable to parse requirement: values must be in parentheses: {s}"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+        .ok_or_else(|| {
+            format!("unable to parse requirement: values must be in parentheses: {s}")
+        })?;
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 impl LabelSelector {
@@ -66,7 +72,10 @@ impl LabelSelector {
             } else if let Some((k, v)) = p.split_once('=') {
                 reqs.push(Req::Eq(k.trim().into(), v.trim().into()));
             } else if let Some(idx) = p.find(" notin ") {
-                reqs.push(Req::NotIn(p[..idx].trim().into(), set_values(&p[idx + 7..])?));
+                reqs.push(Req::NotIn(
+                    p[..idx].trim().into(),
+                    set_values(&p[idx + 7..])?,
+                ));
             } else if let Some(idx) = p.find(" in ") {
                 reqs.push(Req::In(p[..idx].trim().into(), set_values(&p[idx + 4..])?));
             } else if p.contains(' ') || p.contains('(') {
@@ -148,7 +157,11 @@ mod tests {
             ("missing notin (x)", true),
             ("app in (db)", false),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&o), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&o),
+                want,
+                "{sel}"
+            );
         }
         assert!(LabelSelector::parse("app in web").is_err());
     }
@@ -156,8 +169,14 @@ mod tests {
     #[test]
     fn field_selectors_read_dotted_paths() {
         let o = json!({"metadata": {"name": "w1", "namespace": "ref"}, "type": "Opaque"});
-        assert!(FieldSelector::parse("metadata.name=w1").unwrap().matches(&o));
-        assert!(!FieldSelector::parse("metadata.name!=w1").unwrap().matches(&o));
-        assert!(FieldSelector::parse("metadata.namespace==ref,type=Opaque").unwrap().matches(&o));
+        assert!(FieldSelector::parse("metadata.name=w1")
+            .unwrap()
+            .matches(&o));
+        assert!(!FieldSelector::parse("metadata.name!=w1")
+            .unwrap()
+            .matches(&o));
+        assert!(FieldSelector::parse("metadata.namespace==ref,type=Opaque")
+            .unwrap()
+            .matches(&o));
     }
 }

@@ -77,8 +77,18 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, [("content-type", "application/json")], v.to_string()).into_response()
 }
 
+/// Boolean query parameters as the API server parses them (Go's strconv.ParseBool).
+fn qbool(q: &HashMap<String, String>, key: &str) -> bool {
+    matches!(
+        q.get(key).map(String::as_str),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+    )
+}
+
 fn query_map(uri: &Uri) -> HashMap<String, String> {
-    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// A parsed resource path.
@@ -102,17 +112,23 @@ fn parse_resource_path(group: &str, version: &str, rest: &[&str]) -> Option<Targ
         sub: sub.map(|s| s.to_string()),
     };
     match rest {
-        ["namespaces", ns, plural, tail @ ..] if group.is_empty() && (*plural == "status" || *plural == "finalize") && tail.is_empty() => {
+        ["namespaces", ns, plural, tail @ ..]
+            if group.is_empty()
+                && (*plural == "status" || *plural == "finalize")
+                && tail.is_empty() =>
+        {
             Some(t(None, "namespaces", Some(ns), Some(plural)))
         }
-        ["namespaces", ns, plural, tail @ ..] if tail.len() <= 2 => Some(t(Some(ns), plural, tail.first(), tail.get(1))),
+        ["namespaces", ns, plural, tail @ ..] if tail.len() <= 2 => {
+            Some(t(Some(ns), plural, tail.first(), tail.get(1)))
+        }
         [plural, tail @ ..] if tail.len() <= 2 => Some(t(None, plural, tail.first(), tail.get(1))),
         _ => None,
     }
 }
 
 fn verb_of(method: &Method, t: &Target, q: &HashMap<String, String>) -> &'static str {
-    let watch = q.get("watch").map(|v| v == "1" || v == "true").unwrap_or(false);
+    let watch = qbool(q, "watch");
     match (method.as_str(), t.name.is_some()) {
         ("GET", _) if watch => "watch",
         ("GET", true) => "get",
@@ -135,10 +151,20 @@ fn default_manager(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    state: Arc<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
     tracing::debug!(%method, %uri, content_type = ?headers.get("content-type"), accept = ?headers.get("accept"), "request");
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let q = query_map(&uri);
     match segs.as_slice() {
         ["__admin", rest @ ..] => return admin(&state, &method, rest, &body),
@@ -150,11 +176,19 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
             )
         }
         ["healthz"] | ["readyz"] | ["livez"] => return (StatusCode::OK, "ok").into_response(),
-        ["api"] => return json_response(StatusCode::OK, &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]})),
+        ["api"] => {
+            return json_response(
+                StatusCode::OK,
+                &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
+            )
+        }
         ["apis"] => return json_response(StatusCode::OK, &group_list(&state.lock())),
         ["apis", g] => {
             let gl = group_list(&state.lock());
-            return match gl["groups"].as_array().and_then(|a| a.iter().find(|x| x["name"] == *g)) {
+            return match gl["groups"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == *g))
+            {
                 Some(grp) => {
                     let mut grp = grp.clone();
                     grp["kind"] = json!("APIGroup");
@@ -167,7 +201,9 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
         ["api", "v1"] => return resource_list(&state.lock(), "", "v1"),
         ["apis", g, v] => return resource_list(&state.lock(), g, v),
         ["openapi", "v3"] => return json_response(StatusCode::OK, &openapi_index(&state.lock())),
-        ["openapi", "v3", rest @ ..] => return json_response(StatusCode::OK, &openapi_doc(&state.lock(), &rest.join("/"))),
+        ["openapi", "v3", rest @ ..] => {
+            return json_response(StatusCode::OK, &openapi_doc(&state.lock(), &rest.join("/")))
+        }
         _ => {}
     }
     let target = match segs.as_slice() {
@@ -175,7 +211,9 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
         ["apis", g, v, rest @ ..] => parse_resource_path(g, v, rest),
         _ => None,
     };
-    let Some(t) = target else { return ApiError::path_not_found().into_response() };
+    let Some(t) = target else {
+        return ApiError::path_not_found().into_response();
+    };
     let verb = verb_of(&method, &t, &q);
     let res_name = match &t.sub {
         Some(s) => format!("{}/{}", t.plural, s),
@@ -184,13 +222,22 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
     // Counters and faults.
     let (fault_code, latency) = {
         let mut a = state.admin.lock().unwrap_or_else(|e| e.into_inner());
-        *a.counters.entry((verb.to_string(), res_name.clone(), t.namespace.clone().unwrap_or_default())).or_default() += 1;
+        *a.counters
+            .entry((
+                verb.to_string(),
+                res_name.clone(),
+                t.namespace.clone().unwrap_or_default(),
+            ))
+            .or_default() += 1;
         let mut code = None;
         let mut latency = None;
         for f in a.faults.iter_mut() {
             let m = (f.verb == "*" || f.verb == verb)
                 && (f.resource == "*" || f.resource == res_name || f.resource == t.plural)
-                && f.namespace.as_ref().map(|n| Some(n) == t.namespace.as_ref()).unwrap_or(true)
+                && f.namespace
+                    .as_ref()
+                    .map(|n| Some(n) == t.namespace.as_ref())
+                    .unwrap_or(true)
                 && f.count > 0;
             if m {
                 f.count -= 1;
@@ -217,13 +264,16 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
             504 => "Timeout",
             _ => "InternalError",
         };
-        return ApiError::new(code, reason, format!("injected fault: {verb} {res_name}")).into_response();
+        return ApiError::new(code, reason, format!("injected fault: {verb} {res_name}"))
+            .into_response();
     }
     let rt = {
         let inner = state.lock();
         inner.find_type(&t.group, &t.version, &t.plural)
     };
-    let Some(rt) = rt else { return ApiError::path_not_found().into_response() };
+    let Some(rt) = rt else {
+        return ApiError::path_not_found().into_response();
+    };
     if rt.namespaced && t.namespace.is_none() && !matches!(verb, "list" | "watch") {
         return ApiError::path_not_found().into_response();
     }
@@ -235,14 +285,25 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
         Some("status") if rt.status_subresource => Sub::Status,
         Some(_) => return ApiError::path_not_found().into_response(),
     };
-    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let want_table = accept.contains("as=Table");
-    let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
+    let ctype = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
     if ctype.contains("protobuf") || ctype.contains("cbor") {
         // Only JSON (and YAML for apply) is spoken; clients fall back to JSON on 415.
         return ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ctype})")).into_response();
     }
-    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| default_manager(&headers));
+    let manager = q
+        .get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| default_manager(&headers));
     let dry_run = q.get("dryRun").map(|v| v == "All").unwrap_or(false);
     let ns = t.namespace.clone().unwrap_or_default();
     let result = match verb {
@@ -253,7 +314,10 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
                 Some(o) => {
                     let view = events::to_view(&rt, &t.version, o);
                     if want_table {
-                        Ok((StatusCode::OK, table::render(&rt, &t.version, &[view], inner.rv, &q)))
+                        Ok((
+                            StatusCode::OK,
+                            table::render(&rt, &t.version, &[view], inner.rv, &q),
+                        ))
                     } else {
                         Ok((StatusCode::OK, view))
                     }
@@ -262,12 +326,19 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
             }
         }
         "list" => list(&state, &rt, &t, &q, want_table).map(|v| (StatusCode::OK, v)),
-        "create" => create(&state, &rt, &t, &body, &ctype, &manager, dry_run).map(|(v, _)| (StatusCode::CREATED, v)),
+        "create" => create(&state, &rt, &t, &body, &ctype, &manager, dry_run)
+            .map(|(v, _)| (StatusCode::CREATED, v)),
         "update" => update(&state, &rt, &t, sub, &body, &manager, dry_run),
         "patch" => patch(&state, &rt, &t, sub, &body, &ctype, &manager, &q, dry_run),
         "delete" => delete(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v)),
-        "deletecollection" => delete_collection(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v)),
-        _ => Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")),
+        "deletecollection" => {
+            delete_collection(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v))
+        }
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )),
     };
     state.controllers.notify_one();
     match result {
@@ -278,17 +349,22 @@ pub async fn handle(state: Arc<AppState>, method: Method, uri: Uri, headers: Hea
 
 fn parse_body(body: &Bytes, ctype: &str) -> Result<Value, ApiError> {
     if ctype.contains("yaml") {
-        let s = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
-        serde_yaml::from_str::<Value>(s).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        let s = std::str::from_utf8(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+        serde_yaml::from_str::<Value>(s)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
-        serde_json::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
+        serde_json::from_slice::<Value>(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
     }
 }
 
 fn check_kind(rt: &ResourceType, version: &str, obj: &Value) -> Result<(), ApiError> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
     let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    if (!kind.is_empty() && kind != rt.kind) || (!av.is_empty() && av != rt.api_version_for(version)) {
+    if (!kind.is_empty() && kind != rt.kind)
+        || (!av.is_empty() && av != rt.api_version_for(version))
+    {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({av}) does not match the expected API version ({})",
             rt.api_version_for(version)
@@ -306,7 +382,15 @@ fn storage(state: &AppState, rt: &ResourceType) -> ResourceType {
     }
 }
 
-fn create(state: &AppState, rt: &ResourceType, t: &Target, body: &Bytes, ctype: &str, manager: &str, dry_run: bool) -> Result<(Value, bool), ApiError> {
+fn create(
+    state: &AppState,
+    rt: &ResourceType,
+    t: &Target,
+    body: &Bytes,
+    ctype: &str,
+    manager: &str,
+    dry_run: bool,
+) -> Result<(Value, bool), ApiError> {
     let mut obj = parse_body(body, ctype)?;
     check_kind(rt, &t.version, &obj)?;
     let ns = t.namespace.clone().unwrap_or_default();
@@ -319,9 +403,23 @@ fn create(state: &AppState, rt: &ResourceType, t: &Target, body: &Bytes, ctype: 
     if name.is_empty() {
         let gen = md_str(&obj, "generateName").to_string();
         if gen.is_empty() {
-            return Err(ApiError::invalid(rt, "", vec![crate::validate::Cause { reason: "FieldValueRequired", message: "Required value: name or generateName is required".into(), field: "metadata.name".into() }]));
+            return Err(ApiError::invalid(
+                rt,
+                "",
+                vec![crate::validate::Cause {
+                    reason: "FieldValueRequired",
+                    message: "Required value: name or generateName is required".into(),
+                    field: "metadata.name".into(),
+                }],
+            ));
         }
-        let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect();
+        let suffix: String = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(5)
+            .collect();
         name = format!("{gen}{suffix}");
         md_mut(&mut obj).insert("name".into(), json!(name));
     }
@@ -334,17 +432,35 @@ fn create(state: &AppState, rt: &ResourceType, t: &Target, body: &Bytes, ctype: 
     if dry_run {
         return Ok((obj, true));
     }
-    let (v, c) = inner.write(&srt, &t.version, &ns, &name, None, obj, WriteCtx::update(manager, Sub::Main))?;
+    let (v, c) = inner.write(
+        &srt,
+        &t.version,
+        &ns,
+        &name,
+        None,
+        obj,
+        WriteCtx::update(manager, Sub::Main),
+    )?;
     Ok((events::to_view(rt, &t.version, &v), c))
 }
 
-fn update(state: &AppState, rt: &ResourceType, t: &Target, sub: Sub, body: &Bytes, manager: &str, dry_run: bool) -> Result<(StatusCode, Value), ApiError> {
+fn update(
+    state: &AppState,
+    rt: &ResourceType,
+    t: &Target,
+    sub: Sub,
+    body: &Bytes,
+    manager: &str,
+    dry_run: bool,
+) -> Result<(StatusCode, Value), ApiError> {
     let obj = parse_body(body, "application/json")?;
     check_kind(rt, &t.version, &obj)?;
     let ns = t.namespace.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     if md_str(&obj, "name") != name && !md_str(&obj, "name").is_empty() {
-        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+        return Err(ApiError::bad_request(
+            "the name of the object does not match the name on the URL",
+        ));
     }
     let srt = storage(state, rt);
     let obj = events::from_view(rt, obj);
@@ -359,12 +475,30 @@ fn update(state: &AppState, rt: &ResourceType, t: &Target, sub: Sub, body: &Byte
     if dry_run {
         return Ok((StatusCode::OK, obj));
     }
-    let (v, _) = inner.write(&srt, &t.version, &ns, &name, Some(old), obj, WriteCtx::update(manager, sub))?;
+    let (v, _) = inner.write(
+        &srt,
+        &t.version,
+        &ns,
+        &name,
+        Some(old),
+        obj,
+        WriteCtx::update(manager, sub),
+    )?;
     Ok((StatusCode::OK, events::to_view(rt, &t.version, &v)))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn patch(state: &AppState, rt: &ResourceType, t: &Target, sub: Sub, body: &Bytes, ctype: &str, manager: &str, q: &HashMap<String, String>, dry_run: bool) -> Result<(StatusCode, Value), ApiError> {
+fn patch(
+    state: &AppState,
+    rt: &ResourceType,
+    t: &Target,
+    sub: Sub,
+    body: &Bytes,
+    ctype: &str,
+    manager: &str,
+    q: &HashMap<String, String>,
+    dry_run: bool,
+) -> Result<(StatusCode, Value), ApiError> {
     let ns = t.namespace.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     let srt = storage(state, rt);
@@ -373,11 +507,24 @@ fn patch(state: &AppState, rt: &ResourceType, t: &Target, sub: Sub, body: &Bytes
     let ct = ctype.split(';').next().unwrap_or("").trim();
     if ct == "application/apply-patch+yaml" {
         drop(inner);
-        return apply(state, rt, &srt, t, sub, body, manager, q.get("force").map(|v| v == "true").unwrap_or(false), dry_run);
+        return apply(
+            state,
+            rt,
+            &srt,
+            t,
+            sub,
+            body,
+            manager,
+            qbool(q, "force"),
+            dry_run,
+        );
     }
-    let Some(old) = old else { return Err(ApiError::not_found(rt, &name)) };
+    let Some(old) = old else {
+        return Err(ApiError::not_found(rt, &name));
+    };
     let view = events::to_view(rt, &t.version, &old);
-    let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let new = match ct {
         "application/merge-patch+json" => {
             let mut n = view.clone();
@@ -415,20 +562,40 @@ fn patch(state: &AppState, rt: &ResourceType, t: &Target, sub: Sub, body: &Bytes
             ))
         }
     };
-    if md_str(&new, "resourceVersion") != md_str(&view, "resourceVersion") && !md_str(&new, "resourceVersion").is_empty() {
+    if md_str(&new, "resourceVersion") != md_str(&view, "resourceVersion")
+        && !md_str(&new, "resourceVersion").is_empty()
+    {
         return Err(ApiError::conflict(rt, &name));
     }
     if dry_run {
         return Ok((StatusCode::OK, new));
     }
     let new = events::from_view(rt, new);
-    let (v, _) = inner.write(&srt, &t.version, &ns, &name, Some(old), new, WriteCtx::update(manager, sub))?;
+    let (v, _) = inner.write(
+        &srt,
+        &t.version,
+        &ns,
+        &name,
+        Some(old),
+        new,
+        WriteCtx::update(manager, sub),
+    )?;
     Ok((StatusCode::OK, events::to_view(rt, &t.version, &v)))
 }
 
 /// Server-side apply.
 #[allow(clippy::too_many_arguments)]
-fn apply(state: &AppState, rt: &ResourceType, srt: &ResourceType, t: &Target, sub: Sub, body: &Bytes, manager: &str, force: bool, dry_run: bool) -> Result<(StatusCode, Value), ApiError> {
+fn apply(
+    state: &AppState,
+    rt: &ResourceType,
+    srt: &ResourceType,
+    t: &Target,
+    sub: Sub,
+    body: &Bytes,
+    manager: &str,
+    force: bool,
+    dry_run: bool,
+) -> Result<(StatusCode, Value), ApiError> {
     if manager.is_empty() || manager == "unknown" {
         return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
     }
@@ -436,26 +603,41 @@ fn apply(state: &AppState, rt: &ResourceType, srt: &ResourceType, t: &Target, su
     let name = t.name.clone().unwrap_or_default();
     let mut applied = parse_body(body, "yaml")?;
     if applied.get("apiVersion").is_none() || applied.get("kind").is_none() {
-        return Err(ApiError::bad_request("invalid object type: apiVersion and kind must be set for apply"));
+        return Err(ApiError::bad_request(
+            "invalid object type: apiVersion and kind must be set for apply",
+        ));
     }
     check_kind(rt, &t.version, &applied)?;
     if !md_str(&applied, "name").is_empty() && md_str(&applied, "name") != name {
-        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+        return Err(ApiError::bad_request(
+            "the name of the object does not match the name on the URL",
+        ));
     }
     let want_rv = md_str(&applied, "resourceVersion").to_string();
     {
         let m = md_mut(&mut applied);
-        for k in ["resourceVersion", "uid", "creationTimestamp", "managedFields", "generation", "selfLink"] {
+        for k in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "managedFields",
+            "generation",
+            "selfLink",
+        ] {
             m.remove(k);
         }
     }
     let applied = events::from_view(rt, applied);
     let mut inner = state.lock();
-    let schema = Schema { rt: srt, version: &t.version };
+    let schema = Schema {
+        rt: srt,
+        version: &t.version,
+    };
     let only_status = sub == Sub::Status;
     // Fields are tracked as written (a Secret's stringData stays stringData in managedFields).
     let applied_for_fields = applied.clone();
-    let new_set: fields::FieldSet = fields::collect(&applied_for_fields, &schema, only_status, false);
+    let new_set: fields::FieldSet =
+        fields::collect(&applied_for_fields, &schema, only_status, false);
     let old = inner.get(srt, &ns, &name).cloned();
     let Some(old) = old else {
         if sub == Sub::Status {
@@ -464,14 +646,23 @@ fn apply(state: &AppState, rt: &ResourceType, srt: &ResourceType, t: &Target, su
         if dry_run {
             return Ok((StatusCode::CREATED, applied));
         }
-        let ctx = WriteCtx { manager, op: Op::Apply, sub, apply_fields: Some(new_set), forced: vec![] };
+        let ctx = WriteCtx {
+            manager,
+            op: Op::Apply,
+            sub,
+            apply_fields: Some(new_set),
+            forced: vec![],
+        };
         let (v, _) = inner.write(srt, &t.version, &ns, &name, None, applied, ctx)?;
         return Ok((StatusCode::CREATED, events::to_view(rt, &t.version, &v)));
     };
     if !want_rv.is_empty() && want_rv != md_str(&old, "resourceVersion") {
         return Err(ApiError::conflict(rt, &name));
     }
-    let entries: Vec<Value> = md(&old, "managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
+    let entries: Vec<Value> = md(&old, "managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let sub_name = sub.name();
     let mut conflicts: Vec<(String, String)> = vec![];
     let mut forced: Vec<(usize, fields::FieldSet)> = vec![];
@@ -492,7 +683,8 @@ fn apply(state: &AppState, rt: &ResourceType, srt: &ResourceType, t: &Target, su
         }
         let mut take = fields::FieldSet::new();
         for p in fields::leaves(&new_set) {
-            if set.contains(p) && fields::get_at(&old, p) != fields::get_at(&applied_for_fields, p) {
+            if set.contains(p) && fields::get_at(&old, p) != fields::get_at(&applied_for_fields, p)
+            {
                 conflicts.push((e_mgr.to_string(), fields::display_path(p)));
                 take.insert(p.clone());
             }
@@ -505,28 +697,50 @@ fn apply(state: &AppState, rt: &ResourceType, srt: &ResourceType, t: &Target, su
         others.push(remaining);
     }
     if !conflicts.is_empty() && !force {
-        let list: Vec<String> = conflicts.iter().map(|(m, f)| format!("conflict with {m:?}: {f}")).collect();
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|(m, f)| format!("conflict with {m:?}: {f}"))
+            .collect();
         let msg = if list.len() == 1 {
             format!("Apply failed with 1 conflict: {}", list[0])
         } else {
-            format!("Apply failed with {} conflicts: {}", list.len(), list.join("\n"))
+            format!(
+                "Apply failed with {} conflicts: {}",
+                list.len(),
+                list.join("\n")
+            )
         };
         return Err(ApiError {
-            details: Some(json!({"causes": conflicts.iter().map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m:?}"), "field": f})).collect::<Vec<_>>()})),
+            details: Some(
+                json!({"causes": conflicts.iter().map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m:?}"), "field": f})).collect::<Vec<_>>()}),
+            ),
             ..ApiError::new(409, "Conflict", msg)
         });
     }
     let mut merged = old.clone();
     let mut to_merge = applied.clone();
     if let Some(m) = to_merge.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.retain(|k, _| ["labels", "annotations", "finalizers", "ownerReferences"].contains(&k.as_str()));
+        m.retain(|k, _| {
+            ["labels", "annotations", "finalizers", "ownerReferences"].contains(&k.as_str())
+        });
     }
     if srt.plural == "secrets" {
-        if let Some(sd) = to_merge.as_object_mut().and_then(|m| m.remove("stringData")) {
+        if let Some(sd) = to_merge
+            .as_object_mut()
+            .and_then(|m| m.remove("stringData"))
+        {
             let mut tmp = json!({"stringData": sd});
             crate::validate::fold_string_data(&mut tmp);
             if let Some(d) = tmp.get("data") {
-                fields::merge_apply(merged.as_object_mut().map(|m| m.entry("data").or_insert(json!({}))).expect("object"), d, &mut vec!["data".into()], &schema);
+                fields::merge_apply(
+                    merged
+                        .as_object_mut()
+                        .map(|m| m.entry("data").or_insert(json!({})))
+                        .expect("object"),
+                    d,
+                    &mut vec!["data".into()],
+                    &schema,
+                );
             }
         }
     }
@@ -558,7 +772,13 @@ fn apply(state: &AppState, rt: &ResourceType, srt: &ResourceType, t: &Target, su
     if dry_run {
         return Ok((StatusCode::OK, merged));
     }
-    let ctx = WriteCtx { manager, op: Op::Apply, sub, apply_fields: Some(new_set), forced };
+    let ctx = WriteCtx {
+        manager,
+        op: Op::Apply,
+        sub,
+        apply_fields: Some(new_set),
+        forced,
+    };
     let (v, _) = inner.write(srt, &t.version, &ns, &name, Some(old), merged, ctx)?;
     Ok((StatusCode::OK, events::to_view(rt, &t.version, &v)))
 }
@@ -568,37 +788,74 @@ fn delete_options(body: &Bytes, q: &HashMap<String, String>) -> (Option<String>,
     let prop = q
         .get("propagationPolicy")
         .cloned()
-        .or_else(|| opts.get("propagationPolicy").and_then(Value::as_str).map(String::from))
-        .or_else(|| match opts.get("orphanDependents").and_then(Value::as_bool) {
-            Some(true) => Some("Orphan".into()),
-            _ => None,
-        });
-    (prop, opts.get("preconditions").cloned().unwrap_or(Value::Null))
+        .or_else(|| {
+            opts.get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .or_else(
+            || match opts.get("orphanDependents").and_then(Value::as_bool) {
+                Some(true) => Some("Orphan".into()),
+                _ => None,
+            },
+        );
+    (
+        prop,
+        opts.get("preconditions").cloned().unwrap_or(Value::Null),
+    )
 }
 
-fn delete(state: &AppState, rt: &ResourceType, t: &Target, body: &Bytes, q: &HashMap<String, String>) -> Result<Value, ApiError> {
+fn delete(
+    state: &AppState,
+    rt: &ResourceType,
+    t: &Target,
+    body: &Bytes,
+    q: &HashMap<String, String>,
+) -> Result<Value, ApiError> {
     let (prop, pre) = delete_options(body, q);
     let srt = storage(state, rt);
     let mut inner = state.lock();
     let name = t.name.clone().unwrap_or_default();
-    if inner.get(&srt, t.namespace.as_deref().unwrap_or(""), &name).is_none() {
+    if inner
+        .get(&srt, t.namespace.as_deref().unwrap_or(""), &name)
+        .is_none()
+    {
         return Err(ApiError::not_found(rt, &name));
     }
-    let v = inner.delete(&srt, t.namespace.as_deref().unwrap_or(""), &name, prop.as_deref(), &pre)?;
+    let v = inner.delete(
+        &srt,
+        t.namespace.as_deref().unwrap_or(""),
+        &name,
+        prop.as_deref(),
+        &pre,
+    )?;
     Ok(events::to_view(rt, &t.version, &v))
 }
 
-fn delete_collection(state: &AppState, rt: &ResourceType, t: &Target, body: &Bytes, q: &HashMap<String, String>) -> Result<Value, ApiError> {
+fn delete_collection(
+    state: &AppState,
+    rt: &ResourceType,
+    t: &Target,
+    body: &Bytes,
+    q: &HashMap<String, String>,
+) -> Result<Value, ApiError> {
     let (prop, _) = delete_options(body, q);
-    let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")).map_err(ApiError::bad_request)?;
-    let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or("")).map_err(ApiError::bad_request)?;
+    let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
     let srt = storage(state, rt);
     let mut inner = state.lock();
     let targets: Vec<(String, String)> = inner
         .list(&srt, t.namespace.as_deref())
         .into_iter()
         .filter(|o| ls.matches(o) && fs.matches(o))
-        .map(|o| (md_str(o, "namespace").to_string(), md_str(o, "name").to_string()))
+        .map(|o| {
+            (
+                md_str(o, "namespace").to_string(),
+                md_str(o, "name").to_string(),
+            )
+        })
         .collect();
     let mut items = vec![];
     for (ns, n) in targets {
@@ -606,20 +863,40 @@ fn delete_collection(state: &AppState, rt: &ResourceType, t: &Target, body: &Byt
             items.push(events::to_view(rt, &t.version, &v));
         }
     }
-    Ok(json!({"apiVersion": rt.api_version_for(&t.version), "kind": format!("{}List", rt.kind), "metadata": {"resourceVersion": inner.rv.to_string()}, "items": items}))
+    Ok(
+        json!({"apiVersion": rt.api_version_for(&t.version), "kind": format!("{}List", rt.kind), "metadata": {"resourceVersion": inner.rv.to_string()}, "items": items}),
+    )
 }
 
-fn list(state: &AppState, rt: &ResourceType, t: &Target, q: &HashMap<String, String>, want_table: bool) -> Result<Value, ApiError> {
-    let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")).map_err(ApiError::bad_request)?;
-    let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or("")).map_err(ApiError::bad_request)?;
-    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+fn list(
+    state: &AppState,
+    rt: &ResourceType,
+    t: &Target,
+    q: &HashMap<String, String>,
+    want_table: bool,
+) -> Result<Value, ApiError> {
+    let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
     let start = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(c.trim_end_matches('='))
                 .map_err(|_| ApiError::bad_request("continue key is not valid"))?;
-            let v: Value = serde_json::from_slice(&raw).map_err(|_| ApiError::bad_request("continue key is not valid"))?;
-            Some(v.get("start").and_then(Value::as_str).unwrap_or("").to_string())
+            let v: Value = serde_json::from_slice(&raw)
+                .map_err(|_| ApiError::bad_request("continue key is not valid"))?;
+            Some(
+                v.get("start")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            )
         }
         None => None,
     };
@@ -631,8 +908,18 @@ fn list(state: &AppState, rt: &ResourceType, t: &Target, q: &HashMap<String, Str
         .into_iter()
         .map(|o| events::to_view(rt, &t.version, o))
         .filter(|o| ls.matches(o) && fs.matches(o))
-        .map(|o| (format!("{}/{}", md_str(&o, "namespace"), md_str(&o, "name")), o))
-        .filter(|(k, _)| start.as_ref().map(|s| k.as_str() >= s.as_str()).unwrap_or(true))
+        .map(|o| {
+            (
+                format!("{}/{}", md_str(&o, "namespace"), md_str(&o, "name")),
+                o,
+            )
+        })
+        .filter(|(k, _)| {
+            start
+                .as_ref()
+                .map(|s| k.as_str() >= s.as_str())
+                .unwrap_or(true)
+        })
         .collect();
     matched.sort_by(|a, b| a.0.cmp(&b.0));
     let total = matched.len();
@@ -641,7 +928,8 @@ fn list(state: &AppState, rt: &ResourceType, t: &Target, q: &HashMap<String, Str
     if total > page.len() {
         let last = page.last().map(|(k, _)| k.clone()).unwrap_or_default();
         let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{last}\u{0}")});
-        meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string()));
+        meta["continue"] =
+            json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string()));
         meta["remainingItemCount"] = json!(total - page.len());
     } else if rt.custom {
         meta["continue"] = json!("");
@@ -666,10 +954,18 @@ fn list(state: &AppState, rt: &ResourceType, t: &Target, q: &HashMap<String, Str
             })
             .collect()
     };
-    Ok(json!({"apiVersion": rt.api_version_for(&t.version), "kind": format!("{}List", rt.kind), "metadata": meta, "items": items}))
+    Ok(
+        json!({"apiVersion": rt.api_version_for(&t.version), "kind": format!("{}List", rt.kind), "metadata": meta, "items": items}),
+    )
 }
 
-fn watch_stream(state: Arc<AppState>, rt: ResourceType, t: Target, q: HashMap<String, String>, want_table: bool) -> Response {
+fn watch_stream(
+    state: Arc<AppState>,
+    rt: ResourceType,
+    t: Target,
+    q: HashMap<String, String>,
+    want_table: bool,
+) -> Response {
     let ls = match LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")) {
         Ok(l) => l,
         Err(e) => return ApiError::bad_request(e).into_response(),
@@ -678,14 +974,22 @@ fn watch_stream(state: Arc<AppState>, rt: ResourceType, t: Target, q: HashMap<St
         Ok(f) => f,
         Err(e) => return ApiError::bad_request(e).into_response(),
     };
-    let bookmarks = q.get("allowWatchBookmarks").map(|v| v == "true" || v == "1").unwrap_or(false);
-    let timeout = q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(1800);
+    let bookmarks = qbool(&q, "allowWatchBookmarks");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(1800);
     let from: Option<u64> = q.get("resourceVersion").and_then(|s| s.parse().ok());
     let srt = storage(&state, &rt);
     let key = srt.key();
     let ns_filter = t.namespace.clone();
     let matches = move |o: &Value| -> bool {
-        ns_filter.as_ref().map(|n| md_str(o, "namespace") == n).unwrap_or(true) && ls.matches(o) && fs.matches(o)
+        ns_filter
+            .as_ref()
+            .map(|n| md_str(o, "namespace") == n)
+            .unwrap_or(true)
+            && ls.matches(o)
+            && fs.matches(o)
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let mut sub = state.tx.subscribe();
@@ -693,7 +997,14 @@ fn watch_stream(state: Arc<AppState>, rt: ResourceType, t: Target, q: HashMap<St
     let (initial, mut last_rv, err): (Vec<(String, Value)>, u64, Option<ApiError>) = {
         let inner = state.lock();
         match from {
-            Some(rv) if rv > 0 && rv < inner.floor => (vec![], 0, Some(ApiError::gone(format!("too old resource version: {rv} ({})", inner.floor)))),
+            Some(rv) if rv > 0 && rv < inner.floor => (
+                vec![],
+                0,
+                Some(ApiError::gone(format!(
+                    "too old resource version: {rv} ({})",
+                    inner.floor
+                ))),
+            ),
             Some(rv) if rv > 0 => {
                 let evs = inner
                     .history
@@ -704,9 +1015,18 @@ fn watch_stream(state: Arc<AppState>, rt: ResourceType, t: Target, q: HashMap<St
                 (evs, rv.max(inner.floor), None)
             }
             _ => {
-                let mut objs: Vec<Value> = inner.list(&srt, t.namespace.as_deref()).into_iter().filter(|o| matches(o)).cloned().collect();
+                let mut objs: Vec<Value> = inner
+                    .list(&srt, t.namespace.as_deref())
+                    .into_iter()
+                    .filter(|o| matches(o))
+                    .cloned()
+                    .collect();
                 objs.sort_by_key(|o| md_str(o, "resourceVersion").parse::<u64>().unwrap_or(0));
-                (objs.into_iter().map(|o| ("ADDED".to_string(), o)).collect(), inner.rv, None)
+                (
+                    objs.into_iter().map(|o| ("ADDED".to_string(), o)).collect(),
+                    inner.rv,
+                    None,
+                )
             }
         }
     };
@@ -724,7 +1044,12 @@ fn watch_stream(state: Arc<AppState>, rt: ResourceType, t: Target, q: HashMap<St
             Bytes::from(format!("{}\n", json!({"type": ty, "object": obj})))
         };
         if let Some(e) = err {
-            let _ = tx.send(Ok(Bytes::from(format!("{}\n", json!({"type": "ERROR", "object": e.to_status()}))))).await;
+            let _ = tx
+                .send(Ok(Bytes::from(format!(
+                    "{}\n",
+                    json!({"type": "ERROR", "object": e.to_status()})
+                ))))
+                .await;
             return;
         }
         for (ty, o) in &initial {
@@ -795,7 +1120,9 @@ fn filter_event(c: &Change, matches: &impl Fn(&Value) -> bool) -> Vec<(String, V
     match (c.event, before, now) {
         ("DELETED", true, _) | ("DELETED", _, true) => vec![("DELETED".into(), c.object.clone())],
         ("DELETED", false, false) => vec![],
-        (_, _, true) if c.event == "ADDED" || before => vec![(c.event.to_string(), c.object.clone())],
+        (_, _, true) if c.event == "ADDED" || before => {
+            vec![(c.event.to_string(), c.object.clone())]
+        }
         (_, false, true) => vec![("ADDED".into(), c.object.clone())],
         (_, true, false) => vec![("DELETED".into(), c.object.clone())],
         _ => vec![],
@@ -823,7 +1150,10 @@ fn group_list(inner: &Inner) -> Value {
         .iter()
         .map(|g| {
             let vs = &groups[g];
-            let versions: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            let versions: Vec<Value> = vs
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
             json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
         })
         .collect();
@@ -831,11 +1161,19 @@ fn group_list(inner: &Inner) -> Value {
 }
 
 fn resource_list(inner: &Inner, group: &str, version: &str) -> Response {
-    let types: Vec<&ResourceType> = inner.types.values().filter(|t| t.group == group && t.versions.iter().any(|v| v == version)).collect();
+    let types: Vec<&ResourceType> = inner
+        .types
+        .values()
+        .filter(|t| t.group == group && t.versions.iter().any(|v| v == version))
+        .collect();
     if types.is_empty() {
         return ApiError::path_not_found().into_response();
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     let mut v = json!({"kind": "APIResourceList", "groupVersion": gv, "resources": resources::api_resources(&types, version)});
     if !group.is_empty() {
         v["apiVersion"] = json!("v1");
@@ -845,14 +1183,20 @@ fn resource_list(inner: &Inner, group: &str, version: &str) -> Response {
 
 fn openapi_index(inner: &Inner) -> Value {
     let mut paths = serde_json::Map::new();
-    paths.insert("api/v1".into(), json!({"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", inner.rv)}));
+    paths.insert(
+        "api/v1".into(),
+        json!({"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", inner.rv)}),
+    );
     for t in inner.types.values() {
         if t.group.is_empty() {
             continue;
         }
         for v in &t.versions {
             let k = format!("apis/{}/{}", t.group, v);
-            paths.insert(k.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={}", inner.rv)}));
+            paths.insert(
+                k.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={}", inner.rv)}),
+            );
         }
     }
     json!({"paths": paths})
@@ -868,17 +1212,31 @@ fn openapi_doc(inner: &Inner, gv: &str) -> Value {
                        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
     for t in inner.types.values() {
         for v in &t.versions {
-            let prefix = if t.group.is_empty() { format!("api/{v}") } else { format!("apis/{}/{}", t.group, v) };
+            let prefix = if t.group.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{}/{}", t.group, v)
+            };
             if gv != prefix {
                 continue;
             }
             let gvk = json!({"group": t.group, "version": v, "kind": t.kind});
             let op = |action: &str| json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk, "parameters": param, "responses": {"200": {"description": "OK"}}});
-            let base = if t.namespaced { format!("/{prefix}/namespaces/{{namespace}}/{}", t.plural) } else { format!("/{prefix}/{}", t.plural) };
+            let base = if t.namespaced {
+                format!("/{prefix}/namespaces/{{namespace}}/{}", t.plural)
+            } else {
+                format!("/{prefix}/{}", t.plural)
+            };
             paths.insert(base.clone(), json!({"post": op("post")}));
-            paths.insert(format!("{base}/{{name}}"), json!({"put": op("put"), "patch": op("patch")}));
+            paths.insert(
+                format!("{base}/{{name}}"),
+                json!({"put": op("put"), "patch": op("patch")}),
+            );
             if t.status_subresource {
-                paths.insert(format!("{base}/{{name}}/status"), json!({"put": op("put"), "patch": op("patch")}));
+                paths.insert(
+                    format!("{base}/{{name}}/status"),
+                    json!({"put": op("put"), "patch": op("patch")}),
+                );
             }
             if let Some(sch) = t.schema(v) {
                 let mut sch = sch.clone();
@@ -895,22 +1253,41 @@ fn admin(state: &AppState, method: &Method, rest: &[&str], body: &Bytes) -> Resp
     match (method.as_str(), rest) {
         ("POST", ["faults"]) => match serde_json::from_slice::<Fault>(body) {
             Ok(f) => {
-                state.admin.lock().unwrap_or_else(|e| e.into_inner()).faults.push(f);
+                state
+                    .admin
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .faults
+                    .push(f);
                 json_response(StatusCode::OK, &json!({"ok": true}))
             }
             Err(e) => ApiError::bad_request(format!("bad fault: {e}")).into_response(),
         },
         ("DELETE", ["faults"]) => {
-            state.admin.lock().unwrap_or_else(|e| e.into_inner()).faults.clear();
+            state
+                .admin
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .faults
+                .clear();
             json_response(StatusCode::OK, &json!({"ok": true}))
         }
         ("GET", ["counters"]) => {
             let a = state.admin.lock().unwrap_or_else(|e| e.into_inner());
-            let list: Vec<Value> = a.counters.iter().map(|((v, r, n), c)| json!({"verb": v, "resource": r, "namespace": n, "count": c})).collect();
+            let list: Vec<Value> = a
+                .counters
+                .iter()
+                .map(|((v, r, n), c)| json!({"verb": v, "resource": r, "namespace": n, "count": c}))
+                .collect();
             json_response(StatusCode::OK, &json!({"counters": list}))
         }
         ("DELETE", ["counters"]) | ("POST", ["counters", "reset"]) => {
-            state.admin.lock().unwrap_or_else(|e| e.into_inner()).counters.clear();
+            state
+                .admin
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .counters
+                .clear();
             json_response(StatusCode::OK, &json!({"ok": true}))
         }
         ("POST", ["watches", "close"]) => {
@@ -954,7 +1331,9 @@ pub async fn run_controllers(state: Arc<AppState>) {
                     let plural = c.type_key.trim_start_matches("apps/").to_string();
                     crate::workloads::reconcile(&mut inner, &plural, &c.namespace, &name);
                 }
-                "apiextensions.k8s.io/customresourcedefinitions" => establish_crd(&mut inner, &name),
+                "apiextensions.k8s.io/customresourcedefinitions" => {
+                    establish_crd(&mut inner, &name)
+                }
                 _ => {}
             }
         }
@@ -967,7 +1346,9 @@ pub async fn run_controllers(state: Arc<AppState>) {
 
 fn establish_crd(inner: &mut Inner, name: &str) {
     let rt = inner.types["apiextensions.k8s.io/customresourcedefinitions"].clone();
-    let Some(crd) = inner.get(&rt, "", name).cloned() else { return };
+    let Some(crd) = inner.get(&rt, "", name).cloned() else {
+        return;
+    };
     if md(&crd, "deletionTimestamp").is_some() {
         return;
     }
@@ -980,7 +1361,12 @@ fn establish_crd(inner: &mut Inner, name: &str) {
     let versions: Vec<Value> = crd
         .pointer("/spec/versions")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter(|v| v["storage"] == json!(true)).map(|v| v["name"].clone()).collect())
+        .map(|a| {
+            a.iter()
+                .filter(|v| v["storage"] == json!(true))
+                .map(|v| v["name"].clone())
+                .collect()
+        })
         .unwrap_or_default();
     n["status"] = json!({
         "conditions": [
@@ -990,5 +1376,13 @@ fn establish_crd(inner: &mut Inner, name: &str) {
         "acceptedNames": names,
         "storedVersions": versions,
     });
-    let _ = inner.write(&rt, "v1", "", name, Some(crd), n, WriteCtx::update("kube-apiserver", Sub::Status));
+    let _ = inner.write(
+        &rt,
+        "v1",
+        "",
+        name,
+        Some(crd),
+        n,
+        WriteCtx::update("kube-apiserver", Sub::Status),
+    );
 }

@@ -42,7 +42,10 @@ fn merge(base: &mut Value, patch: &Value, keys: &mut Vec<String>) -> Result<(), 
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(list), Some(del)) = (b.get_mut(field).and_then(Value::as_array_mut), pv.as_array()) {
+            if let (Some(list), Some(del)) = (
+                b.get_mut(field).and_then(Value::as_array_mut),
+                pv.as_array(),
+            ) {
                 list.retain(|x| !del.contains(x));
             }
             continue;
@@ -66,7 +69,8 @@ fn merge(base: &mut Value, patch: &Value, keys: &mut Vec<String>) -> Result<(), 
     }
     // $setElementOrder: reorder merged lists as the patch says.
     for (k, order) in p {
-        if let (Some(field), Some(order)) = (k.strip_prefix("$setElementOrder/"), order.as_array()) {
+        if let (Some(field), Some(order)) = (k.strip_prefix("$setElementOrder/"), order.as_array())
+        {
             if let Some(list) = b.get_mut(field).and_then(Value::as_array_mut) {
                 let mut kk = keys.clone();
                 kk.push(field.to_string());
@@ -77,12 +81,14 @@ fn merge(base: &mut Value, patch: &Value, keys: &mut Vec<String>) -> Result<(), 
     Ok(())
 }
 
-fn reorder(list: &mut Vec<Value>, order: &[Value], kind: &ListKind) {
+fn reorder(list: &mut [Value], order: &[Value], kind: &ListKind) {
     let pos = |item: &Value| -> usize {
         order
             .iter()
             .position(|o| match kind {
-                ListKind::Map(keys) => keys.iter().all(|k| o.get(k).is_none() || o.get(k) == item.get(k)),
+                ListKind::Map(keys) => keys
+                    .iter()
+                    .all(|k| o.get(k).is_none() || o.get(k) == item.get(k)),
                 _ => o == item,
             })
             .unwrap_or(usize::MAX)
@@ -90,14 +96,21 @@ fn reorder(list: &mut Vec<Value>, order: &[Value], kind: &ListKind) {
     list.sort_by_key(|i| pos(i));
 }
 
-fn merge_list(base: Option<&Value>, items: &[Value], keys: &mut Vec<String>) -> Result<Value, String> {
+fn merge_list(
+    base: Option<&Value>,
+    items: &[Value],
+    keys: &mut Vec<String>,
+) -> Result<Value, String> {
     let kind = builtin_list_kind(keys);
     let existing = base.and_then(Value::as_array).cloned().unwrap_or_default();
     match kind {
         ListKind::Map(mk) => {
             let mut out = existing;
             // A `{"$patch": "replace"}` item replaces the whole list with the other items.
-            if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+            if items
+                .iter()
+                .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+            {
                 return Ok(Value::Array(
                     items
                         .iter()
@@ -107,7 +120,10 @@ fn merge_list(base: Option<&Value>, items: &[Value], keys: &mut Vec<String>) -> 
                 ));
             }
             for item in items {
-                let matches = |o: &Value| mk.iter().all(|k| o.get(k) == item.get(k)) && mk.iter().any(|k| item.get(k).is_some());
+                let matches = |o: &Value| {
+                    mk.iter().all(|k| o.get(k) == item.get(k))
+                        && mk.iter().any(|k| item.get(k).is_some())
+                };
                 let pos = out.iter().position(matches);
                 let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
                 match (pos, delete) {
@@ -153,7 +169,11 @@ mod tests {
             {"name": "web", "image": "nginx:2", "env": [{"name": "B", "value": "2"}]}
         ]}}}});
         let out = apply(&base, &patch).unwrap();
-        let cs = out.pointer("/spec/template/spec/containers").unwrap().as_array().unwrap();
+        let cs = out
+            .pointer("/spec/template/spec/containers")
+            .unwrap()
+            .as_array()
+            .unwrap();
         assert_eq!(cs.len(), 2);
         assert_eq!(cs[0]["image"], "nginx:2");
         assert_eq!(cs[0]["env"].as_array().unwrap().len(), 2);
@@ -165,6 +185,9 @@ mod tests {
         let base = json!({"metadata": {"annotations": {"a": "1", "b": "2"}}, "spec": {"containers": [{"name": "x"}, {"name": "y"}]}});
         let patch = json!({"metadata": {"annotations": {"a": null}}, "spec": {"containers": [{"name": "x", "$patch": "delete"}]}});
         let out = apply(&base, &patch).unwrap();
-        assert_eq!(out, json!({"metadata": {"annotations": {"b": "2"}}, "spec": {"containers": [{"name": "y"}]}}));
+        assert_eq!(
+            out,
+            json!({"metadata": {"annotations": {"b": "2"}}, "spec": {"containers": [{"name": "y"}]}})
+        );
     }
 }

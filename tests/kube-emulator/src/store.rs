@@ -101,7 +101,14 @@ fn comparable(obj: &Value) -> Value {
 
 impl Inner {
     pub fn new(tx: broadcast::Sender<Arc<Change>>) -> Self {
-        let mut inner = Inner { rv: 100, types: BTreeMap::new(), objects: BTreeMap::new(), history: VecDeque::new(), floor: 100, tx };
+        let mut inner = Inner {
+            rv: 100,
+            types: BTreeMap::new(),
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            floor: 100,
+            tx,
+        };
         for t in resources::builtins() {
             inner.types.insert(t.type_key(), t);
         }
@@ -109,7 +116,15 @@ impl Inner {
             let rt = inner.types["/namespaces"].clone();
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             inner
-                .write(&rt, "v1", "", ns, None, obj, WriteCtx::update("kube-apiserver", Sub::Main))
+                .write(
+                    &rt,
+                    "v1",
+                    "",
+                    ns,
+                    None,
+                    obj,
+                    WriteCtx::update("kube-apiserver", Sub::Main),
+                )
                 .expect("namespace bootstrap");
         }
         inner
@@ -124,18 +139,39 @@ impl Inner {
     }
 
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<&Value> {
-        self.objects.get(&rt.key()).and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+        self.objects
+            .get(&rt.key())
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
     }
 
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<&Value> {
         self.objects
             .get(&rt.key())
-            .map(|m| m.iter().filter(|((n, _), _)| ns.map(|x| x == n).unwrap_or(true)).map(|(_, v)| v).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, _), _)| ns.map(|x| x == n).unwrap_or(true))
+                    .map(|(_, v)| v)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    fn record(&mut self, rt: &ResourceType, ns: &str, event: &'static str, object: Value, old: Option<Value>) {
-        let change = Arc::new(Change { rv: self.rv, type_key: rt.key(), namespace: ns.to_string(), event, object, old });
+    fn record(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        event: &'static str,
+        object: Value,
+        old: Option<Value>,
+    ) {
+        let change = Arc::new(Change {
+            rv: self.rv,
+            type_key: rt.key(),
+            namespace: ns.to_string(),
+            event,
+            object,
+            old,
+        });
         self.history.push_back(change.clone());
         while self.history.len() > HISTORY_LIMIT {
             if let Some(c) = self.history.pop_front() {
@@ -152,11 +188,15 @@ impl Inner {
     }
 
     pub fn namespace_exists(&self, ns: &str) -> bool {
-        self.objects.get("/namespaces").map(|m| m.contains_key(&(String::new(), ns.to_string()))).unwrap_or(false)
+        self.objects
+            .get("/namespaces")
+            .map(|m| m.contains_key(&(String::new(), ns.to_string())))
+            .unwrap_or(false)
     }
 
     /// The write pipeline shared by create, update, patch, apply and the built-in controllers.
     /// Returns the stored object and whether it was created.
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
         rt: &ResourceType,
@@ -168,7 +208,9 @@ impl Inner {
         ctx: WriteCtx,
     ) -> Result<(Value, bool), ApiError> {
         if !new.is_object() {
-            return Err(ApiError::bad_request("the body of the request is not a JSON object"));
+            return Err(ApiError::bad_request(
+                "the body of the request is not a JSON object",
+            ));
         }
         let created = old.is_none();
         new["apiVersion"] = json!(rt.api_version_for(version));
@@ -207,7 +249,13 @@ impl Inner {
                     }
                 }
                 let m = md_mut(&mut new);
-                for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                for k in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                ] {
                     match md(old, k) {
                         Some(v) => {
                             m.insert(k.into(), v.clone());
@@ -223,7 +271,13 @@ impl Inner {
                 new.as_object_mut().expect("object").remove("status");
             }
             let m = md_mut(&mut new);
-            for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "generation", "uid", "creationTimestamp"] {
+            for k in [
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "uid",
+                "creationTimestamp",
+            ] {
                 m.remove(k);
             }
         }
@@ -246,7 +300,11 @@ impl Inner {
 
         // generation
         if rt.has_generation {
-            let old_gen = old.as_ref().and_then(|o| md(o, "generation")).and_then(Value::as_i64).unwrap_or(0);
+            let old_gen = old
+                .as_ref()
+                .and_then(|o| md(o, "generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             let spec_changed = match &old {
                 None => true,
                 Some(o) => spec_part(o, rt) != spec_part(&new, rt),
@@ -268,18 +326,30 @@ impl Inner {
         }
         // Finalizers emptied on an object being deleted: it goes now.
         let deleting = md(&new, "deletionTimestamp").is_some();
-        let finalizers_empty = md(&new, "finalizers").and_then(Value::as_array).map(Vec::is_empty).unwrap_or(true);
+        let finalizers_empty = md(&new, "finalizers")
+            .and_then(Value::as_array)
+            .map(Vec::is_empty)
+            .unwrap_or(true);
         if deleting && finalizers_empty {
             if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("finalizers");
             }
-            md_mut(&mut new).insert("resourceVersion".into(), json!(old.as_ref().map(|o| md_str(o, "resourceVersion").to_string()).unwrap_or_default()));
+            md_mut(&mut new).insert(
+                "resourceVersion".into(),
+                json!(old
+                    .as_ref()
+                    .map(|o| md_str(o, "resourceVersion").to_string())
+                    .unwrap_or_default()),
+            );
             self.remove_now(rt, ns, name, new.clone());
             return Ok((new, false));
         }
         self.rv += 1;
         md_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        self.objects.entry(rt.key()).or_default().insert((ns.to_string(), name.to_string()), new.clone());
+        self.objects
+            .entry(rt.key())
+            .or_default()
+            .insert((ns.to_string(), name.to_string()), new.clone());
         let ev = if created { "ADDED" } else { "MODIFIED" };
         self.record(rt, ns, ev, new.clone(), old);
         if rt.plural == "customresourcedefinitions" {
@@ -290,7 +360,10 @@ impl Inner {
 
     /// Removes an object from the store immediately and records DELETED.
     pub fn remove_now(&mut self, rt: &ResourceType, ns: &str, name: &str, mut last: Value) {
-        let old = self.objects.get_mut(&rt.key()).and_then(|m| m.remove(&(ns.to_string(), name.to_string())));
+        let old = self
+            .objects
+            .get_mut(&rt.key())
+            .and_then(|m| m.remove(&(ns.to_string(), name.to_string())));
         if old.is_none() {
             return;
         }
@@ -302,7 +375,14 @@ impl Inner {
         }
     }
 
-    fn type_rules(&self, rt: &ResourceType, version: &str, old: Option<&Value>, new: &mut Value, name: &str) -> Result<(), ApiError> {
+    fn type_rules(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        old: Option<&Value>,
+        new: &mut Value,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let mut causes = vec![];
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "secrets") => {
@@ -310,10 +390,8 @@ impl Inner {
                 causes.extend(validate::validate_secret(new, old));
             }
             ("", "configmaps") => {}
-            ("", "events") => {
-                if new.get("source").is_none() {
-                    new["source"] = json!({});
-                }
+            ("", "events") if new.get("source").is_none() => {
+                new["source"] = json!({});
             }
             ("", "namespaces") => {
                 if new.pointer("/spec/finalizers").is_none() {
@@ -323,30 +401,47 @@ impl Inner {
                     new["status"] = json!({"phase": "Active"});
                 }
             }
-            ("apps", "deployments") | ("apps", "statefulsets") | ("apps", "daemonsets") | ("apps", "replicasets") => {
+            ("apps", "deployments")
+            | ("apps", "statefulsets")
+            | ("apps", "daemonsets")
+            | ("apps", "replicasets") => {
                 crate::workloads::default_workload(&rt.plural, new);
                 if old.is_none() {
                     new["status"] = match rt.plural.as_str() {
                         "statefulsets" => json!({"replicas": 0, "availableReplicas": 0}),
-                        "daemonsets" => json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}),
+                        "daemonsets" => {
+                            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0})
+                        }
                         _ => json!({}),
                     };
                 }
                 if rt.plural == "daemonsets" {
                     // The DaemonSet controller's template generation, bumped on each template change.
                     let prev: i64 = old
-                        .and_then(|o| o.pointer("/metadata/annotations/deprecated.daemonset.template.generation"))
+                        .and_then(|o| {
+                            o.pointer(
+                                "/metadata/annotations/deprecated.daemonset.template.generation",
+                            )
+                        })
                         .and_then(Value::as_str)
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(0);
-                    let changed = old.map(|o| o.pointer("/spec/template") != new.pointer("/spec/template")).unwrap_or(true);
+                    let changed = old
+                        .map(|o| o.pointer("/spec/template") != new.pointer("/spec/template"))
+                        .unwrap_or(true);
                     let g = if changed { prev + 1 } else { prev };
                     let m = md_mut(new);
                     let ann = m.entry("annotations").or_insert_with(|| json!({}));
                     ann["deprecated.daemonset.template.generation"] = json!(g.to_string());
                 }
-                if new.pointer("/spec/template").is_none() || new.pointer("/spec/selector").is_none() {
-                    causes.push(validate::Cause { reason: "FieldValueRequired", message: "Required value".into(), field: "spec.selector".into() });
+                if new.pointer("/spec/template").is_none()
+                    || new.pointer("/spec/selector").is_none()
+                {
+                    causes.push(validate::Cause {
+                        reason: "FieldValueRequired",
+                        message: "Required value".into(),
+                        field: "spec.selector".into(),
+                    });
                 }
                 if let Some(o) = old {
                     if o.pointer("/spec/selector") != new.pointer("/spec/selector") {
@@ -360,10 +455,18 @@ impl Inner {
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 if resources::from_crd(new).is_none() {
-                    causes.push(validate::Cause { reason: "FieldValueRequired", message: "Required value".into(), field: "spec".into() });
+                    causes.push(validate::Cause {
+                        reason: "FieldValueRequired",
+                        message: "Required value".into(),
+                        field: "spec".into(),
+                    });
                 } else {
                     let spec = new.get_mut("spec").expect("spec");
-                    let kind = spec.pointer("/names/kind").and_then(Value::as_str).unwrap_or("").to_string();
+                    let kind = spec
+                        .pointer("/names/kind")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
                     if spec.pointer("/names/listKind").is_none() {
                         spec["names"]["listKind"] = json!(format!("{kind}List"));
                     }
@@ -375,7 +478,9 @@ impl Inner {
                     }
                     let expect = format!(
                         "{}.{}",
-                        spec.pointer("/names/plural").and_then(Value::as_str).unwrap_or(""),
+                        spec.pointer("/names/plural")
+                            .and_then(Value::as_str)
+                            .unwrap_or(""),
                         spec.get("group").and_then(Value::as_str).unwrap_or("")
                     );
                     if expect != name {
@@ -390,7 +495,12 @@ impl Inner {
                     let stored: Vec<Value> = new
                         .pointer("/spec/versions")
                         .and_then(Value::as_array)
-                        .map(|a| a.iter().filter(|v| v["storage"] == json!(true)).map(|v| v["name"].clone()).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter(|v| v["storage"] == json!(true))
+                                .map(|v| v["name"].clone())
+                                .collect()
+                        })
                         .unwrap_or_default();
                     new["status"] = json!({"conditions": null, "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": stored});
                 }
@@ -408,7 +518,14 @@ impl Inner {
         }
     }
 
-    fn update_managed_fields(&self, rt: &ResourceType, version: &str, old: Option<&Value>, new: &mut Value, ctx: &WriteCtx) {
+    fn update_managed_fields(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        old: Option<&Value>,
+        new: &mut Value,
+        ctx: &WriteCtx,
+    ) {
         let schema = Schema { rt, version };
         let only_status = ctx.sub == Sub::Status;
         let mut entries: Vec<Value> = old
@@ -417,8 +534,15 @@ impl Inner {
             .cloned()
             .unwrap_or_default();
         let sub_name = ctx.sub.name();
-        let sub_of = |e: &Value| e.get("subresource").and_then(Value::as_str).map(String::from);
-        let mut sets: Vec<FieldSet> = entries.iter().map(|e| fields::from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null))).collect();
+        let sub_of = |e: &Value| {
+            e.get("subresource")
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        let mut sets: Vec<FieldSet> = entries
+            .iter()
+            .map(|e| fields::from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null)))
+            .collect();
         for (i, drop) in &ctx.forced {
             if let Some(s) = sets.get_mut(*i) {
                 s.retain(|p| !drop.contains(p));
@@ -427,7 +551,9 @@ impl Inner {
         let (mine_op, mine_set) = match ctx.op {
             Op::Apply => ("Apply", ctx.apply_fields.clone().unwrap_or_default()),
             Op::Update => {
-                let before = old.map(|o| fields::collect(o, &schema, only_status, true)).unwrap_or_default();
+                let before = old
+                    .map(|o| fields::collect(o, &schema, only_status, true))
+                    .unwrap_or_default();
                 let after = fields::collect(new, &schema, only_status, true);
                 let changed: FieldSet = after
                     .iter()
@@ -443,8 +569,12 @@ impl Inner {
                     .collect();
                 // Changed fields move to this manager.
                 for (i, e) in entries.iter().enumerate() {
-                    if e.get("manager").and_then(Value::as_str) != Some(ctx.manager) || e.get("operation").and_then(Value::as_str) != Some("Update") {
-                        sets[i].retain(|p| !changed.contains(p) || p.last().map(String::as_str) == Some("."));
+                    if e.get("manager").and_then(Value::as_str) != Some(ctx.manager)
+                        || e.get("operation").and_then(Value::as_str) != Some("Update")
+                    {
+                        sets[i].retain(|p| {
+                            !changed.contains(p) || p.last().map(String::as_str) == Some(".")
+                        });
                     }
                 }
                 let prev = entries
@@ -460,7 +590,9 @@ impl Inner {
             }
         };
         let idx = entries.iter().position(|e| {
-            e.get("manager").and_then(Value::as_str) == Some(ctx.manager) && e.get("operation").and_then(Value::as_str) == Some(mine_op) && sub_of(e).as_deref() == sub_name
+            e.get("manager").and_then(Value::as_str) == Some(ctx.manager)
+                && e.get("operation").and_then(Value::as_str) == Some(mine_op)
+                && sub_of(e).as_deref() == sub_name
         });
         let mine_changed = idx.map(|i| sets[i] != mine_set).unwrap_or(true);
         match idx {
@@ -477,21 +609,33 @@ impl Inner {
         // Drop fields that no longer exist in the object.
         let mut out = vec![];
         for (i, mut e) in entries.into_iter().enumerate() {
-            let set: FieldSet = sets[i].iter().filter(|p| fields::get_at(new, p).is_some()).cloned().collect();
+            let set: FieldSet = sets[i]
+                .iter()
+                .filter(|p| fields::get_at(new, p).is_some())
+                .cloned()
+                .collect();
             if set.is_empty() {
                 continue;
             }
             let is_mine = Some(i) == idx || (idx.is_none() && i == sets.len() - 1);
             let prev_fields = e.get("fieldsV1").cloned();
             let fv1 = fields::to_fields_v1(&set);
-            if is_mine && mine_changed || prev_fields.as_ref() != Some(&fv1) && is_mine {
+            if is_mine && (mine_changed || prev_fields.as_ref() != Some(&fv1)) {
                 e["time"] = json!(now());
             }
             e["fieldsV1"] = fv1;
             out.push(e);
         }
         out.sort_by(|a, b| {
-            let k = |e: &Value| (e.get("manager").and_then(Value::as_str).unwrap_or("").to_string(), e.get("subresource").is_some());
+            let k = |e: &Value| {
+                (
+                    e.get("manager")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    e.get("subresource").is_some(),
+                )
+            };
             k(a).cmp(&k(b))
         });
         let m = md_mut(new);
@@ -512,13 +656,19 @@ impl Inner {
     }
 
     fn unregister_crd(&mut self, name: &str) {
-        let Some((plural, group)) = name.split_once('.') else { return };
+        let Some((plural, group)) = name.split_once('.') else {
+            return;
+        };
         let key = format!("{group}/{plural}");
         if let Some(rt) = self.types.get(&key).cloned() {
             if !rt.custom {
                 return;
             }
-            let objs: Vec<((String, String), Value)> = self.objects.get(&key).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+            let objs: Vec<((String, String), Value)> = self
+                .objects
+                .get(&key)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
             for ((ns, n), v) in objs {
                 self.remove_now(&rt, &ns, &n, v);
             }
@@ -527,22 +677,44 @@ impl Inner {
     }
 
     /// DELETE: finalizers keep the object (with deletionTimestamp) until they are removed.
-    pub fn delete(&mut self, rt: &ResourceType, ns: &str, name: &str, propagation: Option<&str>, pre: &Value) -> Result<Value, ApiError> {
+    pub fn delete(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        propagation: Option<&str>,
+        pre: &Value,
+    ) -> Result<Value, ApiError> {
         let Some(old) = self.get(rt, ns, name).cloned() else {
             return Err(ApiError::not_found(rt, name));
         };
         if let Some(uid) = pre.get("uid").and_then(Value::as_str) {
             if uid != md_str(&old, "uid") {
-                return Err(ApiError::conflict_precondition(rt, name, "UID", uid, md_str(&old, "uid")));
+                return Err(ApiError::conflict_precondition(
+                    rt,
+                    name,
+                    "UID",
+                    uid,
+                    md_str(&old, "uid"),
+                ));
             }
         }
         if let Some(rv) = pre.get("resourceVersion").and_then(Value::as_str) {
             if rv != md_str(&old, "resourceVersion") {
-                return Err(ApiError::conflict_precondition(rt, name, "ResourceVersion", rv, md_str(&old, "resourceVersion")));
+                return Err(ApiError::conflict_precondition(
+                    rt,
+                    name,
+                    "ResourceVersion",
+                    rv,
+                    md_str(&old, "resourceVersion"),
+                ));
             }
         }
         let mut new = old.clone();
-        let mut finalizers: Vec<Value> = md(&old, "finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut finalizers: Vec<Value> = md(&old, "finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let extra = match propagation {
             Some("Foreground") => Some("foregroundDeletion"),
             Some("Orphan") => Some("orphan"),
@@ -563,7 +735,10 @@ impl Inner {
                 new["status"] = json!({"phase": "Terminating"});
                 self.rv += 1;
                 md_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
-                self.objects.entry(rt.key()).or_default().insert((ns.to_string(), name.to_string()), new.clone());
+                self.objects
+                    .entry(rt.key())
+                    .or_default()
+                    .insert((ns.to_string(), name.to_string()), new.clone());
                 self.record(rt, ns, "MODIFIED", new.clone(), Some(old));
             }
             return Ok(new);
@@ -588,24 +763,37 @@ impl Inner {
         }
         self.rv += 1;
         md_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        self.objects.entry(rt.key()).or_default().insert((ns.to_string(), name.to_string()), new.clone());
+        self.objects
+            .entry(rt.key())
+            .or_default()
+            .insert((ns.to_string(), name.to_string()), new.clone());
         self.record(rt, ns, "MODIFIED", new.clone(), Some(old));
         Ok(new)
     }
 
     pub fn has_dependents(&self, uid: &str) -> bool {
-        self.objects.values().flat_map(|m| m.values()).any(|o| owner_uids(o).iter().any(|u| u == uid))
+        self.objects
+            .values()
+            .flat_map(|m| m.values())
+            .any(|o| owner_uids(o).iter().any(|u| u == uid))
     }
 
     fn namespace_empty(&self, ns: &str) -> bool {
-        !self.objects.iter().any(|(k, m)| k != "/namespaces" && m.keys().any(|(n, _)| n == ns))
+        !self
+            .objects
+            .iter()
+            .any(|(k, m)| k != "/namespaces" && m.keys().any(|(n, _)| n == ns))
     }
 
     /// One pass of the garbage collector and namespace finalizer; returns whether it changed anything.
     pub fn collect_garbage(&mut self) -> bool {
         let mut changed = false;
-        let live: std::collections::HashSet<String> =
-            self.objects.values().flat_map(|m| m.values()).map(|o| md_str(o, "uid").to_string()).collect();
+        let live: std::collections::HashSet<String> = self
+            .objects
+            .values()
+            .flat_map(|m| m.values())
+            .map(|o| md_str(o, "uid").to_string())
+            .collect();
         let mut all: Vec<(String, String, String, Value)> = vec![];
         for (k, m) in &self.objects {
             for ((ns, n), v) in m {
@@ -613,18 +801,30 @@ impl Inner {
             }
         }
         for (key, ns, name, obj) in &all {
-            let Some(rt) = self.types.get(key).cloned() else { continue };
+            let Some(rt) = self.types.get(key).cloned() else {
+                continue;
+            };
             if self.get(&rt, ns, name).is_none() {
                 continue;
             }
             let uid = md_str(obj, "uid").to_string();
             let owners = owner_uids(obj);
-            if !owners.is_empty() && owners.iter().all(|u| !live.contains(u)) && md(obj, "deletionTimestamp").is_none() {
+            if !owners.is_empty()
+                && owners.iter().all(|u| !live.contains(u))
+                && md(obj, "deletionTimestamp").is_none()
+            {
                 let _ = self.delete(&rt, ns, name, Some("Background"), &Value::Null);
                 changed = true;
                 continue;
             }
-            let fins: Vec<String> = md(obj, "finalizers").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+            let fins: Vec<String> = md(obj, "finalizers")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
             if md(obj, "deletionTimestamp").is_some() {
                 if fins.iter().any(|f| f == "foregroundDeletion") {
                     let deps: Vec<(String, String, String)> = all
@@ -637,7 +837,8 @@ impl Inner {
                         if let Some(drt) = self.types.get(&dk).cloned() {
                             if self.get(&drt, &dns, &dn).is_some() {
                                 remaining = true;
-                                let _ = self.delete(&drt, &dns, &dn, Some("Foreground"), &Value::Null);
+                                let _ =
+                                    self.delete(&drt, &dns, &dn, Some("Foreground"), &Value::Null);
                                 changed = true;
                             }
                         }
@@ -648,13 +849,27 @@ impl Inner {
                     }
                 }
                 if fins.iter().any(|f| f == "orphan") {
-                    for (dk, dns, dn, d) in all.iter().filter(|(_, _, _, o)| owner_uids(o).contains(&uid)) {
+                    for (dk, dns, dn, d) in all
+                        .iter()
+                        .filter(|(_, _, _, o)| owner_uids(o).contains(&uid))
+                    {
                         if let Some(drt) = self.types.get(dk).cloned() {
                             let mut nd = d.clone();
-                            if let Some(refs) = md_mut(&mut nd).get_mut("ownerReferences").and_then(Value::as_array_mut) {
+                            if let Some(refs) = md_mut(&mut nd)
+                                .get_mut("ownerReferences")
+                                .and_then(Value::as_array_mut)
+                            {
                                 refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(&uid));
                             }
-                            let _ = self.write(&drt, &drt.version.clone(), dns, dn, Some(d.clone()), nd, WriteCtx::update("kube-controller-manager", Sub::Main));
+                            let _ = self.write(
+                                &drt,
+                                &drt.version.clone(),
+                                dns,
+                                dn,
+                                Some(d.clone()),
+                                nd,
+                                WriteCtx::update("kube-controller-manager", Sub::Main),
+                            );
                         }
                     }
                     self.drop_finalizer(&rt, ns, name, "orphan");
@@ -671,8 +886,18 @@ impl Inner {
                     } else {
                         for (dk, dns, dn) in contents {
                             if let Some(drt) = self.types.get(&dk).cloned() {
-                                if self.get(&drt, &dns, &dn).map(|o| md(o, "deletionTimestamp").is_none()).unwrap_or(false) {
-                                    let _ = self.delete(&drt, &dns, &dn, Some("Background"), &Value::Null);
+                                if self
+                                    .get(&drt, &dns, &dn)
+                                    .map(|o| md(o, "deletionTimestamp").is_none())
+                                    .unwrap_or(false)
+                                {
+                                    let _ = self.delete(
+                                        &drt,
+                                        &dns,
+                                        &dn,
+                                        Some("Background"),
+                                        &Value::Null,
+                                    );
                                 }
                             }
                         }
@@ -685,19 +910,36 @@ impl Inner {
     }
 
     fn drop_finalizer(&mut self, rt: &ResourceType, ns: &str, name: &str, fin: &str) {
-        let Some(old) = self.get(rt, ns, name).cloned() else { return };
+        let Some(old) = self.get(rt, ns, name).cloned() else {
+            return;
+        };
         let mut new = old.clone();
-        if let Some(f) = md_mut(&mut new).get_mut("finalizers").and_then(Value::as_array_mut) {
+        if let Some(f) = md_mut(&mut new)
+            .get_mut("finalizers")
+            .and_then(Value::as_array_mut)
+        {
             f.retain(|x| x != fin);
         }
-        let _ = self.write(rt, &rt.version.clone(), ns, name, Some(old), new, WriteCtx::update("kube-controller-manager", Sub::Main));
+        let _ = self.write(
+            rt,
+            &rt.version.clone(),
+            ns,
+            name,
+            Some(old),
+            new,
+            WriteCtx::update("kube-controller-manager", Sub::Main),
+        );
     }
 }
 
 pub fn owner_uids(o: &Value) -> Vec<String> {
     md(o, "ownerReferences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -717,6 +959,12 @@ fn spec_part(o: &Value, rt: &ResourceType) -> Value {
 
 impl WriteCtx<'_> {
     pub fn update(manager: &str, sub: Sub) -> WriteCtx<'_> {
-        WriteCtx { manager, op: Op::Update, sub, apply_fields: None, forced: vec![] }
+        WriteCtx {
+            manager,
+            op: Op::Update,
+            sub,
+            apply_fields: None,
+            forced: vec![],
+        }
     }
 }

@@ -25,7 +25,9 @@ impl Cause {
 
 /// Rewrites an OpenAPI v3 structural schema into JSON Schema the validator understands.
 pub fn to_json_schema(s: &Value) -> Value {
-    let Some(m) = s.as_object() else { return s.clone() };
+    let Some(m) = s.as_object() else {
+        return s.clone();
+    };
     let mut out = Map::new();
     let int_or_string = m.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true);
     let nullable = m.get("nullable").and_then(Value::as_bool) == Some(true);
@@ -34,7 +36,11 @@ pub fn to_json_schema(s: &Value) -> Value {
             "properties" | "patternProperties" => {
                 let props = v
                     .as_object()
-                    .map(|p| p.iter().map(|(pk, pv)| (pk.clone(), to_json_schema(pv))).collect::<Map<_, _>>())
+                    .map(|p| {
+                        p.iter()
+                            .map(|(pk, pv)| (pk.clone(), to_json_schema(pv)))
+                            .collect::<Map<_, _>>()
+                    })
                     .unwrap_or_default();
                 out.insert(k.clone(), Value::Object(props));
             }
@@ -42,7 +48,10 @@ pub fn to_json_schema(s: &Value) -> Value {
                 out.insert(k.clone(), to_json_schema(v));
             }
             "allOf" | "anyOf" | "oneOf" => {
-                let list = v.as_array().map(|a| a.iter().map(to_json_schema).collect()).unwrap_or_default();
+                let list = v
+                    .as_array()
+                    .map(|a| a.iter().map(to_json_schema).collect())
+                    .unwrap_or_default();
                 out.insert(k.clone(), Value::Array(list));
             }
             // Formats are annotations for the API server too (int32, byte, date-time are not enforced here).
@@ -55,7 +64,10 @@ pub fn to_json_schema(s: &Value) -> Value {
     }
     if int_or_string {
         out.remove("type");
-        out.insert("anyOf".into(), json!([{"type": "integer"}, {"type": "string"}]));
+        out.insert(
+            "anyOf".into(),
+            json!([{"type": "integer"}, {"type": "string"}]),
+        );
     }
     if nullable {
         if let Some(t) = out.get("type").cloned() {
@@ -198,7 +210,10 @@ pub fn validate_schema(schema: &Value, obj: &Value) -> Vec<Cause> {
 /// Drops fields the schema does not know (unless `x-kubernetes-preserve-unknown-fields`) and fills
 /// schema defaults, as the API server does before validation.
 pub fn prune_and_default(schema: &Value, v: &mut Value, top: bool) {
-    if schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true)
+    if schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true)
         && schema.get("properties").is_none()
     {
         return;
@@ -207,7 +222,10 @@ pub fn prune_and_default(schema: &Value, v: &mut Value, top: bool) {
         Value::Object(m) => {
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
-            let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
+            let preserve = schema
+                .get("x-kubernetes-preserve-unknown-fields")
+                .and_then(Value::as_bool)
+                == Some(true);
             if let Some(props) = props {
                 for (k, ps) in props {
                     if !m.contains_key(k) {
@@ -243,7 +261,8 @@ pub fn prune_and_default(schema: &Value, v: &mut Value, top: bool) {
     }
 }
 
-const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const DNS1123_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 pub fn validate_name(name: &str, label_only: bool) -> Option<Cause> {
@@ -263,7 +282,9 @@ pub fn validate_name(name: &str, label_only: bool) -> Option<Cause> {
     if !regex::Regex::new(re).expect("valid regex").is_match(name) {
         return Some(Cause {
             reason: "FieldValueInvalid",
-            message: format!("Invalid value: {name:?}: {what}, regex used for validation is '{pattern}')"),
+            message: format!(
+                "Invalid value: {name:?}: {what}, regex used for validation is '{pattern}')"
+            ),
             field: "metadata.name".into(),
         });
     }
@@ -282,8 +303,14 @@ pub fn fold_string_data(obj: &mut Value) {
         }
         let d = data.as_object_mut().expect("object");
         for (k, v) in sd {
-            let s = v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
-            d.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(s)));
+            let s = v
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string());
+            d.insert(
+                k,
+                Value::String(base64::engine::general_purpose::STANDARD.encode(s)),
+            );
         }
     }
     if !m.contains_key("type") {
@@ -296,7 +323,11 @@ pub fn fold_string_data(obj: &mut Value) {
 pub fn validate_secret(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = vec![];
     let key_re = regex::Regex::new(r"^[-._a-zA-Z0-9]+$").expect("valid regex");
-    let data = obj.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
+    let data = obj
+        .get("data")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let mut total = 0usize;
     for (k, v) in &data {
         if !key_re.is_match(k) || k.len() > 253 || k == "." || k == ".." {
@@ -306,11 +337,15 @@ pub fn validate_secret(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
                 field: format!("data[{k}]"),
             });
         }
-        match v.as_str().map(|s| base64::engine::general_purpose::STANDARD.decode(s)) {
+        match v
+            .as_str()
+            .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
+        {
             Some(Ok(bytes)) => total += bytes.len(),
             _ => causes.push(Cause {
                 reason: "FieldValueInvalid",
-                message: "Invalid value: \"<secret contents redacted>\": illegal base64 data".into(),
+                message: "Invalid value: \"<secret contents redacted>\": illegal base64 data"
+                    .into(),
                 field: format!("data[{k}]"),
             }),
         }
@@ -357,10 +392,17 @@ pub fn validate_secret(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     };
     for k in required {
         if !data.contains_key(*k) {
-            causes.push(Cause { reason: "FieldValueRequired", message: "Required value".into(), field: format!("data[{k}]") });
+            causes.push(Cause {
+                reason: "FieldValueRequired",
+                message: "Required value".into(),
+                field: format!("data[{k}]"),
+            });
         }
     }
-    if ty == "kubernetes.io/basic-auth" && !data.contains_key("username") && !data.contains_key("password") {
+    if ty == "kubernetes.io/basic-auth"
+        && !data.contains_key("username")
+        && !data.contains_key("password")
+    {
         causes.push(Cause {
             reason: "FieldValueRequired",
             message: "Required value".into(),
@@ -377,7 +419,9 @@ pub fn validate_secret(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
             if !ok {
                 causes.push(Cause {
                     reason: "FieldValueInvalid",
-                    message: "Invalid value: \"<secret contents redacted>\": invalid character in JSON".into(),
+                    message:
+                        "Invalid value: \"<secret contents redacted>\": invalid character in JSON"
+                            .into(),
                     field: "data[.dockerconfigjson]".into(),
                 });
             }
@@ -407,16 +451,38 @@ mod tests {
         let c = validate_schema(&s, &json!({"spec": {"size": "big", "color": "green"}}));
         assert_eq!(c[0].field, "spec.size");
         assert_eq!(c[0].reason, "FieldValueTypeInvalid");
-        assert_eq!(c[0].message, "Invalid value: \"string\": spec.size in body must be of type integer: \"string\"");
+        assert_eq!(
+            c[0].message,
+            "Invalid value: \"string\": spec.size in body must be of type integer: \"string\""
+        );
         assert_eq!(c[1].reason, "FieldValueNotSupported");
-        assert_eq!(c[1].message, "Unsupported value: \"green\": supported values: \"red\", \"blue\"");
+        assert_eq!(
+            c[1].message,
+            "Unsupported value: \"green\": supported values: \"red\", \"blue\""
+        );
         let c = validate_schema(&s, &json!({"spec": {"color": "red"}}));
-        assert_eq!(c, vec![Cause { reason: "FieldValueRequired", message: "Required value".into(), field: "spec.size".into() }]);
+        assert_eq!(
+            c,
+            vec![Cause {
+                reason: "FieldValueRequired",
+                message: "Required value".into(),
+                field: "spec.size".into()
+            }]
+        );
         let c = validate_schema(&s, &json!({"spec": {"size": 11, "code": "ABCDEFG"}}));
         let reasons: Vec<_> = c.iter().map(|c| (c.field.as_str(), c.reason)).collect();
-        assert!(reasons.contains(&("spec.size", "FieldValueInvalid")), "{c:?}");
-        assert!(reasons.contains(&("spec.code", "FieldValueTooLong")), "{c:?}");
-        assert!(reasons.contains(&("spec.code", "FieldValueInvalid")), "{c:?}");
+        assert!(
+            reasons.contains(&("spec.size", "FieldValueInvalid")),
+            "{c:?}"
+        );
+        assert!(
+            reasons.contains(&("spec.code", "FieldValueTooLong")),
+            "{c:?}"
+        );
+        assert!(
+            reasons.contains(&("spec.code", "FieldValueInvalid")),
+            "{c:?}"
+        );
         assert!(validate_schema(&s, &json!({"spec": {"size": 1, "port": "http"}})).is_empty());
         assert!(validate_schema(&s, &json!({"spec": {"size": 1, "port": 80}})).is_empty());
     }
@@ -426,7 +492,10 @@ mod tests {
         let s = widget_schema();
         let mut o = json!({"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "a"}, "spec": {"size": 1, "unknown": 1, "free": {"any": {"thing": 1}}}, "junk": true});
         prune_and_default(&s, &mut o, true);
-        assert_eq!(o, json!({"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "a"}, "spec": {"size": 1, "free": {"any": {"thing": 1}}, "mode": "fast"}}));
+        assert_eq!(
+            o,
+            json!({"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "a"}, "spec": {"size": 1, "free": {"any": {"thing": 1}}, "mode": "fast"}})
+        );
     }
 
     #[test]
@@ -441,7 +510,10 @@ mod tests {
         assert_eq!(c[0].message, "Too long: must have at most 1048576 bytes");
         let old = json!({"immutable": true, "data": {"k": "dg=="}, "type": "Opaque"});
         let new = json!({"immutable": true, "data": {"k": "djI="}, "type": "Opaque"});
-        assert_eq!(validate_secret(&new, Some(&old))[0].reason, "FieldValueForbidden");
+        assert_eq!(
+            validate_secret(&new, Some(&old))[0].reason,
+            "FieldValueForbidden"
+        );
         assert!(validate_name("Bad_Name", false).is_some());
         assert!(validate_name("good.name-1", false).is_none());
     }

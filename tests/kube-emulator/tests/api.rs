@@ -12,7 +12,11 @@ fn widget(name: &str, size: i64) -> Value {
 }
 
 fn rv(v: &Value) -> u64 {
-    v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -20,13 +24,32 @@ async fn discovery_serves_builtins_and_crds_until_deleted() {
     let api = start().await;
     let (c, v) = api.get("/api/v1").await;
     assert_eq!(c, 200);
-    assert!(v["resources"].as_array().unwrap().iter().any(|r| r["name"] == "secrets" && r["namespaced"] == true));
+    assert!(v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == "secrets" && r["namespaced"] == true));
     let (_, v) = api.get("/apis/apps/v1").await;
-    let names: Vec<&str> = v["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    for n in ["deployments", "deployments/status", "statefulsets", "daemonsets", "replicasets"] {
+    let names: Vec<&str> = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "deployments",
+        "deployments/status",
+        "statefulsets",
+        "daemonsets",
+        "replicasets",
+    ] {
         assert!(names.contains(&n), "{n} in {names:?}");
     }
-    for gv in ["/apis/coordination.k8s.io/v1", "/apis/events.k8s.io/v1", "/apis/apiextensions.k8s.io/v1"] {
+    for gv in [
+        "/apis/coordination.k8s.io/v1",
+        "/apis/events.k8s.io/v1",
+        "/apis/apiextensions.k8s.io/v1",
+    ] {
         assert_eq!(api.get(gv).await.0, 200, "{gv}");
     }
     assert_eq!(api.get("/apis/reference.test/v1").await.0, 404);
@@ -39,13 +62,33 @@ async fn discovery_serves_builtins_and_crds_until_deleted() {
     let (_, g) = api.get("/apis/reference.test").await;
     assert_eq!(g["preferredVersion"]["groupVersion"], "reference.test/v1");
     let (_, all) = api.get("/apis").await;
-    assert!(all["groups"].as_array().unwrap().iter().any(|g| g["name"] == "reference.test"));
+    assert!(all["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["name"] == "reference.test"));
     api.post(W, widget("w1", 1)).await;
-    let crd = api.wait_for("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.reference.test", |v| {
-        v["status"]["conditions"].as_array().map(|a| a.iter().any(|c| c["type"] == "Established" && c["status"] == "True")).unwrap_or(false)
-    }).await;
+    let crd = api
+        .wait_for(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.reference.test",
+            |v| {
+                v["status"]["conditions"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .any(|c| c["type"] == "Established" && c["status"] == "True")
+                    })
+                    .unwrap_or(false)
+            },
+        )
+        .await;
     assert_eq!(crd["status"]["acceptedNames"]["kind"], "Widget");
-    let (c, _) = api.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.reference.test", None).await;
+    let (c, _) = api
+        .delete(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.reference.test",
+            None,
+        )
+        .await;
     assert_eq!(c, 200);
     assert_eq!(api.get("/apis/reference.test/v1").await.0, 404);
     assert_eq!(api.get(&format!("{W}/w1")).await.0, 404);
@@ -60,16 +103,46 @@ async fn server_stamps_metadata_and_generation_tracks_spec_only() {
     assert_eq!(w["metadata"]["generation"], 1);
     assert!(w["metadata"]["uid"].as_str().unwrap().len() == 36);
     assert!(w["metadata"]["creationTimestamp"].is_string());
-    assert_eq!(w["metadata"]["managedFields"][0]["manager"], "emulator-tests");
+    assert_eq!(
+        w["metadata"]["managedFields"][0]["manager"],
+        "emulator-tests"
+    );
     let rv1 = rv(&w);
-    let (_, w2) = api.patch(&format!("{W}/w1"), "application/merge-patch+json", json!({"spec": {"size": 4}})).await;
+    let (_, w2) = api
+        .patch(
+            &format!("{W}/w1"),
+            "application/merge-patch+json",
+            json!({"spec": {"size": 4}}),
+        )
+        .await;
     assert_eq!(w2["metadata"]["generation"], 2);
     assert!(rv(&w2) > rv1);
-    let (_, w3) = api.patch(&format!("{W}/w1/status"), "application/merge-patch+json", json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})).await;
-    assert_eq!(w3["metadata"]["generation"], 2, "status writes keep generation");
-    let (_, w4) = api.patch(&format!("{W}/w1"), "application/merge-patch+json", json!({"metadata": {"labels": {"a": "b"}}, "status": {"conditions": []}})).await;
-    assert_eq!(w4["metadata"]["generation"], 2, "metadata-only writes keep generation");
-    assert_eq!(w4["status"]["conditions"][0]["type"], "Ready", "main endpoint ignores status");
+    let (_, w3) = api
+        .patch(
+            &format!("{W}/w1/status"),
+            "application/merge-patch+json",
+            json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        )
+        .await;
+    assert_eq!(
+        w3["metadata"]["generation"], 2,
+        "status writes keep generation"
+    );
+    let (_, w4) = api
+        .patch(
+            &format!("{W}/w1"),
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"a": "b"}}, "status": {"conditions": []}}),
+        )
+        .await;
+    assert_eq!(
+        w4["metadata"]["generation"], 2,
+        "metadata-only writes keep generation"
+    );
+    assert_eq!(
+        w4["status"]["conditions"][0]["type"], "Ready",
+        "main endpoint ignores status"
+    );
     // One cluster-wide counter: a Secret created afterwards has a higher resourceVersion.
     let (_, s) = api.post("/api/v1/namespaces/ref/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}})).await;
     assert!(rv(&s) > rv(&w4));
@@ -83,14 +156,22 @@ async fn errors_have_real_status_bodies() {
     api.post(W, widget("w1", 3)).await;
     let (c, e) = api.post(W, widget("w1", 3)).await;
     assert_eq!(c, 409);
-    assert_eq!(e, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "widgets.reference.test \"w1\" already exists", "reason": "AlreadyExists", "details": {"name": "w1", "group": "reference.test", "kind": "widgets"}, "code": 409}));
+    assert_eq!(
+        e,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "widgets.reference.test \"w1\" already exists", "reason": "AlreadyExists", "details": {"name": "w1", "group": "reference.test", "kind": "widgets"}, "code": 409})
+    );
     let (c, e) = api.get(&format!("{W}/nope")).await;
     assert_eq!(c, 404);
     assert_eq!(e["message"], "widgets.reference.test \"nope\" not found");
     let (c, e) = api.get("/api/v1/namespaces/ref/configmaps/nope").await;
     assert_eq!(c, 404);
     assert_eq!(e["details"], json!({"name": "nope", "kind": "configmaps"}));
-    let (c, _) = api.post("/api/v1/namespaces/missing/configmaps", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})).await;
+    let (c, _) = api
+        .post(
+            "/api/v1/namespaces/missing/configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}),
+        )
+        .await;
     assert_eq!(c, 404, "namespace must exist");
 }
 
@@ -99,7 +180,12 @@ async fn update_with_stale_resource_version_conflicts() {
     let api = start().await;
     api.create_widget_crd().await;
     let (_, w) = api.post(W, widget("w1", 3)).await;
-    api.patch(&format!("{W}/w1"), "application/merge-patch+json", json!({"spec": {"size": 4}})).await;
+    api.patch(
+        &format!("{W}/w1"),
+        "application/merge-patch+json",
+        json!({"spec": {"size": 4}}),
+    )
+    .await;
     let mut stale = w.clone();
     stale["spec"]["size"] = json!(9);
     let (c, e) = api.put(&format!("{W}/w1"), stale).await;
@@ -122,16 +208,27 @@ async fn list_supports_selectors_and_pagination() {
         w["metadata"]["labels"] = json!({"tier": tier});
         api.post(W, w).await;
     }
-    let names = |v: &Value| v["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let names = |v: &Value| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     let (_, l) = api.get(W).await;
     assert_eq!(l["kind"], "WidgetList");
     assert!(l["metadata"]["resourceVersion"].is_string());
     assert_eq!(names(&l), ["a", "b", "c"]);
-    let (_, l) = api.get(&format!("{W}?labelSelector=tier%20in%20(x,z)")).await;
+    let (_, l) = api
+        .get(&format!("{W}?labelSelector=tier%20in%20(x,z)"))
+        .await;
     assert_eq!(names(&l), ["a", "c"]);
     let (_, l) = api.get(&format!("{W}?labelSelector=tier!%3Dx")).await;
     assert_eq!(names(&l), ["b", "c"]);
-    let (_, l) = api.get(&format!("{W}?fieldSelector=metadata.name%3Db")).await;
+    let (_, l) = api
+        .get(&format!("{W}?fieldSelector=metadata.name%3Db"))
+        .await;
     assert_eq!(names(&l), ["b"]);
     let (_, p1) = api.get(&format!("{W}?limit=2")).await;
     assert_eq!(names(&p1), ["a", "b"]);
@@ -148,29 +245,61 @@ async fn json_merge_and_strategic_patches() {
     let api = start().await;
     api.create_widget_crd().await;
     api.post(W, widget("w1", 3)).await;
-    let (c, v) = api.patch(&format!("{W}/w1"), "application/json-patch+json", json!([{"op": "replace", "path": "/spec/size", "value": 5}])).await;
+    let (c, v) = api
+        .patch(
+            &format!("{W}/w1"),
+            "application/json-patch+json",
+            json!([{"op": "replace", "path": "/spec/size", "value": 5}]),
+        )
+        .await;
     assert_eq!((c, v["spec"]["size"].clone()), (200, json!(5)));
-    let (c, e) = api.patch(&format!("{W}/w1"), "application/json-patch+json", json!([{"op": "test", "path": "/spec/size", "value": 99}])).await;
+    let (c, e) = api
+        .patch(
+            &format!("{W}/w1"),
+            "application/json-patch+json",
+            json!([{"op": "test", "path": "/spec/size", "value": 99}]),
+        )
+        .await;
     assert_eq!((c, e["reason"].clone()), (422, json!("Invalid")));
     // The API server's JSON Patch treats `test` for null on a missing path as passing (kube-rs'
     // finalizer helper relies on it).
     let (c, v) = api
         .patch(&format!("{W}/w1"), "application/json-patch+json", json!([{"op": "test", "path": "/metadata/finalizers", "value": null}, {"op": "add", "path": "/metadata/finalizers", "value": ["x/y"]}]))
         .await;
-    assert_eq!((c, v["metadata"]["finalizers"].clone()), (200, json!(["x/y"])));
-    let (c, e) = api.patch(&format!("{W}/w1"), "application/strategic-merge-patch+json", json!({"spec": {"size": 6}})).await;
-    assert_eq!((c, e["reason"].clone()), (415, json!("UnsupportedMediaType")));
+    assert_eq!(
+        (c, v["metadata"]["finalizers"].clone()),
+        (200, json!(["x/y"]))
+    );
+    let (c, e) = api
+        .patch(
+            &format!("{W}/w1"),
+            "application/strategic-merge-patch+json",
+            json!({"spec": {"size": 6}}),
+        )
+        .await;
+    assert_eq!(
+        (c, e["reason"].clone()),
+        (415, json!("UnsupportedMediaType"))
+    );
     let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx", "env": [{"name": "A", "value": "1"}]}, {"name": "side", "image": "busybox"}]}}}});
-    let (c, _) = api.post("/apis/apps/v1/namespaces/ref/deployments", dep).await;
+    let (c, _) = api
+        .post("/apis/apps/v1/namespaces/ref/deployments", dep)
+        .await;
     assert_eq!(c, 201);
     let (c, d) = api
         .patch("/apis/apps/v1/namespaces/ref/deployments/web", "application/strategic-merge-patch+json", json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:2", "env": [{"name": "B", "value": "2"}]}]}}}}))
         .await;
     assert_eq!(c, 200);
-    let cs = d["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let cs = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
     assert_eq!(cs.len(), 2, "merged by name, not replaced");
     assert_eq!(cs[0]["image"], "nginx:2");
-    assert_eq!(cs[0]["env"].as_array().unwrap().len(), 2, "env merged by name");
+    assert_eq!(
+        cs[0]["env"].as_array().unwrap().len(),
+        2,
+        "env merged by name"
+    );
 }
 
 #[tokio::test]
@@ -181,17 +310,27 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
     let (c, v) = api.apply(&p, json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "w2"}, "spec": {"size": 7, "color": "red"}})).await;
     assert_eq!(c, 201, "apply creates");
     assert_eq!(v["metadata"]["managedFields"][0]["operation"], "Apply");
-    assert_eq!(v["metadata"]["managedFields"][0]["fieldsV1"], json!({"f:spec": {"f:color": {}, "f:size": {}}}));
+    assert_eq!(
+        v["metadata"]["managedFields"][0]["fieldsV1"],
+        json!({"f:spec": {"f:color": {}, "f:size": {}}})
+    );
     let (c, e) = api.apply(&format!("{W}/w2?fieldManager=bob"), json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "w2"}, "spec": {"size": 8, "color": "red"}})).await;
     assert_eq!(c, 409);
-    assert_eq!(e["message"], "Apply failed with 1 conflict: conflict with \"alice\": .spec.size");
+    assert_eq!(
+        e["message"],
+        "Apply failed with 1 conflict: conflict with \"alice\": .spec.size"
+    );
     assert_eq!(e["details"]["causes"][0]["field"], ".spec.size");
     let (c, v) = api.apply(&format!("{W}/w2?fieldManager=bob&force=true"), json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "w2"}, "spec": {"size": 8, "color": "red"}})).await;
     assert_eq!(c, 200);
     assert_eq!(v["spec"]["size"], 8);
     let mf = v["metadata"]["managedFields"].as_array().unwrap();
     let alice = mf.iter().find(|m| m["manager"] == "alice").unwrap();
-    assert_eq!(alice["fieldsV1"], json!({"f:spec": {"f:color": {}}}), "force takes ownership");
+    assert_eq!(
+        alice["fieldsV1"],
+        json!({"f:spec": {"f:color": {}}}),
+        "force takes ownership"
+    );
     // Re-applying the same config is a no-op: same resourceVersion.
     let (_, again) = api.apply(&format!("{W}/w2?fieldManager=bob"), json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "w2"}, "spec": {"size": 8, "color": "red"}})).await;
     assert_eq!(rv(&again), rv(&v));
@@ -199,7 +338,10 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
     let (_, v) = api.apply(&format!("{W}/w2?fieldManager=bob"), json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "w2", "labels": {"x": "1"}}, "spec": {"size": 8}})).await;
     assert_eq!(v["spec"]["color"], "red");
     let (_, v) = api.apply(&format!("{W}/w2?fieldManager=bob"), json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "w2"}, "spec": {"size": 8}})).await;
-    assert!(v["metadata"].get("labels").is_none(), "label no longer applied by its only owner is removed: {v}");
+    assert!(
+        v["metadata"].get("labels").is_none(),
+        "label no longer applied by its only owner is removed: {v}"
+    );
     // Status apply goes through the status subresource and leaves spec alone.
     let (c, v) = api.apply(&format!("{W}/w2/status?fieldManager=alice&force=true"), json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "w2"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}})).await;
     assert_eq!(c, 200);
@@ -214,7 +356,10 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
     assert_eq!(rv(&s2), rv(&s));
     let (c, e) = api.apply(sp, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1"}, "type": "kubernetes.io/tls"})).await;
     assert_eq!(c, 422);
-    assert!(e["message"].as_str().unwrap().contains("field is immutable"));
+    assert!(e["message"]
+        .as_str()
+        .unwrap()
+        .contains("field is immutable"));
 }
 
 #[tokio::test]
@@ -225,19 +370,38 @@ async fn finalizers_hold_deletion_and_gc_collects_dependents() {
     let (c, v) = api.delete(&format!("{cm}/fin"), None).await;
     assert_eq!(c, 200);
     assert!(v["metadata"]["deletionTimestamp"].is_string());
-    assert_eq!(api.get(&format!("{cm}/fin")).await.0, 200, "finalizer keeps it");
-    api.patch(&format!("{cm}/fin"), "application/json-patch+json", json!([{"op": "remove", "path": "/metadata/finalizers"}])).await;
+    assert_eq!(
+        api.get(&format!("{cm}/fin")).await.0,
+        200,
+        "finalizer keeps it"
+    );
+    api.patch(
+        &format!("{cm}/fin"),
+        "application/json-patch+json",
+        json!([{"op": "remove", "path": "/metadata/finalizers"}]),
+    )
+    .await;
     assert_eq!(api.get(&format!("{cm}/fin")).await.0, 404);
 
     // Background propagation: the dependent is collected after the owner is gone.
-    let (_, owner) = api.post(cm, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}})).await;
+    let (_, owner) = api
+        .post(
+            cm,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}}),
+        )
+        .await;
     let oref = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
     api.post("/api/v1/namespaces/ref/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "owned", "ownerReferences": oref}, "stringData": {"k": "v"}})).await;
     api.delete(&format!("{cm}/owner"), None).await;
     api.wait_gone("/api/v1/namespaces/ref/secrets/owned").await;
 
     // Foreground: the owner waits (foregroundDeletion finalizer) until dependents are gone.
-    let (_, owner) = api.post(cm, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fg"}})).await;
+    let (_, owner) = api
+        .post(
+            cm,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fg"}}),
+        )
+        .await;
     let oref = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "fg", "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
     api.post("/api/v1/namespaces/ref/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dep", "ownerReferences": oref}})).await;
     let (_, v) = api.delete(&format!("{cm}/fg"), Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Foreground"}))).await;
@@ -265,13 +429,22 @@ async fn watch_streams_changes_bookmarks_and_gone() {
     let api = start().await;
     let cm = "/api/v1/namespaces/ref/configmaps";
     let (_, l) = api.get(cm).await;
-    let from = l["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let wpath = format!("{cm}?watch=1&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds=3");
+    let from = l["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wpath =
+        format!("{cm}?watch=1&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds=3");
     let watch = api.watch_lines(&wpath, 4, Duration::from_secs(5));
     let writer = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         api.post(cm, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm1", "labels": {"app": "x"}}, "data": {"a": "1"}})).await;
-        api.patch(&format!("{cm}/cm1"), "application/merge-patch+json", json!({"data": {"a": "2"}})).await;
+        api.patch(
+            &format!("{cm}/cm1"),
+            "application/merge-patch+json",
+            json!({"data": {"a": "2"}}),
+        )
+        .await;
         api.delete(&format!("{cm}/cm1"), None).await;
     };
     let (events, _) = tokio::join!(watch, writer);
@@ -281,18 +454,44 @@ async fn watch_streams_changes_bookmarks_and_gone() {
     assert!(events[3]["object"]["metadata"]["resourceVersion"].is_string());
 
     // Without a resourceVersion: synthetic ADDED for what exists.
-    api.post(cm, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "here"}})).await;
-    let ev = api.watch_lines(&format!("{cm}?watch=1&timeoutSeconds=1"), 1, Duration::from_secs(3)).await;
+    api.post(
+        cm,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "here"}}),
+    )
+    .await;
+    let ev = api
+        .watch_lines(
+            &format!("{cm}?watch=1&timeoutSeconds=1"),
+            1,
+            Duration::from_secs(3),
+        )
+        .await;
     assert_eq!(ev[0]["type"], "ADDED");
     assert_eq!(ev[0]["object"]["metadata"]["name"], "here");
     // A selector that matches nothing: no lines; the server closes at timeoutSeconds.
     let started = tokio::time::Instant::now();
-    let ev = api.watch_lines(&format!("{cm}?watch=1&labelSelector=app%3Dy&timeoutSeconds=1"), 1, Duration::from_secs(5)).await;
+    let ev = api
+        .watch_lines(
+            &format!("{cm}?watch=1&labelSelector=app%3Dy&timeoutSeconds=1"),
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(ev.is_empty());
-    assert!(started.elapsed() < Duration::from_secs(4), "closed at timeoutSeconds");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed at timeoutSeconds"
+    );
     // History expired: watching from an old resourceVersion answers 410 Gone.
-    api.send("POST", "/__admin/history/expire", "application/json", None).await;
-    let ev = api.watch_lines(&format!("{cm}?watch=1&resourceVersion={from}"), 1, Duration::from_secs(3)).await;
+    api.send("POST", "/__admin/history/expire", "application/json", None)
+        .await;
+    let ev = api
+        .watch_lines(
+            &format!("{cm}?watch=1&resourceVersion={from}"),
+            1,
+            Duration::from_secs(3),
+        )
+        .await;
     assert_eq!(ev[0]["type"], "ERROR");
     assert_eq!(ev[0]["object"]["code"], 410);
     assert_eq!(ev[0]["object"]["reason"], "Expired");
@@ -302,15 +501,33 @@ async fn watch_streams_changes_bookmarks_and_gone() {
 async fn label_selected_watch_sees_objects_enter_and_leave() {
     let api = start().await;
     let cm = "/api/v1/namespaces/ref/configmaps";
-    api.post(cm, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})).await;
+    api.post(
+        cm,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+    )
+    .await;
     let (_, l) = api.get(cm).await;
-    let from = l["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let wpath = format!("{cm}?watch=1&resourceVersion={from}&labelSelector=app%3Dx&timeoutSeconds=2");
+    let from = l["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wpath =
+        format!("{cm}?watch=1&resourceVersion={from}&labelSelector=app%3Dx&timeoutSeconds=2");
     let watch = api.watch_lines(&wpath, 2, Duration::from_secs(4));
     let writer = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        api.patch(&format!("{cm}/c"), "application/merge-patch+json", json!({"metadata": {"labels": {"app": "x"}}})).await;
-        api.patch(&format!("{cm}/c"), "application/merge-patch+json", json!({"metadata": {"labels": {"app": "y"}}})).await;
+        api.patch(
+            &format!("{cm}/c"),
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"app": "x"}}}),
+        )
+        .await;
+        api.patch(
+            &format!("{cm}/c"),
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"app": "y"}}}),
+        )
+        .await;
     };
     let (events, _) = tokio::join!(watch, writer);
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -327,14 +544,26 @@ async fn crd_schema_is_enforced_with_field_paths() {
     assert_eq!(c, 422);
     assert_eq!(e["reason"], "Invalid");
     let causes = e["details"]["causes"].as_array().unwrap();
-    assert!(causes.iter().any(|c| c["field"] == "spec.size" && c["reason"] == "FieldValueTypeInvalid"));
-    assert!(causes.iter().any(|c| c["field"] == "spec.color" && c["reason"] == "FieldValueNotSupported"));
+    assert!(causes
+        .iter()
+        .any(|c| c["field"] == "spec.size" && c["reason"] == "FieldValueTypeInvalid"));
+    assert!(causes
+        .iter()
+        .any(|c| c["field"] == "spec.color" && c["reason"] == "FieldValueNotSupported"));
     let mut missing = widget("bad2", 1);
     missing["spec"] = json!({"color": "red"});
     let (c, e) = api.post(W, missing).await;
     assert_eq!(c, 422);
-    assert_eq!(e["message"], "Widget.reference.test \"bad2\" is invalid: spec.size: Required value");
-    for (spec, field) in [(json!({"size": 0}), "spec.size"), (json!({"size": 101}), "spec.size"), (json!({"size": 1, "code": "ABC"}), "spec.code"), (json!({"size": 1, "code": "abcdefghij"}), "spec.code")] {
+    assert_eq!(
+        e["message"],
+        "Widget.reference.test \"bad2\" is invalid: spec.size: Required value"
+    );
+    for (spec, field) in [
+        (json!({"size": 0}), "spec.size"),
+        (json!({"size": 101}), "spec.size"),
+        (json!({"size": 1, "code": "ABC"}), "spec.code"),
+        (json!({"size": 1, "code": "abcdefghij"}), "spec.code"),
+    ] {
         let mut w = widget("b3", 1);
         w["spec"] = spec.clone();
         let (c, e) = api.post(W, w).await;
@@ -347,9 +576,18 @@ async fn crd_schema_is_enforced_with_field_paths() {
     let (c, v) = api.post(W, pruned).await;
     assert_eq!(c, 201);
     assert!(v["spec"].get("unknown").is_none(), "unknown fields pruned");
-    assert_eq!(v["spec"]["free"]["any"]["thing"], 1, "preserve-unknown-fields kept");
+    assert_eq!(
+        v["spec"]["free"]["any"]["thing"], 1,
+        "preserve-unknown-fields kept"
+    );
     // Patches and applies are validated too.
-    let (c, _) = api.patch(&format!("{W}/p"), "application/merge-patch+json", json!({"spec": {"size": -1}})).await;
+    let (c, _) = api
+        .patch(
+            &format!("{W}/p"),
+            "application/merge-patch+json",
+            json!({"spec": {"size": -1}}),
+        )
+        .await;
     assert_eq!(c, 422);
     let (c, _) = api.apply(&format!("{W}/p?fieldManager=m"), json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "p"}, "spec": {"size": 1, "color": "pink"}})).await;
     assert_eq!(c, 422);
@@ -369,12 +607,24 @@ async fn secrets_are_validated_like_the_real_server() {
     let big = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 1024 * 1024 + 1]);
     let (c, e) = api.post(s, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "huge"}, "data": {"k": big}})).await;
     assert_eq!(c, 422);
-    assert_eq!(e["message"], "Secret \"huge\" is invalid: data: Too long: must have at most 1048576 bytes");
+    assert_eq!(
+        e["message"],
+        "Secret \"huge\" is invalid: data: Too long: must have at most 1048576 bytes"
+    );
     let (c, e) = api.post(s, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls"}, "type": "kubernetes.io/tls", "stringData": {"tls.crt": "x"}})).await;
     assert_eq!(c, 422);
-    assert_eq!(e["message"], "Secret \"tls\" is invalid: data[tls.key]: Required value");
+    assert_eq!(
+        e["message"],
+        "Secret \"tls\" is invalid: data[tls.key]: Required value"
+    );
     api.post(s, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "imm"}, "immutable": true, "stringData": {"k": "v"}})).await;
-    let (c, e) = api.patch(&format!("{s}/imm"), "application/merge-patch+json", json!({"stringData": {"k": "v2"}})).await;
+    let (c, e) = api
+        .patch(
+            &format!("{s}/imm"),
+            "application/merge-patch+json",
+            json!({"stringData": {"k": "v2"}}),
+        )
+        .await;
     assert_eq!(c, 422);
     assert_eq!(e["details"]["causes"][0]["reason"], "FieldValueForbidden");
 }
@@ -385,22 +635,47 @@ async fn workload_controller_records_revisions() {
     let d = "/apis/apps/v1/namespaces/ref/deployments";
     let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}});
     let (_, created) = api.post(d, dep).await;
-    assert_eq!(created["spec"]["strategy"]["type"], "RollingUpdate", "defaults filled in");
-    assert_eq!(created["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
-    api.wait_for(&format!("{d}/web"), |v| v["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1" && v["status"]["observedGeneration"] == 1).await;
+    assert_eq!(
+        created["spec"]["strategy"]["type"], "RollingUpdate",
+        "defaults filled in"
+    );
+    assert_eq!(
+        created["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "Always"
+    );
+    api.wait_for(&format!("{d}/web"), |v| {
+        v["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+            && v["status"]["observedGeneration"] == 1
+    })
+    .await;
     api.apply(&format!("{d}/web?fieldManager=managed-secrets"), json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"template": {"metadata": {"annotations": {"managedsecrets.io/secret-version": "v2"}}}}})).await;
-    let v = api.wait_for(&format!("{d}/web"), |v| v["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2").await;
+    let v = api
+        .wait_for(&format!("{d}/web"), |v| {
+            v["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+        })
+        .await;
     assert_eq!(v["metadata"]["generation"], 2);
     assert_eq!(v["status"]["observedGeneration"], 2);
-    let (_, rs) = api.get("/apis/apps/v1/namespaces/ref/replicasets?labelSelector=app%3Dweb").await;
+    let (_, rs) = api
+        .get("/apis/apps/v1/namespaces/ref/replicasets?labelSelector=app%3Dweb")
+        .await;
     let items = rs["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     for i in items {
         assert!(i["metadata"]["labels"]["pod-template-hash"].is_string());
     }
-    assert!(items.iter().any(|i| i["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2" && i["spec"]["template"]["metadata"]["annotations"]["managedsecrets.io/secret-version"] == "v2"));
+    assert!(items.iter().any(|i| i["metadata"]["annotations"]
+        ["deployment.kubernetes.io/revision"]
+        == "2"
+        && i["spec"]["template"]["metadata"]["annotations"]["managedsecrets.io/secret-version"]
+            == "v2"));
     // A status-only or label-only write does not make a revision.
-    api.patch(&format!("{d}/web"), "application/merge-patch+json", json!({"metadata": {"labels": {"x": "y"}}})).await;
+    api.patch(
+        &format!("{d}/web"),
+        "application/merge-patch+json",
+        json!({"metadata": {"labels": {"x": "y"}}}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, rs) = api.get("/apis/apps/v1/namespaces/ref/replicasets").await;
     assert_eq!(rs["items"].as_array().unwrap().len(), 2);
@@ -409,12 +684,30 @@ async fn workload_controller_records_revisions() {
         let p = format!("/apis/apps/v1/namespaces/ref/{plural}");
         let o = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": plural}, "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "x", "image": "busybox"}]}}}});
         assert_eq!(api.post(&p, o).await.0, 201);
-        api.wait_for(&format!("{p}/{plural}"), |v| v["status"]["observedGeneration"] == 1).await;
-        api.patch(&format!("{p}/{plural}"), "application/strategic-merge-patch+json", json!({"spec": {"template": {"metadata": {"annotations": {"r": "2"}}}}})).await;
-        api.wait_for(&format!("{p}/{plural}"), |v| v["status"]["observedGeneration"] == 2).await;
+        api.wait_for(&format!("{p}/{plural}"), |v| {
+            v["status"]["observedGeneration"] == 1
+        })
+        .await;
+        api.patch(
+            &format!("{p}/{plural}"),
+            "application/strategic-merge-patch+json",
+            json!({"spec": {"template": {"metadata": {"annotations": {"r": "2"}}}}}),
+        )
+        .await;
+        api.wait_for(&format!("{p}/{plural}"), |v| {
+            v["status"]["observedGeneration"] == 2
+        })
+        .await;
     }
-    let (_, crs) = api.get("/apis/apps/v1/namespaces/ref/controllerrevisions").await;
-    let revs: Vec<i64> = crs["items"].as_array().unwrap().iter().map(|c| c["revision"].as_i64().unwrap()).collect();
+    let (_, crs) = api
+        .get("/apis/apps/v1/namespaces/ref/controllerrevisions")
+        .await;
+    let revs: Vec<i64> = crs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["revision"].as_i64().unwrap())
+        .collect();
     assert_eq!(revs.len(), 4);
     assert_eq!(revs.iter().filter(|r| **r == 2).count(), 2);
 }
@@ -422,37 +715,75 @@ async fn workload_controller_records_revisions() {
 #[tokio::test]
 async fn faults_latency_and_counters() {
     let api = start().await;
-    api.send("DELETE", "/__admin/counters", "application/json", None).await;
-    api.send("POST", "/__admin/faults", "application/json", Some(json!({"verb": "get", "resource": "secrets", "count": 2, "code": 503}))).await;
+    api.send("DELETE", "/__admin/counters", "application/json", None)
+        .await;
+    api.send(
+        "POST",
+        "/__admin/faults",
+        "application/json",
+        Some(json!({"verb": "get", "resource": "secrets", "count": 2, "code": 503})),
+    )
+    .await;
     let p = "/api/v1/namespaces/ref/secrets/x";
     assert_eq!(api.get(p).await.0, 503);
     assert_eq!(api.get(p).await.0, 503);
     assert_eq!(api.get(p).await.0, 404, "only the next N fail");
     for code in [409u16, 429, 500] {
-        api.send("POST", "/__admin/faults", "application/json", Some(json!({"verb": "create", "resource": "configmaps", "code": code}))).await;
-        let (c, e) = api.post("/api/v1/namespaces/ref/configmaps", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "f"}})).await;
+        api.send(
+            "POST",
+            "/__admin/faults",
+            "application/json",
+            Some(json!({"verb": "create", "resource": "configmaps", "code": code})),
+        )
+        .await;
+        let (c, e) = api
+            .post(
+                "/api/v1/namespaces/ref/configmaps",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "f"}}),
+            )
+            .await;
         assert_eq!(c, code);
         assert_eq!(e["kind"], "Status");
     }
-    api.send("POST", "/__admin/faults", "application/json", Some(json!({"verb": "list", "resource": "configmaps", "latency_ms": 300}))).await;
+    api.send(
+        "POST",
+        "/__admin/faults",
+        "application/json",
+        Some(json!({"verb": "list", "resource": "configmaps", "latency_ms": 300})),
+    )
+    .await;
     let t = tokio::time::Instant::now();
     api.get("/api/v1/namespaces/ref/configmaps").await;
     assert!(t.elapsed() >= Duration::from_millis(300));
     let (_, c) = api.get("/__admin/counters").await;
     let count = |verb: &str, res: &str| {
-        c["counters"].as_array().unwrap().iter().filter(|e| e["verb"] == verb && e["resource"] == res).map(|e| e["count"].as_u64().unwrap()).sum::<u64>()
+        c["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["verb"] == verb && e["resource"] == res)
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum::<u64>()
     };
     assert_eq!(count("get", "secrets"), 3);
     assert_eq!(count("create", "configmaps"), 3);
     // Closing watches ends open streams.
-    let watch = api.watch_lines("/api/v1/namespaces/ref/configmaps?watch=1&resourceVersion=1000000&timeoutSeconds=30", 1, Duration::from_secs(10));
+    let watch = api.watch_lines(
+        "/api/v1/namespaces/ref/configmaps?watch=1&resourceVersion=1000000&timeoutSeconds=30",
+        1,
+        Duration::from_secs(10),
+    );
     let closer = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        api.send("POST", "/__admin/watches/close", "application/json", None).await;
+        api.send("POST", "/__admin/watches/close", "application/json", None)
+            .await;
     };
     let t = tokio::time::Instant::now();
     let _ = tokio::join!(watch, closer);
-    assert!(t.elapsed() < Duration::from_secs(5), "watch closed by the admin call");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "watch closed by the admin call"
+    );
 }
 
 #[tokio::test]
@@ -475,11 +806,30 @@ async fn table_output_uses_printer_columns() {
     let api = start().await;
     api.create_widget_crd().await;
     api.post(W, widget("w1", 5)).await;
-    api.patch(&format!("{W}/w1/status"), "application/merge-patch+json", json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})).await;
-    let resp = api.http.get(api.url(&format!("{W}/w1"))).header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json").send().await.unwrap();
+    api.patch(
+        &format!("{W}/w1/status"),
+        "application/merge-patch+json",
+        json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+    )
+    .await;
+    let resp = api
+        .http
+        .get(api.url(&format!("{W}/w1")))
+        .header(
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .send()
+        .await
+        .unwrap();
     let t: Value = resp.json().await.unwrap();
     assert_eq!(t["kind"], "Table");
-    let names: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["Name", "Size", "Ready", "Age"]);
     assert_eq!(t["rows"][0]["cells"][0], "w1");
     assert_eq!(t["rows"][0]["cells"][1], 5);

@@ -30,11 +30,16 @@ async fn watcher_recovers_from_gone_and_dropped_watches() {
     let (s2, e2) = (seen.clone(), errors.clone());
     let cms2 = cms.clone();
     let task = tokio::spawn(async move {
-        let mut stream = watcher(cms2, watcher::Config::default()).default_backoff().applied_objects().boxed();
+        let mut stream = watcher(cms2, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
         while let Some(item) = stream.next().await {
             match item {
                 Ok(o) => {
-                    s2.lock().unwrap().insert(o.metadata.name.unwrap_or_default());
+                    s2.lock()
+                        .unwrap()
+                        .insert(o.metadata.name.unwrap_or_default());
                 }
                 Err(e) => e2.lock().unwrap().push(e.to_string()),
             }
@@ -46,12 +51,16 @@ async fn watcher_recovers_from_gone_and_dropped_watches() {
     cms.create(&PostParams::default(), &cm("b")).await.unwrap();
     wait(|| seen.lock().unwrap().contains("b")).await;
     // History compacted: the re-watch gets 410 Gone, the watcher re-lists.
-    api.send("POST", "/__admin/history/expire", "application/json", None).await;
+    api.send("POST", "/__admin/history/expire", "application/json", None)
+        .await;
     cms.create(&PostParams::default(), &cm("c")).await.unwrap();
     wait(|| seen.lock().unwrap().contains("c")).await;
     task.abort();
     for e in errors.lock().unwrap().iter() {
-        assert!(e.contains("410") || e.to_lowercase().contains("too old"), "only the 410 desync may surface: {e}");
+        assert!(
+            e.contains("410") || e.to_lowercase().contains("too old"),
+            "only the 410 desync may surface: {e}"
+        );
     }
 }
 
@@ -66,7 +75,9 @@ async fn controller_keeps_reconciling_through_gone_and_drops() {
         Controller::new(cms.clone(), watcher::Config::default())
             .run(
                 |o: Arc<ConfigMap>, ctx: Arc<Arc<Mutex<HashSet<String>>>>| async move {
-                    ctx.lock().unwrap().insert(o.metadata.name.clone().unwrap_or_default());
+                    ctx.lock()
+                        .unwrap()
+                        .insert(o.metadata.name.clone().unwrap_or_default());
                     Ok::<_, kube::Error>(Action::await_change())
                 },
                 |_, _: &kube::Error, _| Action::requeue(Duration::from_secs(1)),
@@ -74,13 +85,20 @@ async fn controller_keeps_reconciling_through_gone_and_drops() {
             )
             .for_each(|_| async {}),
     );
-    cms.create(&PostParams::default(), &cm("one")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("one"))
+        .await
+        .unwrap();
     wait(|| reconciled.lock().unwrap().contains("one")).await;
     api.emu.close_watches();
-    cms.create(&PostParams::default(), &cm("two")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("two"))
+        .await
+        .unwrap();
     wait(|| reconciled.lock().unwrap().contains("two")).await;
-    api.send("POST", "/__admin/history/expire", "application/json", None).await;
-    cms.create(&PostParams::default(), &cm("three")).await.unwrap();
+    api.send("POST", "/__admin/history/expire", "application/json", None)
+        .await;
+    cms.create(&PostParams::default(), &cm("three"))
+        .await
+        .unwrap();
     wait(|| reconciled.lock().unwrap().contains("three")).await;
     ctrl.abort();
 }
@@ -88,7 +106,10 @@ async fn controller_keeps_reconciling_through_gone_and_drops() {
 async fn wait(f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -16,24 +16,61 @@ fn reference_dir() -> std::path::PathBuf {
 
 fn load(name: &str) -> Value {
     let p = reference_dir().join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p:?}: {e}")))
+        .unwrap()
 }
 
 /// Paths (dotted, `*` for any list item) not compared, per exchange, with the reason.
 const DEVIATIONS: &[(&str, &str, &str)] = &[
     // No Pods run in either; the emulator reports the rollout complete where the real server waits forever.
-    ("after the controller: revision 1, status", "status", "simulated ready Pods"),
-    ("revision 2, generation 2, observedGeneration 2", "status", "simulated ready Pods"),
-    ("SSA of a pod-template annotation (how an operator triggers a rollout)", "status", "simulated ready Pods"),
-    ("strategic merge patch merges containers by name", "status", "simulated ready Pods"),
-    ("StatefulSet status after the controller", "status", "simulated ready Pods"),
+    (
+        "after the controller: revision 1, status",
+        "status",
+        "simulated ready Pods",
+    ),
+    (
+        "revision 2, generation 2, observedGeneration 2",
+        "status",
+        "simulated ready Pods",
+    ),
+    (
+        "SSA of a pod-template annotation (how an operator triggers a rollout)",
+        "status",
+        "simulated ready Pods",
+    ),
+    (
+        "strategic merge patch merges containers by name",
+        "status",
+        "simulated ready Pods",
+    ),
+    (
+        "StatefulSet status after the controller",
+        "status",
+        "simulated ready Pods",
+    ),
     // The pod-template-hash is a hash of Go's struct printing; the emulator hashes JSON instead.
-    ("two ReplicaSets with pod-template-hash and revision annotations", "items", "hash-derived names; compared structurally below"),
-    ("ControllerRevisions (StatefulSet/DaemonSet history)", "items", "hash-derived names; compared structurally below"),
+    (
+        "two ReplicaSets with pod-template-hash and revision annotations",
+        "items",
+        "hash-derived names; compared structurally below",
+    ),
+    (
+        "ControllerRevisions (StatefulSet/DaemonSet history)",
+        "items",
+        "hash-derived names; compared structurally below",
+    ),
     // Events written by the real controllers (ScalingReplicaSet, SuccessfulCreate) are not emulated.
-    ("the same Event through core/v1", "items", "controller events; our own event compared below"),
+    (
+        "the same Event through core/v1",
+        "items",
+        "controller events; our own event compared below",
+    ),
     // The root CA ConfigMap is published by kube-controller-manager in every namespace.
-    ("watch without resourceVersion: synthetic ADDED for current objects first", "stream", "no kube-root-ca.crt"),
+    (
+        "watch without resourceVersion: synthetic ADDED for current objects first",
+        "stream",
+        "no kube-root-ca.crt",
+    ),
 ];
 
 fn normalize(v: &Value) -> Value {
@@ -42,8 +79,9 @@ fn normalize(v: &Value) -> Value {
             let mut out = Map::new();
             for (k, x) in m {
                 match k.as_str() {
-                    "uid" | "resourceVersion" | "creationTimestamp" | "managedFields" | "lastTransitionTime" | "lastUpdateTime"
-                    | "time" | "eventTime" | "deletionTimestamp" | "acquireTime" | "renewTime" | "continue" => {
+                    "uid" | "resourceVersion" | "creationTimestamp" | "managedFields"
+                    | "lastTransitionTime" | "lastUpdateTime" | "time" | "eventTime"
+                    | "deletionTimestamp" | "acquireTime" | "renewTime" | "continue" => {
                         out.insert(k.clone(), json!("<normalized>"));
                     }
                     _ => {
@@ -63,7 +101,11 @@ fn missing(want: &Value, got: &Value, path: &str, out: &mut Vec<String>) {
     match (want, got) {
         (Value::Object(w), Value::Object(g)) => {
             for (k, wv) in w {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match g.get(k) {
                     Some(gv) => missing(wv, gv, &p, out),
                     None if wv.is_null() => {}
@@ -108,17 +150,28 @@ struct Replay {
 
 impl Replay {
     fn learn(&mut self, want: &Value, got: &Value) {
-        if let (Some(n), Some(u)) = (got.pointer("/metadata/name").and_then(Value::as_str), got.pointer("/metadata/uid").and_then(Value::as_str)) {
+        if let (Some(n), Some(u)) = (
+            got.pointer("/metadata/name").and_then(Value::as_str),
+            got.pointer("/metadata/uid").and_then(Value::as_str),
+        ) {
             self.uids.insert(n.to_string(), u.to_string());
         }
-        if let (Some(w), Some(g)) = (want.pointer("/metadata/resourceVersion").and_then(Value::as_str), got.pointer("/metadata/resourceVersion").and_then(Value::as_str)) {
+        if let (Some(w), Some(g)) = (
+            want.pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str),
+            got.pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str),
+        ) {
             self.rvs.insert(w.to_string(), g.to_string());
         }
     }
 
     fn fill(&self, body: &Value) -> Value {
         let mut b = body.clone();
-        if let Some(refs) = b.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+        if let Some(refs) = b
+            .pointer_mut("/metadata/ownerReferences")
+            .and_then(Value::as_array_mut)
+        {
             for r in refs {
                 let owner = r["name"].as_str().unwrap_or("").to_string();
                 if let Some(u) = self.uids.get(&owner) {
@@ -126,12 +179,18 @@ impl Replay {
                 }
             }
         }
-        if let Some(rv) = b.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from) {
+        if let Some(rv) = b
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from)
+        {
             if let Some(ours) = self.rvs.get(&rv) {
                 b["metadata"]["resourceVersion"] = json!(ours);
             }
         }
-        let s = b.to_string().replace("\"<timestamp>\"", &format!("\"{}\"", chrono_now()));
+        let s = b
+            .to_string()
+            .replace("\"<timestamp>\"", &format!("\"{}\"", chrono_now()));
         serde_json::from_str(&s).unwrap()
     }
 
@@ -143,21 +202,31 @@ impl Replay {
         let path = req["path"].as_str().unwrap();
         let ctype = req["content_type"].as_str().unwrap_or("application/json");
         let body = match &req["body"] {
-            Value::Null if what.contains("over 1 MiB") => Some(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "huge"}, "stringData": {"k": "x".repeat(1024 * 1024 + 1)}})),
+            Value::Null if what.contains("over 1 MiB") => Some(
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "huge"}, "stringData": {"k": "x".repeat(1024 * 1024 + 1)}}),
+            ),
             Value::Null => None,
             Value::String(s) => Some(self.fill(&serde_json::from_str::<Value>(s).unwrap())),
             b => Some(self.fill(b)),
         };
         let want_code = resp["status"].as_u64().unwrap() as u16;
         let (code, got) = if let Some(accept) = req["accept"].as_str() {
-            let r = self.api.http.get(self.api.url(path)).header("accept", accept).send().await.unwrap();
+            let r = self
+                .api
+                .http
+                .get(self.api.url(path))
+                .header("accept", accept)
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         } else {
             self.api.send(method, path, ctype, body).await
         };
         let label = format!("{file}: {what}");
         if code != want_code {
-            self.failures.push(format!("{label}: status {code}, want {want_code}: {got}"));
+            self.failures
+                .push(format!("{label}: status {code}, want {want_code}: {got}"));
             return;
         }
         let mut want = resp["body"].clone();
@@ -180,29 +249,50 @@ impl Replay {
                 }
             }
             let fields = |v: &Value| {
-                let mut f: Vec<String> = v.pointer("/details/causes").and_then(Value::as_array).map(|a| a.iter().map(|c| format!("{}|{}", c["field"], c["reason"])).collect()).unwrap_or_default();
+                let mut f: Vec<String> = v
+                    .pointer("/details/causes")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| format!("{}|{}", c["field"], c["reason"]))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 f.sort();
                 f
             };
             if fields(&want) != fields(&got) {
-                diffs.push(format!("causes: got {:?}, want {:?}", fields(&got), fields(&want)));
+                diffs.push(format!(
+                    "causes: got {:?}, want {:?}",
+                    fields(&got),
+                    fields(&want)
+                ));
             }
         } else {
             missing(&normalize(&want), &got_n, "", &mut diffs);
         }
         if !diffs.is_empty() {
-            self.failures.push(format!("{label}:\n    {}", diffs.join("\n    ")));
+            self.failures
+                .push(format!("{label}:\n    {}", diffs.join("\n    ")));
         }
     }
 }
 
 fn chrono_now() -> String {
     // RFC 3339 with microseconds: valid for both Time and MicroTime fields.
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     let (y, m, dd) = civil(days);
-    format!("{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:06}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_micros())
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
 }
 
 fn civil(z: i64) -> (i64, u32, u32) {
@@ -220,7 +310,12 @@ fn civil(z: i64) -> (i64, u32, u32) {
 #[tokio::test]
 async fn responses_match_the_recorded_kubernetes_1_24_server() {
     let api = common::start().await;
-    let mut r = Replay { api, uids: HashMap::new(), rvs: HashMap::new(), failures: vec![] };
+    let mut r = Replay {
+        api,
+        uids: HashMap::new(),
+        rvs: HashMap::new(),
+        failures: vec![],
+    };
     for file in [
         "02-crd-lifecycle.json",
         "03-objects-and-errors.json",
@@ -238,39 +333,102 @@ async fn responses_match_the_recorded_kubernetes_1_24_server() {
                 r.api.wait_for("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.reference.test", |v| v.pointer("/status/conditions/1").is_some()).await;
             }
             if what.starts_with("after the controller") {
-                r.api.wait_for("/apis/apps/v1/namespaces/ref/deployments/web", |v| v.pointer("/metadata/annotations/deployment.kubernetes.io~1revision").is_some()).await;
+                r.api
+                    .wait_for("/apis/apps/v1/namespaces/ref/deployments/web", |v| {
+                        v.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                            .is_some()
+                    })
+                    .await;
             }
             if what.starts_with("revision 2") {
-                r.api.wait_for("/apis/apps/v1/namespaces/ref/deployments/web", |v| v.pointer("/metadata/annotations/deployment.kubernetes.io~1revision") == Some(&json!("2"))).await;
+                r.api
+                    .wait_for("/apis/apps/v1/namespaces/ref/deployments/web", |v| {
+                        v.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                            == Some(&json!("2"))
+                    })
+                    .await;
             }
             if what.starts_with("StatefulSet status") || what.starts_with("ControllerRevisions") {
-                r.api.wait_for("/apis/apps/v1/namespaces/ref/statefulsets/db", |v| v.pointer("/status/currentRevision").is_some()).await;
-                r.api.wait_for("/apis/apps/v1/namespaces/ref/daemonsets/agent", |v| v.pointer("/status/observedGeneration").is_some()).await;
+                r.api
+                    .wait_for("/apis/apps/v1/namespaces/ref/statefulsets/db", |v| {
+                        v.pointer("/status/currentRevision").is_some()
+                    })
+                    .await;
+                r.api
+                    .wait_for("/apis/apps/v1/namespaces/ref/daemonsets/agent", |v| {
+                        v.pointer("/status/observedGeneration").is_some()
+                    })
+                    .await;
             }
             if what.starts_with("dependent collected") {
-                r.api.wait_gone("/api/v1/namespaces/ref/secrets/owned").await;
+                r.api
+                    .wait_gone("/api/v1/namespaces/ref/secrets/owned")
+                    .await;
             }
             r.exchange(file, e).await;
         }
     }
     // The structural checks for the exchanges whose names are hash-derived.
-    let (_, rs) = r.api.get("/apis/apps/v1/namespaces/ref/replicasets?labelSelector=app%3Dweb").await;
-    let mut revs: Vec<String> = rs["items"].as_array().unwrap().iter().map(|i| i["metadata"]["annotations"]["deployment.kubernetes.io/revision"].as_str().unwrap().to_string()).collect();
+    let (_, rs) = r
+        .api
+        .get("/apis/apps/v1/namespaces/ref/replicasets?labelSelector=app%3Dweb")
+        .await;
+    let mut revs: Vec<String> = rs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            i["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     revs.sort();
     if revs != ["1", "2"] && revs != ["1", "2", "3"] {
         r.failures.push(format!("ReplicaSet revisions: {revs:?}"));
     }
-    let (_, crs) = r.api.get("/apis/apps/v1/namespaces/ref/controllerrevisions").await;
-    let owners: Vec<String> = crs["items"].as_array().unwrap().iter().map(|i| i["metadata"]["ownerReferences"][0]["kind"].as_str().unwrap().to_string()).collect();
+    let (_, crs) = r
+        .api
+        .get("/apis/apps/v1/namespaces/ref/controllerrevisions")
+        .await;
+    let owners: Vec<String> = crs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            i["metadata"]["ownerReferences"][0]["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     if !(owners.contains(&"StatefulSet".to_string()) && owners.contains(&"DaemonSet".to_string())) {
-        r.failures.push(format!("ControllerRevision owners: {owners:?}"));
+        r.failures
+            .push(format!("ControllerRevision owners: {owners:?}"));
     }
     let (_, evs) = r.api.get("/api/v1/namespaces/ref/events").await;
-    let ours = evs["items"].as_array().unwrap().iter().find(|e| e["metadata"]["name"] == "w1.ev1").cloned().unwrap_or(Value::Null);
+    let ours = evs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["metadata"]["name"] == "w1.ev1")
+        .cloned()
+        .unwrap_or(Value::Null);
     let mut diffs = vec![];
-    missing(&json!({"involvedObject": {"kind": "Widget", "name": "w1"}, "reason": "Synced", "message": "Secret updated", "reportingComponent": "managedsecrets.io/controller", "reportingInstance": "pod-1", "action": "Sync", "type": "Normal"}), &ours, "event", &mut diffs);
+    missing(
+        &json!({"involvedObject": {"kind": "Widget", "name": "w1"}, "reason": "Synced", "message": "Secret updated", "reportingComponent": "managedsecrets.io/controller", "reportingInstance": "pod-1", "action": "Sync", "type": "Normal"}),
+        &ours,
+        "event",
+        &mut diffs,
+    );
     r.failures.extend(diffs);
-    assert!(r.failures.is_empty(), "{} differences from the recorded server:\n{}", r.failures.len(), r.failures.join("\n"));
+    assert!(
+        r.failures.is_empty(),
+        "{} differences from the recorded server:\n{}",
+        r.failures.len(),
+        r.failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -280,41 +438,86 @@ async fn watch_streams_match_the_recorded_shapes() {
     let ex = doc["exchanges"].as_array().unwrap();
     let cm = "/api/v1/namespaces/ref/configmaps";
     let (_, l) = api.get(cm).await;
-    let from = l["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let recorded: Vec<&Value> = ex[0]["response"]["stream"].as_array().unwrap().iter().collect();
-    let wpath = format!("{cm}?watch=1&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds=2");
+    let from = l["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let recorded: Vec<&Value> = ex[0]["response"]["stream"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    let wpath =
+        format!("{cm}?watch=1&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds=2");
     let watch = api.watch_lines(&wpath, 4, std::time::Duration::from_secs(4));
     let writer = async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         // The writes the recording made, derived from its events.
         for ev in recorded.iter().filter(|e| e["type"] != "BOOKMARK") {
             let mut o = ev["object"].clone();
-            for k in ["uid", "resourceVersion", "creationTimestamp", "managedFields"] {
+            for k in [
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "managedFields",
+            ] {
                 o["metadata"].as_object_mut().unwrap().remove(k);
             }
             match ev["type"].as_str().unwrap() {
                 "ADDED" => assert_eq!(api.post(cm, o).await.0, 201),
-                "MODIFIED" => assert_eq!(api.patch(&format!("{cm}/cm1"), "application/merge-patch+json", json!({"data": o["data"]})).await.0, 200),
+                "MODIFIED" => assert_eq!(
+                    api.patch(
+                        &format!("{cm}/cm1"),
+                        "application/merge-patch+json",
+                        json!({"data": o["data"]})
+                    )
+                    .await
+                    .0,
+                    200
+                ),
                 "DELETED" => assert_eq!(api.delete(&format!("{cm}/cm1"), None).await.0, 200),
                 _ => {}
             }
         }
     };
     let (got, _) = tokio::join!(watch, writer);
-    let kinds = |s: &[&Value]| s.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let kinds = |s: &[&Value]| {
+        s.iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     let got_refs: Vec<&Value> = got.iter().collect();
     assert_eq!(kinds(&got_refs)[..4], kinds(&recorded)[..4]);
     for (g, w) in got.iter().zip(&recorded).take(3) {
         let mut d = vec![];
-        missing(&normalize(&w["object"]), &normalize(&g["object"]), "object", &mut d);
+        missing(
+            &normalize(&w["object"]),
+            &normalize(&g["object"]),
+            "object",
+            &mut d,
+        );
         assert!(d.is_empty(), "{d:?}");
     }
     let mut d = vec![];
-    missing(&normalize(&recorded[3]["object"]), &normalize(&got[3]["object"]), "bookmark", &mut d);
+    missing(
+        &normalize(&recorded[3]["object"]),
+        &normalize(&got[3]["object"]),
+        "bookmark",
+        &mut d,
+    );
     assert!(d.is_empty(), "{d:?}");
     // A selector that matches nothing: no lines.
-    let none = api.watch_lines(&format!("{cm}?watch=1&labelSelector=app%3Dy&timeoutSeconds=1"), 1, std::time::Duration::from_secs(3)).await;
-    assert_eq!(none.len(), ex[1]["response"]["stream"].as_array().unwrap().len());
+    let none = api
+        .watch_lines(
+            &format!("{cm}?watch=1&labelSelector=app%3Dy&timeoutSeconds=1"),
+            1,
+            std::time::Duration::from_secs(3),
+        )
+        .await;
+    assert_eq!(
+        none.len(),
+        ex[1]["response"]["stream"].as_array().unwrap().len()
+    );
 }
 
 #[tokio::test]
@@ -325,15 +528,32 @@ async fn discovery_matches_the_recorded_server_for_the_emulated_kinds() {
     for e in doc["exchanges"].as_array().unwrap() {
         let path = e["request"]["path"].as_str().unwrap();
         let want = &e["response"]["body"];
-        if !(path.starts_with("/api/v1") || path.starts_with("/apis/")) || want["kind"] != "APIResourceList" {
+        if !(path.starts_with("/api/v1") || path.starts_with("/apis/"))
+            || want["kind"] != "APIResourceList"
+        {
             continue;
         }
         let (code, got) = api.get(path).await;
         assert_eq!(code, 200, "{path}");
         assert_eq!(got["groupVersion"], want["groupVersion"]);
         for g in got["resources"].as_array().unwrap() {
-            let Some(w) = want["resources"].as_array().unwrap().iter().find(|w| w["name"] == g["name"]) else { continue };
-            for k in ["kind", "namespaced", "verbs", "shortNames", "categories", "group", "version"] {
+            let Some(w) = want["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["name"] == g["name"])
+            else {
+                continue;
+            };
+            for k in [
+                "kind",
+                "namespaced",
+                "verbs",
+                "shortNames",
+                "categories",
+                "group",
+                "version",
+            ] {
                 let norm = |v: &Value| {
                     let mut v = v.clone();
                     if let Some(a) = v.as_array_mut() {
@@ -342,12 +562,18 @@ async fn discovery_matches_the_recorded_server_for_the_emulated_kinds() {
                     v
                 };
                 if norm(&g[k]) != norm(&w[k]) {
-                    failures.push(format!("{path} {}: {k} got {}, want {}", g["name"], g[k], w[k]));
+                    failures.push(format!(
+                        "{path} {}: {k} got {}, want {}",
+                        g["name"], g[k], w[k]
+                    ));
                 }
             }
         }
     }
     let (_, v) = api.get("/version").await;
-    assert_eq!((v["major"].as_str(), v["minor"].as_str()), (Some("1"), Some("24")));
+    assert_eq!(
+        (v["major"].as_str(), v["minor"].as_str()),
+        (Some("1"), Some("24"))
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

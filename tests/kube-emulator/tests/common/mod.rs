@@ -12,12 +12,19 @@ pub struct Api {
 }
 
 pub async fn start() -> Api {
-    start_with(Options { bookmark_interval: Duration::from_millis(300), ..Options::default() }).await
+    start_with(Options {
+        bookmark_interval: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await
 }
 
 pub async fn start_with(opts: Options) -> Api {
     let emu = Emulator::start(opts).await.expect("emulator starts");
-    let api = Api { emu, http: reqwest::Client::new() };
+    let api = Api {
+        emu,
+        http: reqwest::Client::new(),
+    };
     api.send("POST", "/api/v1/namespaces", "application/json", Some(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ref"}}))).await;
     api
 }
@@ -29,22 +36,36 @@ impl Api {
         format!("{}{}", self.emu.url(), path)
     }
 
-    pub async fn send(&self, method: &str, path: &str, ctype: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut rb = self.http.request(m, self.url(path)).header("content-type", ctype).header("user-agent", "emulator-tests/1.0");
+        let mut rb = self
+            .http
+            .request(m, self.url(path))
+            .header("content-type", ctype)
+            .header("user-agent", "emulator-tests/1.0");
         if let Some(b) = body {
             rb = rb.body(b.to_string());
         }
         let resp = rb.send().await.expect("request");
         let code = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send("GET", path, "application/json", None).await
     }
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send("POST", path, "application/json", Some(body)).await
+        self.send("POST", path, "application/json", Some(body))
+            .await
     }
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
         self.send("PUT", path, "application/json", Some(body)).await
@@ -53,14 +74,20 @@ impl Api {
         self.send("PATCH", path, ctype, Some(body)).await
     }
     pub async fn apply(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send("PATCH", path, "application/apply-patch+yaml", Some(body)).await
+        self.send("PATCH", path, "application/apply-patch+yaml", Some(body))
+            .await
     }
     pub async fn delete(&self, path: &str, body: Option<Value>) -> (u16, Value) {
         self.send("DELETE", path, "application/json", body).await
     }
 
     pub async fn create_widget_crd(&self) {
-        let (c, _) = self.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", serde_json::from_str(WIDGET_CRD).unwrap()).await;
+        let (c, _) = self
+            .post(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                serde_json::from_str(WIDGET_CRD).unwrap(),
+            )
+            .await;
         assert_eq!(c, 201);
     }
 
@@ -96,7 +123,10 @@ impl Api {
             if c == 200 && f(&v) {
                 return v;
             }
-            assert!(tokio::time::Instant::now() < deadline, "condition not met on {path}: last {v}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met on {path}: last {v}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -107,7 +137,10 @@ impl Api {
             if self.get(path).await.0 == 404 {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{path} still exists");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} still exists"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -1,0 +1,16 @@
+{{- define "managed-secrets.fullname" -}}
+{{- printf "%s" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "managed-secrets.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}{{ default (include "managed-secrets.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
+{{- end -}}
+{{- define "managed-secrets.labels" -}}
+app.kubernetes.io/name: managed-secrets
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+{{- define "managed-secrets.selector" -}}
+app.kubernetes.io/name: managed-secrets
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
