@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Smallest refreshInterval a ManagedSecret may ask for.
     #[arg(long, env = "MANAGED_SECRETS_MIN_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_interval)]
     pub min_refresh_interval: Duration,
+    /// How long a rollout waits after a new version, so rotations in that window make one rollout
+    /// (a ManagedSecret's rollout.debounce overrides it).
+    #[arg(long, env = "MANAGED_SECRETS_ROLLOUT_DEBOUNCE", default_value = "5s", value_parser = parse_interval)]
+    pub rollout_debounce: Duration,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

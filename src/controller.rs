@@ -5,10 +5,12 @@ use crate::crd::{
     ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FINALIZER, FORCE_SYNC_ANNOTATION,
     MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL,
 };
+use crate::crd::{RolloutRecord, RolloutStrategy, WorkloadKind};
 use crate::error::{backoff, Error, Result};
 use crate::k8s;
 use crate::metrics::Metrics;
 use crate::render;
+use crate::rollout::{self, Decision};
 use crate::schedule::{self, Observed, Plan};
 use crate::source::{DynSourceRef, FetchRequest, SecretRef, VersionSelector};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -24,6 +26,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, instrument, warn};
@@ -36,11 +39,14 @@ pub struct Settings {
     pub concurrency: u16,
     pub min_refresh: Duration,
     pub reporter: String,
+    /// Default debounce before a rollout (a ManagedSecret's rollout.debounce overrides it).
+    pub rollout_debounce: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            rollout_debounce: Duration::from_secs(5),
             namespace: None,
             concurrency: 4,
             min_refresh: schedule::MIN_REFRESH,
@@ -232,10 +238,18 @@ async fn sync(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
     });
     let bypass_cache = match plan {
         Plan::Rest { until } => {
+            let mut wait = (until - now).to_std().unwrap_or(Duration::from_secs(1));
+            if status.rollout_pending_since.is_some() {
+                // A rollout waits for its debounce window: no AWS call needed for it.
+                let mut st = status.clone();
+                if let Some(hint) = rollout_step(ms, ctx, &mut st, now, rollout::Sync::Same).await?
+                {
+                    wait = wait.min(hint);
+                }
+                ctx.write_status(ms, &st).await?;
+            }
             debug!(until = %until, "in sync; resting");
-            return Ok(Action::requeue(
-                (until - now).to_std().unwrap_or(Duration::from_secs(1)),
-            ));
+            return Ok(Action::requeue(wait));
         }
         Plan::Sync { bypass_cache, why } => {
             debug!(why, bypass_cache, "syncing");
@@ -310,9 +324,251 @@ async fn sync(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
         next_refresh_time: Some(ts(next)),
         last_force_sync: force.or(status.last_force_sync.clone()),
         failures: 0,
+        rollouts: status.rollouts.clone(),
+        rollout_pending_since: status.rollout_pending_since.clone(),
     };
+    let mut new_status = new_status;
+    let sync_kind = match &status.synced_version_id {
+        None => rollout::Sync::First,
+        Some(v) if *v != fetched.version_id => rollout::Sync::NewVersion,
+        Some(_) => rollout::Sync::Same,
+    };
+    let mut wait = (next - now).to_std().unwrap_or(interval);
+    if let Some(hint) = rollout_step(ms, ctx, &mut new_status, now, sync_kind).await? {
+        wait = wait.min(hint);
+    }
     ctx.write_status(ms, &new_status).await?;
-    Ok(Action::requeue((next - now).to_std().unwrap_or(interval)))
+    Ok(Action::requeue(wait))
+}
+
+/// Rollouts for the synced version, after the Secret was written: new targets are remembered with
+/// the version they run, targets whose version moved are restarted once the debounce window has
+/// passed (one annotation covering every managed Secret the workload uses, so rotations in the
+/// same window make one rollout), missing named targets are reported. Mutates `status`; returns
+/// when to look again while a rollout waits.
+async fn rollout_step(
+    ms: &ManagedSecret,
+    ctx: &Context,
+    status: &mut ManagedSecretStatus,
+    now: DateTime<Utc>,
+    sync: rollout::Sync,
+) -> Result<Option<Duration>> {
+    status
+        .conditions
+        .retain(|c| c.type_ != "RolloutTargetMissing");
+    let Some(spec) = &ms.spec.rollout else {
+        status.rollouts.clear();
+        status.rollout_pending_since = None;
+        return Ok(None);
+    };
+    let Some(version) = status.synced_version_id.clone() else {
+        return Ok(None);
+    };
+    let ns = ms.namespace().unwrap_or_default();
+    let secret = ms.target_name();
+    let workloads = k8s::workloads::list(&ctx.client, &ns).await?;
+    let (targets, missing) = rollout::select_targets(spec, &secret, &workloads);
+    let mut records: Vec<RolloutRecord> = vec![];
+    let mut due = vec![];
+    for (kind, name) in &targets {
+        let prev = status
+            .rollouts
+            .iter()
+            .find(|r| r.kind == *kind && &r.name == name)
+            .cloned();
+        match rollout::decide(prev.as_ref(), &version, sync, spec.on_create) {
+            Decision::Baseline => records.push(RolloutRecord {
+                kind: *kind,
+                name: name.clone(),
+                version: Some(version.clone()),
+                ..Default::default()
+            }),
+            Decision::Nothing => records.push(prev.expect("Nothing implies a record")),
+            Decision::RollOut => {
+                due.push((*kind, name.clone()));
+                records.push(prev.unwrap_or(RolloutRecord {
+                    kind: *kind,
+                    name: name.clone(),
+                    ..Default::default()
+                }));
+            }
+        }
+    }
+    for (kind, name) in &missing {
+        records.push(RolloutRecord {
+            kind: *kind,
+            name: name.clone(),
+            error: Some(format!(
+                "{} {name} not found in namespace {ns}",
+                kind.as_str()
+            )),
+            ..Default::default()
+        });
+    }
+    if !missing.is_empty() {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|(k, n)| format!("{}/{n}", k.as_str()))
+            .collect();
+        status.conditions.push(Condition {
+            type_: "RolloutTargetMissing".into(),
+            status: "True".into(),
+            reason: "TargetNotFound".into(),
+            message: format!("rollout targets not found: {}", names.join(", ")),
+            observed_generation: ms.metadata.generation,
+            last_transition_time: Time(
+                k8s_openapi::jiff::Timestamp::from_second(now.timestamp()).unwrap_or_default(),
+            ),
+        });
+    }
+    let mut hint = None;
+    if due.is_empty() {
+        status.rollout_pending_since = None;
+    } else if spec.strategy == RolloutStrategy::None {
+        for r in records
+            .iter_mut()
+            .filter(|r| due.iter().any(|(k, n)| *k == r.kind && *n == r.name))
+        {
+            r.version = Some(version.clone());
+            r.error = None;
+        }
+        status.rollout_pending_since = None;
+    } else {
+        let since = parse_ts(&status.rollout_pending_since).unwrap_or(now);
+        status.rollout_pending_since = Some(ts(since));
+        let debounce = match &spec.debounce {
+            Some(d) => schedule::parse_duration(d)?,
+            None => ctx.settings.rollout_debounce,
+        };
+        if let Some(left) = rollout::debounce_left(since, now, debounce) {
+            debug!(
+                ?left,
+                targets = due.len(),
+                "rollout waits for the debounce window"
+            );
+            hint = Some(left);
+        } else {
+            let peers = peer_versions(ms, ctx, &ns, &workloads, &version).await?;
+            let mut failed = false;
+            for (kind, name) in &due {
+                let versions = peers
+                    .get(&(*kind, name.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                let value = rollout::annotation_value(&versions);
+                let w = workloads
+                    .iter()
+                    .find(|w| w.kind == *kind && &w.name == name);
+                let rec = records
+                    .iter_mut()
+                    .find(|r| r.kind == *kind && &r.name == name)
+                    .expect("due targets have records");
+                if w.and_then(|w| w.current_version_annotation()) == Some(value.as_str()) {
+                    // Already rolled to this set of versions (by another ManagedSecret's rollout in the window).
+                    rec.version = Some(version.clone());
+                    rec.rolled_out_at = Some(ts(now));
+                    rec.error = None;
+                    ctx.metrics.rollout(kind.as_str(), "coalesced");
+                    continue;
+                }
+                match k8s::workloads::set_version_annotation(&ctx.client, &ns, *kind, name, &value)
+                    .await
+                {
+                    Ok(wref) => {
+                        rec.version = Some(version.clone());
+                        rec.rolled_out_at = Some(ts(now));
+                        rec.error = None;
+                        ctx.metrics.rollout(kind.as_str(), "triggered");
+                        info!(workload = %format!("{}/{name}", kind.as_str()), %version, "rollout triggered");
+                        ctx.event(
+                            ms,
+                            EventType::Normal,
+                            "RolledOut",
+                            format!(
+                                "{} {name} restarted for AWS version {version} of Secret {secret}",
+                                kind.as_str()
+                            ),
+                        )
+                        .await;
+                        let ev = KEvent {
+                            type_: EventType::Normal,
+                            reason: "RolledOut".into(),
+                            note: Some(format!("restarted by ManagedSecret {}: Secret {secret} is now AWS version {version}", ms.name_any())),
+                            action: "Rollout".into(),
+                            secondary: None,
+                        };
+                        if let Err(e) = ctx.recorder.publish(&ev, &wref).await {
+                            warn!(error = %e, "could not publish the workload event");
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        rec.error = Some(e.to_string());
+                        ctx.metrics.rollout(kind.as_str(), "failed");
+                        ctx.event(
+                            ms,
+                            EventType::Warning,
+                            "RolloutFailed",
+                            format!("{} {name}: {e}", kind.as_str()),
+                        )
+                        .await;
+                    }
+                }
+            }
+            if failed {
+                hint = Some(backoff(1));
+            } else {
+                status.rollout_pending_since = None;
+            }
+        }
+    }
+    status.rollouts = records;
+    Ok(hint)
+}
+
+type PeerVersions = HashMap<(WorkloadKind, String), BTreeMap<String, String>>;
+
+/// For each workload, the synced versions of every ManagedSecret in the namespace that targets it
+/// (this one with `version`).
+async fn peer_versions(
+    ms: &ManagedSecret,
+    ctx: &Context,
+    ns: &str,
+    workloads: &[rollout::Workload],
+    version: &str,
+) -> Result<PeerVersions> {
+    let api: Api<ManagedSecret> = Api::namespaced(ctx.client.clone(), ns);
+    let all = api.list(&Default::default()).await.map_err(Error::Kube)?;
+    let mut out: PeerVersions = HashMap::new();
+    for other in all
+        .items
+        .iter()
+        .filter(|o| o.name_any() != ms.name_any())
+        .chain(std::iter::once(ms))
+    {
+        let Some(spec) = &other.spec.rollout else {
+            continue;
+        };
+        let v = if other.name_any() == ms.name_any() {
+            version.to_string()
+        } else {
+            match other
+                .status
+                .as_ref()
+                .and_then(|s| s.synced_version_id.clone())
+            {
+                Some(v) => v,
+                None => continue,
+            }
+        };
+        let (targets, _) = rollout::select_targets(spec, &other.target_name(), workloads);
+        for t in targets {
+            out.entry(t)
+                .or_default()
+                .insert(other.target_name(), v.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn status_keys(s: &ManagedSecretStatus) -> Vec<String> {

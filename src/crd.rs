@@ -56,6 +56,83 @@ pub struct ManagedSecretSpec {
     /// The Kubernetes Secret to write.
     #[serde(default)]
     pub target: Target,
+    /// Restart the workloads that use the Secret when its AWS version changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// Which workloads restart when the synced AWS version changes, and how.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Workloads by kind and name (same namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<RolloutTarget>,
+    /// Workloads by label selector (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Every Deployment, StatefulSet and DaemonSet whose pod template reads the Secret
+    /// (env secretKeyRef, envFrom, secret and projected volumes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
+    /// Also restart on the first sync of a new ManagedSecret (default: only on a version change).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_create: bool,
+    /// `Restart` (default) patches the pod template; `None` only updates the Secret (for apps that
+    /// re-read mounted files).
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+    /// How long to wait after a new version before restarting, so that several rotations in that
+    /// window make one rollout. Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub debounce: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct RolloutTarget {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum WorkloadKind {
+    #[default]
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutStrategy {
+    #[default]
+    Restart,
+    None,
+}
+
+/// One rollout target as last seen.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// The AWS VersionId the workload runs with (rolled to, or found running at first sight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_out_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Exactly one of `allKeys`, `keys` or `rawKey`.
@@ -187,6 +264,12 @@ pub struct ManagedSecretStatus {
     /// The force-sync annotation value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_force_sync: Option<String>,
+    /// Rollout targets and the version each runs with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<RolloutRecord>,
+    /// Since when a synced version waits for its rollout (the debounce window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_pending_since: Option<String>,
     /// Consecutive failures (drives the back-off).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,

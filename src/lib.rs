@@ -9,6 +9,7 @@ pub mod http;
 pub mod k8s;
 pub mod metrics;
 pub mod render;
+pub mod rollout;
 pub mod schedule;
 pub mod source;
 pub mod telemetry;

@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
         min_refresh: args.min_refresh_interval,
+        rollout_debounce: args.rollout_debounce,
         ..Default::default()
     };
     tracing::info!(namespace = ?settings.namespace, metrics = %args.metrics_addr, "managed-secrets starting");

@@ -13,6 +13,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AwsLabels {
     pub api: String,
     pub outcome: String,
@@ -27,6 +33,7 @@ pub struct Metrics {
     pub aws_calls: Family<AwsLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub managed_objects: Gauge,
+    pub rollouts: Family<RolloutLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -39,6 +46,12 @@ impl Default for Metrics {
         let aws_calls = Family::<AwsLabels, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let managed_objects = Gauge::default();
+        let rollouts = Family::<RolloutLabels, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Rollouts triggered by workload kind and result",
+            rollouts.clone(),
+        );
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "reconciles_completed",
@@ -71,6 +84,7 @@ impl Default for Metrics {
             aws_calls,
             reconcile_duration,
             managed_objects,
+            rollouts,
         }
     }
 }
@@ -81,6 +95,14 @@ impl Metrics {
             .get_or_create(&AwsLabels {
                 api: api.into(),
                 outcome: outcome.into(),
+            })
+            .inc();
+    }
+    pub fn rollout(&self, kind: &str, result: &str) {
+        self.rollouts
+            .get_or_create(&RolloutLabels {
+                kind: kind.into(),
+                result: result.into(),
             })
             .inc();
     }

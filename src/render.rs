@@ -340,6 +340,7 @@ mod tests {
             data,
             templates: BTreeMap::new(),
             target: Target::default(),
+            rollout: None,
         }
     }
     fn creds() -> SecretValue {

@@ -1,6 +1,8 @@
 //! Writing the target Secret: the pure decisions (is it ours, is it in sync, what must it hold)
 //! and the server-side apply under one fixed field manager.
 
+pub mod workloads;
+
 use crate::crd::{
     CreationPolicy, ManagedSecret, FIELD_MANAGER, MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL,
 };

@@ -301,6 +301,7 @@ impl Operator {
             // Tests use short refresh intervals; production keeps the 10s minimum.
             min_refresh: Duration::from_secs(1),
             reporter: "managed-secrets".into(),
+            rollout_debounce: Duration::from_secs(1),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(

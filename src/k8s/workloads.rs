@@ -1,0 +1,85 @@
+//! Reading Deployments, StatefulSets and DaemonSets, and triggering a rollout by server-side
+//! applying one pod-template annotation under our field manager (a normal, revertible rollout).
+
+use crate::crd::{WorkloadKind, FIELD_MANAGER};
+use crate::error::{Error, Result};
+use crate::rollout::{Workload, VERSION_ANNOTATION};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, Resource};
+use serde_json::json;
+
+fn to_workload<K: Resource + serde::Serialize>(kind: WorkloadKind, obj: &K) -> Workload {
+    let v = serde_json::to_value(obj).unwrap_or_default();
+    Workload {
+        kind,
+        name: obj.meta().name.clone().unwrap_or_default(),
+        labels: obj.meta().labels.clone().unwrap_or_default(),
+        annotations: obj.meta().annotations.clone().unwrap_or_default(),
+        template: v.pointer("/spec/template").cloned().unwrap_or_default(),
+    }
+}
+
+/// Every Deployment, StatefulSet and DaemonSet in the namespace.
+pub async fn list(client: &Client, ns: &str) -> Result<Vec<Workload>> {
+    let lp = ListParams::default();
+    let mut out = vec![];
+    for d in Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(Error::Kube)?
+    {
+        out.push(to_workload(WorkloadKind::Deployment, &d));
+    }
+    for s in Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(Error::Kube)?
+    {
+        out.push(to_workload(WorkloadKind::StatefulSet, &s));
+    }
+    for d in Api::<DaemonSet>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(Error::Kube)?
+    {
+        out.push(to_workload(WorkloadKind::DaemonSet, &d));
+    }
+    Ok(out)
+}
+
+/// Sets the version annotation on the pod template (a rollout when it changes).
+pub async fn set_version_annotation(
+    client: &Client,
+    ns: &str,
+    kind: WorkloadKind,
+    name: &str,
+    value: &str,
+) -> Result<k8s_openapi::api::core::v1::ObjectReference> {
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": kind.as_str(),
+        "metadata": {"name": name},
+        "spec": {"template": {"metadata": {"annotations": {VERSION_ANNOTATION: value}}}}
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let r = match kind {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), ns)
+            .patch(name, &pp, &Patch::Apply(&body))
+            .await
+            .map(|o| o.object_ref(&())),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .patch(name, &pp, &Patch::Apply(&body))
+            .await
+            .map(|o| o.object_ref(&())),
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), ns)
+            .patch(name, &pp, &Patch::Apply(&body))
+            .await
+            .map(|o| o.object_ref(&())),
+    };
+    r.map_err(Error::Kube)
+}
+
+pub fn name_of(w: &Workload) -> String {
+    format!("{}/{}", w.kind.as_str(), w.name)
+}

@@ -1,0 +1,384 @@
+//! End to end: rotations reach the Pods. Workloads that use a rotated Secret are restarted once
+//! (a new Deployment revision), and only they.
+
+mod support;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use kube::api::{Api, PostParams};
+use serde_json::{json, Value};
+use support::aws::Moto;
+use support::{wait_for, Cluster, Operator, DEADLINE};
+
+async fn setup() -> (Cluster, Moto, Operator) {
+    let cluster = Cluster::start().await;
+    let moto = Moto::start().await;
+    let op = Operator::start(&cluster, &moto).await;
+    (cluster, moto, op)
+}
+
+fn creds(password: &str) -> Value {
+    json!({"username": "app", "password": password})
+}
+
+fn pod_spec(uses: Value) -> Value {
+    json!({"containers": [{"name": "app", "image": "busybox:1.36"}]})
+        .as_object()
+        .cloned()
+        .map(|mut m| {
+            if let Some(u) = uses.as_object() {
+                for (k, v) in u {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Object(m)
+        })
+        .unwrap()
+}
+
+fn container_env(env: Value) -> Value {
+    json!({"containers": [{"name": "app", "image": "busybox:1.36", "env": env}]})
+}
+
+async fn create_workload(c: &Cluster, kind: &str, name: &str, spec: Value, annotations: Value) {
+    let body = json!({
+        "apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name, "annotations": annotations, "labels": {"app": name}},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "serviceName": name,
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}
+    });
+    match kind {
+        "Deployment" => {
+            let mut b = body;
+            b["spec"].as_object_mut().unwrap().remove("serviceName");
+            Api::<Deployment>::namespaced(c.client.clone(), &c.namespace)
+                .create(&PostParams::default(), &serde_json::from_value(b).unwrap())
+                .await
+                .map(|_| ())
+                .unwrap()
+        }
+        "StatefulSet" => Api::<StatefulSet>::namespaced(c.client.clone(), &c.namespace)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(body).unwrap(),
+            )
+            .await
+            .map(|_| ())
+            .unwrap(),
+        _ => {
+            let mut b = body;
+            b["spec"].as_object_mut().unwrap().remove("serviceName");
+            Api::<DaemonSet>::namespaced(c.client.clone(), &c.namespace)
+                .create(&PostParams::default(), &serde_json::from_value(b).unwrap())
+                .await
+                .map(|_| ())
+                .unwrap()
+        }
+    }
+}
+
+/// (generation, template annotation) of a workload.
+async fn state(c: &Cluster, kind: &str, name: &str) -> (i64, Option<String>) {
+    let v: Value = match kind {
+        "Deployment" => serde_json::to_value(
+            Api::<Deployment>::namespaced(c.client.clone(), &c.namespace)
+                .get(name)
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+        "StatefulSet" => serde_json::to_value(
+            Api::<StatefulSet>::namespaced(c.client.clone(), &c.namespace)
+                .get(name)
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+        _ => serde_json::to_value(
+            Api::<DaemonSet>::namespaced(c.client.clone(), &c.namespace)
+                .get(name)
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+    };
+    (
+        v["metadata"]["generation"].as_i64().unwrap_or(0),
+        v.pointer("/spec/template/metadata/annotations/managedsecrets.io~1secret-version")
+            .and_then(Value::as_str)
+            .map(String::from),
+    )
+}
+
+async fn revision(c: &Cluster, name: &str) -> Option<String> {
+    let d = Api::<Deployment>::namespaced(c.client.clone(), &c.namespace)
+        .get(name)
+        .await
+        .ok()?;
+    d.metadata
+        .annotations?
+        .get("deployment.kubernetes.io/revision")
+        .cloned()
+}
+
+async fn wait_rollouts_recorded(c: &Cluster, ms: &str, version: &str, n: usize) {
+    wait_for(
+        &format!("{ms}: {n} rollout records at {version}"),
+        DEADLINE,
+        || async {
+            let st = c.managed().get(ms).await.ok()?.status?;
+            (st.rollouts
+                .iter()
+                .filter(|r| r.version.as_deref() == Some(version))
+                .count()
+                >= n
+                && st.rollout_pending_since.is_none())
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn last_attempt(c: &Cluster, name: &str) -> Option<String> {
+    c.managed().get(name).await.ok()?.status?.last_attempt_time
+}
+
+async fn wait_attempts(c: &Cluster, name: &str, n: usize) {
+    let mut seen = last_attempt(c, name).await;
+    for _ in 0..n {
+        seen = Some(
+            wait_for("another refresh", DEADLINE, || {
+                let prev = seen.clone();
+                async move {
+                    last_attempt(c, name)
+                        .await
+                        .filter(|t| Some(t) != prev.as_ref())
+                }
+            })
+            .await,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lambda_rotation_restarts_the_declared_targets_once() {
+    let (c, moto, _op) = setup().await;
+    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    create_workload(&c, "Deployment", "api", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]})), json!({})).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true},
+                             "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
+    c.wait_secret_value("db", "password", "one").await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+    assert_eq!(
+        state(&c, "Deployment", "api").await,
+        (1, None),
+        "the first sync restarts nothing"
+    );
+
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    c.wait_secret_value("db", "password", "two").await;
+    wait_for("revision 2", DEADLINE, || async {
+        (revision(&c, "api").await.as_deref() == Some("2")).then_some(())
+    })
+    .await;
+    assert_eq!(state(&c, "Deployment", "api").await, (2, Some(v2.clone())));
+    wait_rollouts_recorded(&c, "db", &v2, 1).await;
+    let st = c.managed().get("db").await.unwrap().status.unwrap();
+    assert!(st.rollouts[0].rolled_out_at.is_some());
+    assert!(c
+        .events_for("db")
+        .await
+        .iter()
+        .any(|(r, _)| r == "RolledOut"));
+    assert!(
+        c.events_for("api")
+            .await
+            .iter()
+            .any(|(r, n)| r == "RolledOut" && n.contains(&v2)),
+        "an Event on the workload too"
+    );
+    // Refreshes that find the same version restart nothing.
+    wait_attempts(&c, "db", 3).await;
+    assert_eq!(state(&c, "Deployment", "api").await.0, 2);
+    assert_eq!(revision(&c, "api").await.as_deref(), Some("2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_discovery_finds_every_reference_and_ignores_the_rest() {
+    let (c, moto, _op) = setup().await;
+    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    create_workload(&c, "Deployment", "by-env", container_env(json!([{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}])), json!({})).await;
+    create_workload(&c, "Deployment", "by-envfrom", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]})), json!({})).await;
+    create_workload(
+        &c,
+        "Deployment",
+        "by-volume",
+        pod_spec(json!({"volumes": [{"name": "s", "secret": {"secretName": "db"}}]})),
+        json!({}),
+    )
+    .await;
+    create_workload(&c, "Deployment", "by-projected", pod_spec(json!({"volumes": [{"name": "s", "projected": {"sources": [{"secret": {"name": "db"}}]}}]})), json!({})).await;
+    create_workload(
+        &c,
+        "Deployment",
+        "by-annotation",
+        pod_spec(json!({})),
+        json!({"secret.reloader.stakater.com/reload": "db"}),
+    )
+    .await;
+    create_workload(&c, "StatefulSet", "sts", container_env(json!([{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}])), json!({})).await;
+    create_workload(
+        &c,
+        "DaemonSet",
+        "ds",
+        pod_spec(json!({"volumes": [{"name": "s", "secret": {"secretName": "db"}}]})),
+        json!({}),
+    )
+    .await;
+    create_workload(&c, "Deployment", "unrelated", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "other"}}]}]})), json!({})).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true}, "rollout": {"auto": true, "debounce": "1s"}})).await;
+    c.wait_secret_value("db", "password", "one").await;
+    wait_rollouts_recorded(&c, "db", &v1, 7).await;
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    wait_rollouts_recorded(&c, "db", &v2, 7).await;
+    for (kind, name) in [
+        ("Deployment", "by-env"),
+        ("Deployment", "by-envfrom"),
+        ("Deployment", "by-volume"),
+        ("Deployment", "by-projected"),
+        ("Deployment", "by-annotation"),
+        ("StatefulSet", "sts"),
+        ("DaemonSet", "ds"),
+    ] {
+        assert_eq!(
+            state(&c, kind, name).await,
+            (2, Some(v2.clone())),
+            "{kind}/{name} restarted once"
+        );
+    }
+    assert_eq!(
+        state(&c, "Deployment", "unrelated").await,
+        (1, None),
+        "a workload that does not use the Secret is left alone"
+    );
+    let st = c.managed().get("db").await.unwrap().status.unwrap();
+    assert!(!st.rollouts.iter().any(|r| r.name == "unrelated"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_downtime_roll_out_once_and_never_spuriously() {
+    let (c, moto, mut op) = setup().await;
+    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    create_workload(&c, "Deployment", "api", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]})), json!({})).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "2s", "data": {"allKeys": true}, "rollout": {"auto": true, "debounce": "1s"}})).await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+    // An operator restart (a re-list of everything) restarts nothing.
+    op.stop().await;
+    let op2 = Operator::start(&c, &moto).await;
+    wait_for("the new operator to reconcile", DEADLINE, || async {
+        (op2.metrics.reconciles_completed.get() >= 1).then_some(())
+    })
+    .await;
+    wait_attempts(&c, "db", 1).await;
+    assert_eq!(state(&c, "Deployment", "api").await, (1, None));
+    // A rotation while the operator is down is rolled out once when it is back.
+    let mut op2 = op2;
+    op2.stop().await;
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    let op3 = Operator::start(&c, &moto).await;
+    wait_rollouts_recorded(&c, "db", &v2, 1).await;
+    assert_eq!(state(&c, "Deployment", "api").await, (2, Some(v2.clone())));
+    wait_attempts(&c, "db", 2).await;
+    assert_eq!(state(&c, "Deployment", "api").await.0, 2, "exactly once");
+    drop(op3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rotations_in_the_debounce_window_make_one_rollout() {
+    let (c, moto, _op) = setup().await;
+    let db1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    let api1 = moto
+        .create_json("prod/api/key", &json!({"key": "k1"}))
+        .await;
+    create_workload(
+        &c,
+        "Deployment",
+        "app",
+        pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}, {"secretRef": {"name": "api"}}]}]})),
+        json!({}),
+    )
+    .await;
+    for (name, id) in [("db", "prod/db/credentials"), ("api", "prod/api/key")] {
+        c.create_ms(name, json!({"secretId": id, "refreshInterval": "1s", "data": {"allKeys": true}, "rollout": {"auto": true, "debounce": "4s"}})).await;
+    }
+    wait_rollouts_recorded(&c, "db", &db1, 1).await;
+    wait_rollouts_recorded(&c, "api", &api1, 1).await;
+    let db2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    let api2 = moto
+        .rotate_like_lambda("prod/api/key", &json!({"key": "k2"}))
+        .await;
+    wait_rollouts_recorded(&c, "db", &db2, 1).await;
+    wait_rollouts_recorded(&c, "api", &api2, 1).await;
+    let (generation, annotation) = state(&c, "Deployment", "app").await;
+    assert_eq!(generation, 2, "one rollout for both rotations");
+    assert!(
+        annotation.unwrap().starts_with("sha256:"),
+        "a workload using several managed Secrets carries a hash of their versions"
+    );
+    wait_for("the Deployment controller", DEADLINE, || async {
+        (revision(&c, "app").await.as_deref() == Some("2")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_target_is_reported_and_strategy_none_only_updates_the_secret() {
+    let (c, moto, _op) = setup().await;
+    moto.create_json("prod/db/credentials", &creds("one")).await;
+    create_workload(
+        &c,
+        "Deployment",
+        "reader",
+        pod_spec(json!({"volumes": [{"name": "s", "secret": {"secretName": "files"}}]})),
+        json!({}),
+    )
+    .await;
+    c.create_ms("ghosts", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "rollout": {"targets": [{"kind": "Deployment", "name": "ghost"}]}})).await;
+    c.create_ms("files", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true}, "rollout": {"auto": true, "strategy": "None", "debounce": "1s"}})).await;
+    let ms = c.wait_ready("ghosts", "True", "Synced").await;
+    let st = wait_for("RolloutTargetMissing", DEADLINE, || async {
+        let st = c.managed().get("ghosts").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "RolloutTargetMissing" && c.status == "True")
+            .then_some(st)
+    })
+    .await;
+    drop(ms);
+    assert!(st.rollouts[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("Deployment ghost not found"));
+    assert_eq!(
+        c.secret_data("ghosts").await.unwrap()["password"],
+        "one",
+        "the sync still succeeds"
+    );
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    c.wait_secret_value("files", "password", "two").await;
+    wait_rollouts_recorded(&c, "files", &v2, 1).await;
+    assert_eq!(
+        state(&c, "Deployment", "reader").await,
+        (1, None),
+        "strategy None: the Secret changes, the Pods stay"
+    );
+}
