@@ -160,7 +160,7 @@ async fn wait_attempts(c: &Cluster, name: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lambda_rotation_restarts_the_declared_targets_once() {
-    let (c, moto, _op) = setup().await;
+    let (c, moto, op) = setup().await;
     let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
     create_workload(&c, "Deployment", "api", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]})), json!({})).await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true},
@@ -197,6 +197,8 @@ async fn a_lambda_rotation_restarts_the_declared_targets_once() {
             .any(|(r, n)| r == "RolledOut" && n.contains(&v2)),
         "an Event on the workload too"
     );
+    let metrics = op.metrics.render();
+    assert!(metrics.contains(r#"managed_secrets_rollouts_total{kind="Deployment",result="triggered"} 1"#), "{metrics}");
     // Refreshes that find the same version restart nothing.
     wait_attempts(&c, "db", 3).await;
     assert_eq!(state(&c, "Deployment", "api").await.0, 2);

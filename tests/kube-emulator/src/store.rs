@@ -317,6 +317,19 @@ impl Inner {
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
             m.insert("creationTimestamp".into(), json!(now()));
         }
+        // Go's omitempty: empty metadata lists and maps are not stored.
+        let m = md_mut(&mut new);
+        for k in ["labels", "annotations", "finalizers", "ownerReferences"] {
+            let empty = match m.get(k) {
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Object(o)) => o.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                m.remove(k);
+            }
+        }
         self.update_managed_fields(rt, version, old.as_ref(), &mut new, &ctx);
 
         if let Some(o) = &old {
