@@ -198,7 +198,11 @@ async fn a_lambda_rotation_restarts_the_declared_targets_once() {
         "an Event on the workload too"
     );
     let metrics = op.metrics.render();
-    assert!(metrics.contains(r#"managed_secrets_rollouts_total{kind="Deployment",result="triggered"} 1"#), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"managed_secrets_rollouts_total{kind="Deployment",result="triggered"} 1"#),
+        "{metrics}"
+    );
     // Refreshes that find the same version restart nothing.
     wait_attempts(&c, "db", 3).await;
     assert_eq!(state(&c, "Deployment", "api").await.0, 2);

@@ -129,6 +129,13 @@ impl Cluster {
         .await;
     }
 
+    /// Writes a kubeconfig for the emulator (no-op on a real cluster).
+    pub fn write_kubeconfig(&self, path: &std::path::Path) {
+        if let ClusterKind::Emulator(emu) = &self.kind {
+            emu.write_kubeconfig(path).expect("kubeconfig");
+        }
+    }
+
     pub fn is_emulator(&self) -> bool {
         matches!(self.kind, ClusterKind::Emulator(_))
     }

@@ -410,12 +410,22 @@ async fn finalizers_hold_deletion_and_gc_collects_dependents() {
     api.wait_gone(&format!("{cm}/fg")).await;
 
     // Orphan: the owner goes, the dependent stays without the ownerReference.
-    let (_, owner) = api.post(cm, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orph"}})).await;
+    let (_, owner) = api
+        .post(
+            cm,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orph"}}),
+        )
+        .await;
     let oref = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "orph", "uid": owner["metadata"]["uid"], "controller": true}]);
     api.post("/api/v1/namespaces/ref/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kept", "ownerReferences": oref}})).await;
-    api.delete(&format!("{cm}/orph?propagationPolicy=Orphan"), None).await;
+    api.delete(&format!("{cm}/orph?propagationPolicy=Orphan"), None)
+        .await;
     api.wait_gone(&format!("{cm}/orph")).await;
-    let kept = api.wait_for("/api/v1/namespaces/ref/secrets/kept", |v| v["metadata"].get("ownerReferences").is_none()).await;
+    let kept = api
+        .wait_for("/api/v1/namespaces/ref/secrets/kept", |v| {
+            v["metadata"].get("ownerReferences").is_none()
+        })
+        .await;
     assert_eq!(kept["metadata"]["name"], "kept");
 
     // deletecollection with a selector.
