@@ -101,6 +101,8 @@ pub enum WorkloadKind {
     Deployment,
     StatefulSet,
     DaemonSet,
+    /// Argo Rollouts (`argoproj.io/v1alpha1`), when its CRD is installed.
+    Rollout,
 }
 
 impl WorkloadKind {
@@ -109,6 +111,7 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::StatefulSet => "StatefulSet",
             WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::Rollout => "Rollout",
         }
     }
 }

@@ -120,21 +120,27 @@ async fn revision(c: &Cluster, name: &str) -> Option<String> {
 }
 
 async fn wait_rollouts_recorded(c: &Cluster, ms: &str, version: &str, n: usize) {
-    wait_for(
-        &format!("{ms}: {n} rollout records at {version}"),
-        DEADLINE,
-        || async {
-            let st = c.managed().get(ms).await.ok()?.status?;
-            (st.rollouts
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let st = c.managed().get(ms).await.ok().and_then(|m| m.status);
+        if let Some(st) = &st {
+            if st
+                .rollouts
                 .iter()
                 .filter(|r| r.version.as_deref() == Some(version))
                 .count()
                 >= n
-                && st.rollout_pending_since.is_none())
-            .then_some(())
-        },
-    )
-    .await;
+                && st.rollout_pending_since.is_none()
+            {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{ms}: no {n} rollout records at {version}; status: {st:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn last_attempt(c: &Cluster, name: &str) -> Option<String> {
@@ -386,5 +392,86 @@ async fn a_missing_target_is_reported_and_strategy_none_only_updates_the_secret(
         state(&c, "Deployment", "reader").await,
         (1, None),
         "strategy None: the Secret changes, the Pods stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_rollouts_are_restarted_when_their_crd_exists() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject};
+    let (c, moto, _op) = setup().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+    if crds
+        .get_opt("rollouts.argoproj.io")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        // A minimal stand-in for Argo Rollouts' CRD (a real cluster with Argo keeps its own).
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "rollouts.argoproj.io"},
+            "spec": {"group": "argoproj.io", "scope": "Namespaced", "names": {"plural": "rollouts", "singular": "rollout", "kind": "Rollout"},
+                     "versions": [{"name": "v1alpha1", "served": true, "storage": true, "subresources": {"status": {}},
+                                   "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                                       "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                                       "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}});
+        crds.create(
+            &PostParams::default(),
+            &serde_json::from_value(crd).unwrap(),
+        )
+        .await
+        .unwrap();
+        wait_for("the Rollout CRD", DEADLINE, || async {
+            let c = crds.get("rollouts.argoproj.io").await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+    let ar = ApiResource {
+        group: "argoproj.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "argoproj.io/v1alpha1".into(),
+        kind: "Rollout".into(),
+        plural: "rollouts".into(),
+    };
+    let rollouts: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &c.namespace, &ar);
+    let ro: DynamicObject = serde_json::from_value(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "canary"},
+        "spec": {"selector": {"matchLabels": {"app": "canary"}}, "strategy": {"canary": {}},
+                 "template": {"metadata": {"labels": {"app": "canary"}}, "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]}}}}))
+    .unwrap();
+    rollouts.create(&PostParams::default(), &ro).await.unwrap();
+    let listed = rollouts
+        .list(&Default::default())
+        .await
+        .expect("Rollouts list");
+    assert_eq!(listed.items.len(), 1);
+    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true}, "rollout": {"auto": true, "debounce": "1s"}})).await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    wait_rollouts_recorded(&c, "db", &v2, 1).await;
+    let got = rollouts.get("canary").await.unwrap();
+    assert_eq!(
+        got.data
+            .pointer("/spec/template/metadata/annotations/managedsecrets.io~1secret-version")
+            .and_then(Value::as_str),
+        Some(v2.as_str())
+    );
+    assert_eq!(got.metadata.generation, Some(2));
+    assert_eq!(
+        c.managed()
+            .get("db")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .rollouts[0]
+            .kind,
+        managed_secrets::crd::WorkloadKind::Rollout
     );
 }

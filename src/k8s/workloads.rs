@@ -5,7 +5,7 @@ use crate::crd::{WorkloadKind, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use crate::rollout::{Workload, VERSION_ANNOTATION};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde_json::json;
 
@@ -45,7 +45,30 @@ pub async fn list(client: &Client, ns: &str) -> Result<Vec<Workload>> {
     {
         out.push(to_workload(WorkloadKind::DaemonSet, &d));
     }
+    // Argo Rollouts, when its CRD is installed (404 otherwise).
+    match Api::<DynamicObject>::namespaced_with(client.clone(), ns, &argo_rollout())
+        .list(&lp)
+        .await
+    {
+        Ok(list) => {
+            for r in list {
+                out.push(to_workload(WorkloadKind::Rollout, &r));
+            }
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(Error::Kube(e)),
+    }
     Ok(out)
+}
+
+fn argo_rollout() -> ApiResource {
+    ApiResource {
+        group: "argoproj.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "argoproj.io/v1alpha1".into(),
+        kind: "Rollout".into(),
+        plural: "rollouts".into(),
+    }
 }
 
 /// Sets the version annotation on the pod template (a rollout when it changes).
@@ -56,8 +79,13 @@ pub async fn set_version_annotation(
     name: &str,
     value: &str,
 ) -> Result<k8s_openapi::api::core::v1::ObjectReference> {
+    let api_version = if kind == WorkloadKind::Rollout {
+        "argoproj.io/v1alpha1"
+    } else {
+        "apps/v1"
+    };
     let body = json!({
-        "apiVersion": "apps/v1",
+        "apiVersion": api_version,
         "kind": kind.as_str(),
         "metadata": {"name": name},
         "spec": {"template": {"metadata": {"annotations": {VERSION_ANNOTATION: value}}}}
@@ -76,6 +104,12 @@ pub async fn set_version_annotation(
             .patch(name, &pp, &Patch::Apply(&body))
             .await
             .map(|o| o.object_ref(&())),
+        WorkloadKind::Rollout => {
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &argo_rollout())
+                .patch(name, &pp, &Patch::Apply(&body))
+                .await
+                .map(|o| o.object_ref(&argo_rollout()))
+        }
     };
     r.map_err(Error::Kube)
 }

@@ -299,6 +299,13 @@ pub struct Operator {
 
 impl Operator {
     pub async fn start(cluster: &Cluster, aws: &aws::Moto) -> Operator {
+        // E2E_LOG=managed_secrets=debug shows the operator's logs in test output.
+        if std::env::var("E2E_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_env("E2E_LOG"))
+                .with_test_writer()
+                .try_init();
+        }
         let metrics = Arc::new(Metrics::default());
         let backend = source::aws::AwsBackend::new(aws.sdk_config(), metrics.clone());
         let src: source::DynSourceRef = Arc::new(source::cache::CachedSource::new(backend));
