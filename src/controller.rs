@@ -217,7 +217,7 @@ async fn sync(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
         Some(h) => {
             current
                 .as_ref()
-                .and_then(|c| k8s::current_hash(c, &status_keys(&status)))
+                .and_then(|c| k8s::current_hash(c, &status.synced_keys))
                 .as_deref()
                 == Some(h.as_str())
         }
@@ -569,10 +569,6 @@ async fn peer_versions(
         }
     }
     Ok(out)
-}
-
-fn status_keys(s: &ManagedSecretStatus) -> Vec<String> {
-    s.synced_keys.clone()
 }
 
 /// A failed sync: the Secret is left as it is; status and an Event say what failed and when the

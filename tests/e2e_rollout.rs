@@ -143,27 +143,6 @@ async fn wait_rollouts_recorded(c: &Cluster, ms: &str, version: &str, n: usize) 
     }
 }
 
-async fn last_attempt(c: &Cluster, name: &str) -> Option<String> {
-    c.managed().get(name).await.ok()?.status?.last_attempt_time
-}
-
-async fn wait_attempts(c: &Cluster, name: &str, n: usize) {
-    let mut seen = last_attempt(c, name).await;
-    for _ in 0..n {
-        seen = Some(
-            wait_for("another refresh", DEADLINE, || {
-                let prev = seen.clone();
-                async move {
-                    last_attempt(c, name)
-                        .await
-                        .filter(|t| Some(t) != prev.as_ref())
-                }
-            })
-            .await,
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lambda_rotation_restarts_the_declared_targets_once() {
     let (c, moto, op) = setup().await;
@@ -210,7 +189,7 @@ async fn a_lambda_rotation_restarts_the_declared_targets_once() {
         "{metrics}"
     );
     // Refreshes that find the same version restart nothing.
-    wait_attempts(&c, "db", 3).await;
+    c.wait_attempts("db", 3).await;
     assert_eq!(state(&c, "Deployment", "api").await.0, 2);
     assert_eq!(revision(&c, "api").await.as_deref(), Some("2"));
 }
@@ -293,7 +272,7 @@ async fn restarts_and_downtime_roll_out_once_and_never_spuriously() {
         (op2.metrics.reconciles_completed.get() >= 1).then_some(())
     })
     .await;
-    wait_attempts(&c, "db", 1).await;
+    c.wait_attempts("db", 1).await;
     assert_eq!(state(&c, "Deployment", "api").await, (1, None));
     // A rotation while the operator is down is rolled out once when it is back.
     let mut op2 = op2;
@@ -304,7 +283,7 @@ async fn restarts_and_downtime_roll_out_once_and_never_spuriously() {
     let op3 = Operator::start(&c, &moto).await;
     wait_rollouts_recorded(&c, "db", &v2, 1).await;
     assert_eq!(state(&c, "Deployment", "api").await, (2, Some(v2.clone())));
-    wait_attempts(&c, "db", 2).await;
+    c.wait_attempts("db", 2).await;
     assert_eq!(state(&c, "Deployment", "api").await.0, 2, "exactly once");
     drop(op3);
 }
@@ -420,15 +399,7 @@ async fn argo_rollouts_are_restarted_when_their_crd_exists() {
         )
         .await
         .unwrap();
-        wait_for("the Rollout CRD", DEADLINE, || async {
-            let c = crds.get("rollouts.argoproj.io").await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await;
+        c.wait_crd_established("rollouts.argoproj.io").await;
     }
     let ar = ApiResource {
         group: "argoproj.io".into(),

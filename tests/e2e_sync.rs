@@ -19,28 +19,6 @@ fn creds(password: &str) -> serde_json::Value {
     json!({"username": "dbadmin", "password": password, "host": "prod-db.cluster-abc123.us-east-1.rds.amazonaws.com", "port": 5432, "database": "myapp"})
 }
 
-async fn last_attempt(c: &Cluster, name: &str) -> Option<String> {
-    c.managed().get(name).await.ok()?.status?.last_attempt_time
-}
-
-/// Waits until the operator has made `n` more sync attempts for `name`.
-async fn wait_attempts(c: &Cluster, name: &str, n: usize) {
-    let mut seen = last_attempt(c, name).await;
-    for _ in 0..n {
-        seen = Some(
-            wait_for("another refresh", DEADLINE, || {
-                let prev = seen.clone();
-                async move {
-                    last_attempt(c, name)
-                        .await
-                        .filter(|t| Some(t) != prev.as_ref())
-                }
-            })
-            .await,
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_refresh() {
     let (c, moto, _op) = setup().await;
@@ -479,7 +457,7 @@ async fn refreshes_that_find_nothing_new_write_nothing_and_reread_nothing() {
     );
     let gets = moto.calls("GetSecretValue").await;
     let describes = moto.calls("DescribeSecret").await;
-    wait_attempts(&c, "db", 3).await;
+    c.wait_attempts("db", 3).await;
     assert_eq!(
         c.secrets()
             .get("db")
@@ -607,7 +585,7 @@ async fn pending_values_are_never_synced_until_the_rotation_finishes() {
     let pending = moto
         .put_pending("prod/db/credentials", &creds("pending"))
         .await;
-    wait_attempts(&c, "db", 2).await;
+    c.wait_attempts("db", 2).await;
     assert_eq!(c.secret_data("db").await.unwrap()["password"], "current");
     moto.finish_rotation("prod/db/credentials", &pending).await;
     c.wait_secret_value("db", "password", "pending").await;

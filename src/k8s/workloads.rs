@@ -113,7 +113,3 @@ pub async fn set_version_annotation(
     };
     r.map_err(Error::Kube)
 }
-
-pub fn name_of(w: &Workload) -> String {
-    format!("{}/{}", w.kind.as_str(), w.name)
-}

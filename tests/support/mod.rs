@@ -101,6 +101,49 @@ impl Cluster {
         c
     }
 
+    /// Waits until a CRD is Established.
+    pub async fn wait_crd_established(&self, name: &str) {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        wait_for(&format!("CRD {name} Established"), DEADLINE, || async {
+            let c = api.get(name).await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// The ManagedSecret's last sync attempt time.
+    pub async fn last_attempt(&self, name: &str) -> Option<String> {
+        self.managed()
+            .get(name)
+            .await
+            .ok()?
+            .status?
+            .last_attempt_time
+    }
+
+    /// Waits until the operator has made `n` more sync attempts for `name` (refreshes).
+    pub async fn wait_attempts(&self, name: &str, n: usize) {
+        let mut seen = self.last_attempt(name).await;
+        for _ in 0..n {
+            seen = Some(
+                wait_for("another refresh", DEADLINE, || {
+                    let prev = seen.clone();
+                    async move {
+                        self.last_attempt(name)
+                            .await
+                            .filter(|t| Some(t) != prev.as_ref())
+                    }
+                })
+                .await,
+            );
+        }
+    }
+
     /// Applies crds/ (the generated CRD) and waits until it is Established.
     pub async fn install_crd(&self) {
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -118,15 +161,8 @@ impl Cluster {
         )
         .await
         .expect("CRD applies");
-        wait_for("CRD Established", DEADLINE, || async {
-            let c = api.get("managedsecrets.managedsecrets.io").await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await;
+        self.wait_crd_established("managedsecrets.managedsecrets.io")
+            .await;
     }
 
     /// Writes a kubeconfig for the emulator (no-op on a real cluster).

@@ -547,3 +547,16 @@ fn storage_hash(api_version: &str, kind: &str) -> String {
     let d = sha2::Sha256::digest(format!("{api_version}/{kind}").as_bytes());
     base64::engine::general_purpose::STANDARD.encode(&d[..8])
 }
+
+/// The versions a CRD stores (`status.storedVersions`).
+pub fn stored_versions(crd: &Value) -> Vec<Value> {
+    crd.pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter(|v| v["storage"] == json!(true))
+                .map(|v| v["name"].clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}

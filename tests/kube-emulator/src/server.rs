@@ -1358,16 +1358,7 @@ fn establish_crd(inner: &mut Inner, name: &str) {
     }
     let now = crate::store::now();
     let mut n = crd.clone();
-    let versions: Vec<Value> = crd
-        .pointer("/spec/versions")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter(|v| v["storage"] == json!(true))
-                .map(|v| v["name"].clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let versions = resources::stored_versions(&crd);
     n["status"] = json!({
         "conditions": [
             {"type": "NamesAccepted", "status": "True", "lastTransitionTime": now, "reason": "NoConflicts", "message": "no conflicts found"},

@@ -505,16 +505,7 @@ impl Inner {
                     }
                 }
                 if old.is_none() && new.get("status").is_none() {
-                    let stored: Vec<Value> = new
-                        .pointer("/spec/versions")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter(|v| v["storage"] == json!(true))
-                                .map(|v| v["name"].clone())
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let stored = resources::stored_versions(new);
                     new["status"] = json!({"conditions": null, "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": stored});
                 }
             }
