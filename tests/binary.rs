@@ -19,9 +19,6 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_health_and_metrics_syncs_and_stops_on_sigterm_without_logging_values() {
     let c = Cluster::start().await;
-    if !c.is_emulator() {
-        return; // this test starts the binary with the emulator's kubeconfig
-    }
     let moto = Moto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");

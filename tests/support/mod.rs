@@ -165,10 +165,15 @@ impl Cluster {
             .await;
     }
 
-    /// Writes a kubeconfig for the emulator (no-op on a real cluster).
+    /// Writes a kubeconfig for this cluster (the emulator's, or a copy of the real cluster's).
     pub fn write_kubeconfig(&self, path: &std::path::Path) {
-        if let ClusterKind::Emulator(emu) = &self.kind {
-            emu.write_kubeconfig(path).expect("kubeconfig");
+        match &self.kind {
+            ClusterKind::Emulator(emu) => emu.write_kubeconfig(path).expect("kubeconfig"),
+            ClusterKind::Real => {
+                let src = std::env::var("MANAGED_SECRETS_E2E_KUBECONFIG")
+                    .expect("real cluster kubeconfig");
+                std::fs::copy(src, path).expect("copy kubeconfig");
+            }
         }
     }
 

@@ -455,8 +455,8 @@ async fn watch_streams_changes_bookmarks_and_gone() {
     let wpath =
         format!("{cm}?watch=1&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds=3");
     let watch = api.watch_lines(&wpath, 4, Duration::from_secs(5));
+    // The watch starts from a resourceVersion: it replays what happened after it, whenever it connects.
     let writer = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
         api.post(cm, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm1", "labels": {"app": "x"}}, "data": {"a": "1"}})).await;
         api.patch(
             &format!("{cm}/cm1"),
@@ -533,8 +533,8 @@ async fn label_selected_watch_sees_objects_enter_and_leave() {
     let wpath =
         format!("{cm}?watch=1&resourceVersion={from}&labelSelector=app%3Dx&timeoutSeconds=2");
     let watch = api.watch_lines(&wpath, 2, Duration::from_secs(4));
+    // The watch starts from a resourceVersion: it replays what happened after it, whenever it connects.
     let writer = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
         api.patch(
             &format!("{cm}/c"),
             "application/merge-patch+json",
@@ -793,7 +793,18 @@ async fn faults_latency_and_counters() {
         Duration::from_secs(10),
     );
     let closer = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Close once the watch is open (the emulator has counted it).
+        api.wait_until(|| {
+            api.emu
+                .state
+                .admin
+                .lock()
+                .unwrap()
+                .counters
+                .iter()
+                .any(|((v, r, _), n)| v == "watch" && r == "configmaps" && *n > 0)
+        })
+        .await;
         api.send("POST", "/__admin/watches/close", "application/json", None)
             .await;
     };

@@ -285,16 +285,32 @@ async fn kubectl_get_watch_sees_changes() {
         ],
         None,
     );
-    let change = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        k.ok(&["label", "configmap", "c1", "-n", "ref", "seen=yes"], None)
+    let change =
+        async {
+            // Change things once kubectl's watch is open (the emulator counts the watch request).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let watching =
+                    api.emu.state.admin.lock().unwrap().counters.iter().any(
+                        |((verb, res, _), n)| verb == "watch" && res == "configmaps" && *n > 0,
+                    );
+                if watching {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "kubectl never opened its watch"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            k.ok(&["label", "configmap", "c1", "-n", "ref", "seen=yes"], None)
+                .await;
+            k.ok(
+                &["apply", "-f", "-"],
+                Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c2, namespace: ref}\n"),
+            )
             .await;
-        k.ok(
-            &["apply", "-f", "-"],
-            Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c2, namespace: ref}\n"),
-        )
-        .await;
-    };
+        };
     let ((_, out, _), _) = tokio::join!(watch, change);
     assert!(
         out.lines().filter(|l| l.starts_with("c1")).count() >= 2,

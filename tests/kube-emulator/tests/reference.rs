@@ -450,8 +450,8 @@ async fn watch_streams_match_the_recorded_shapes() {
     let wpath =
         format!("{cm}?watch=1&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds=2");
     let watch = api.watch_lines(&wpath, 4, std::time::Duration::from_secs(4));
+    // The watch starts from the list's resourceVersion, so it sees these writes whenever it connects.
     let writer = async {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         // The writes the recording made, derived from its events.
         for ev in recorded.iter().filter(|e| e["type"] != "BOOKMARK") {
             let mut o = ev["object"].clone();

@@ -131,6 +131,18 @@ impl Api {
         }
     }
 
+    /// Polls a local condition with a deadline.
+    pub async fn wait_until(&self, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not reached"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn wait_gone(&self, path: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
