@@ -113,9 +113,6 @@ impl Metrics {
             })
             .inc();
     }
-    pub fn reconcile_duration_count(&self) -> u64 {
-        self.reconciles_completed.get()
-    }
     pub fn render(&self) -> String {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("metrics encode");

@@ -688,16 +688,26 @@ async fn workload_controller_records_revisions() {
         == "2"
         && i["spec"]["template"]["metadata"]["annotations"]["managedsecrets.io/secret-version"]
             == "v2"));
-    // A status-only or label-only write does not make a revision.
+    // A label-only write does not make a revision: after it and a template change (handled in
+    // order by the controller), there is exactly one more ReplicaSet, revision 3.
     api.patch(
         &format!("{d}/web"),
         "application/merge-patch+json",
         json!({"metadata": {"labels": {"x": "y"}}}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.patch(
+        &format!("{d}/web"),
+        "application/strategic-merge-patch+json",
+        json!({"spec": {"template": {"metadata": {"annotations": {"r": "3"}}}}}),
+    )
+    .await;
+    api.wait_for(&format!("{d}/web"), |v| {
+        v["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+    })
+    .await;
     let (_, rs) = api.get("/apis/apps/v1/namespaces/ref/replicasets").await;
-    assert_eq!(rs["items"].as_array().unwrap().len(), 2);
+    assert_eq!(rs["items"].as_array().unwrap().len(), 3);
 
     for (plural, kind) in [("statefulsets", "StatefulSet"), ("daemonsets", "DaemonSet")] {
         let p = format!("/apis/apps/v1/namespaces/ref/{plural}");
