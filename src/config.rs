@@ -56,12 +56,42 @@ pub struct RunArgs {
     pub min_refresh_interval: Duration,
     /// How long a rollout waits after a new version, so rotations in that window make one rollout
     /// (a ManagedSecret's rollout.debounce overrides it).
-    #[arg(long, env = "MANAGED_SECRETS_ROLLOUT_DEBOUNCE", default_value = "5s", value_parser = parse_interval)]
+    #[arg(long, env = "MANAGED_SECRETS_ROLLOUT_DEBOUNCE", default_value = "5s", value_parser = parse_debounce)]
     pub rollout_debounce: Duration,
+    /// How long SIGTERM waits for in-flight reconciles before the process exits anyway (keep it
+    /// under the pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "MANAGED_SECRETS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_interval)]
+    pub shutdown_timeout: Duration,
+    /// Most AWS secret values held in memory at once.
+    #[arg(long, env = "MANAGED_SECRETS_CACHE_MAX_ENTRIES", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cache_max_entries: u32,
+    /// Most bytes of AWS secret values held in memory at once (`64Mi`, `1Gi`, or bytes).
+    #[arg(long, env = "MANAGED_SECRETS_CACHE_MAX_BYTES", default_value = "64Mi", value_parser = parse_bytes)]
+    pub cache_max_bytes: usize,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     crate::schedule::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_debounce(s: &str) -> Result<Duration, String> {
+    let d = parse_interval(s)?;
+    crate::schedule::debounce(Some(s), d).map_err(|e| e.to_string())
+}
+
+/// `1024`, `64Ki`, `64Mi`, `1Gi`.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let (num, mult) = match s {
+        x if x.ends_with("Ki") => (&x[..x.len() - 2], 1usize << 10),
+        x if x.ends_with("Mi") => (&x[..x.len() - 2], 1 << 20),
+        x if x.ends_with("Gi") => (&x[..x.len() - 2], 1 << 30),
+        x => (x, 1),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size like 64Mi, 1Gi or a number of bytes"))
 }
 
 #[cfg(test)]
@@ -96,5 +126,24 @@ mod tests {
             .to_string();
         assert!(e.contains("--min-refresh-interval"), "{e}");
         assert!(Cli::try_parse_from(["managed-secrets", "run", "--unknown"]).is_err());
+        let e = Cli::try_parse_from(["managed-secrets", "run", "--rollout-debounce", "1h"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--rollout-debounce") && e.contains("maximum of 10m"),
+            "{e}"
+        );
+        let c =
+            Cli::try_parse_from(["managed-secrets", "run", "--cache-max-bytes", "1Gi"]).unwrap();
+        match c.command {
+            Command::Run(a) => {
+                assert_eq!(a.cache_max_bytes, 1 << 30);
+                assert_eq!(a.shutdown_timeout, Duration::from_secs(20));
+            }
+            _ => panic!("run"),
+        }
+        assert!(
+            Cli::try_parse_from(["managed-secrets", "run", "--cache-max-bytes", "lots"]).is_err()
+        );
     }
 }

@@ -33,25 +33,34 @@ pub const FINALIZER: &str = "managedsecrets.io/cleanup";
 #[serde(rename_all = "camelCase")]
 pub struct ManagedSecretSpec {
     /// Name (e.g. `prod/db/credentials`) or full ARN of the AWS Secrets Manager secret.
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^[A-Za-z0-9/_+=.@:-]+$")
+    )]
     pub secret_id: String,
     /// AWS region of the secret; defaults to the operator's region (or the ARN's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"))]
     pub region: Option<String>,
     /// Staging label to read (default `AWSCURRENT`). `AWSPENDING` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9_+=.@-]+$"))]
     pub version_stage: Option<String>,
     /// Pin one version by its VersionId instead of following a staging label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+=.@-]+$"))]
     pub version_id: Option<String>,
-    /// How often the value is re-read from AWS: `30s`, `5m`, `1h`, `1h30m`. Default `5m`, minimum `10s`.
+    /// How often the value is re-read from AWS: `30s`, `5m`, `1h`, `1h30m`. Default `5m`, minimum
+    /// `10s` (flag `--min-refresh-interval`), maximum `24h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]{1,6}(ms|s|m|h)){1,4}$"))]
     pub refresh_interval: Option<String>,
     /// How the AWS value maps into the Secret's keys.
     pub data: DataMapping,
     /// Extra keys rendered from the JSON fields with `{{ field }}` placeholders (see the README).
+    /// At most 32, each at most 16 KiB.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 16384}))]
     pub templates: BTreeMap<String, String>,
     /// The Kubernetes Secret to write.
     #[serde(default)]
@@ -67,6 +76,7 @@ pub struct ManagedSecretSpec {
 pub struct RolloutSpec {
     /// Workloads by kind and name (same namespace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub targets: Vec<RolloutTarget>,
     /// Workloads by label selector (same namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,15 +93,19 @@ pub struct RolloutSpec {
     #[serde(default)]
     pub strategy: RolloutStrategy,
     /// How long to wait after a new version before restarting, so that several rotations in that
-    /// window make one rollout. Default `5s`.
+    /// window make one rollout. Default `5s` (flag `--rollout-debounce`), maximum `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]{1,6}(ms|s|m|h)){1,4}$"))]
     pub debounce: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct RolloutTarget {
     pub kind: WorkloadKind,
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -147,39 +161,51 @@ pub struct DataMapping {
     pub all_keys: bool,
     /// Selected fields of a JSON value, each to a key; `from` may be a dotted path (`credentials.password`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub keys: Vec<KeyMapping>,
     /// The whole value (string or binary) goes to this one key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub raw_key: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct KeyMapping {
     /// Field of the JSON value; dots go into nested objects.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 1024))]
     pub from: String,
     /// Key in the Secret; defaults to the last segment of `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub to: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
-    /// Secret name; defaults to the ManagedSecret's name.
+    /// Secret name (a DNS-1123 subdomain); defaults to the ManagedSecret's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: Option<String>,
     /// Secret type.
     #[serde(default, rename = "type")]
     pub type_: SecretType,
+    /// Labels for the Secret (at most 32).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
     pub labels: BTreeMap<String, String>,
+    /// Annotations for the Secret (at most 32, each value at most 4 KiB).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub creation_policy: CreationPolicy,
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// `Delete` or `Retain`; default `Delete`, but `Retain` for `creationPolicy: Orphan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -292,8 +318,43 @@ impl ManagedSecret {
     }
 }
 
-/// The CRD as YAML (what `managed-secrets crdgen` prints and `crds/` holds).
+/// The CRD as YAML (what `managed-secrets crdgen` prints and `crds/` holds). Keys are sorted, so
+/// the output does not depend on whether serde_json's `preserve_order` is unified into the build
+/// (it is when the whole workspace builds, not when the operator builds alone).
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&ManagedSecret::crd()).expect("CRD serializes")
+    sorted_yaml(&ManagedSecret::crd())
+}
+
+/// YAML of `v` with every mapping's keys in sorted order.
+pub fn sorted_yaml<T: Serialize>(v: &T) -> String {
+    let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+    serde_yaml::to_string(&Sorted(&json)).unwrap_or_default()
+}
+
+struct Sorted<'a>(&'a serde_json::Value);
+
+impl Serialize for Sorted<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut map = s.serialize_map(Some(keys.len()))?;
+                for k in keys {
+                    map.serialize_entry(k, &Sorted(&m[k]))?;
+                }
+                map.end()
+            }
+            serde_json::Value::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for x in a {
+                    seq.serialize_element(&Sorted(x))?;
+                }
+                seq.end()
+            }
+            other => other.serialize(s),
+        }
+    }
 }

@@ -1,33 +1,37 @@
-//! The operator's HTTP server: `/healthz`, `/readyz`, `/metrics`.
+//! The operator's HTTP server: `/healthz` (the reconcile loop is alive), `/readyz` (every watched
+//! kind listed), `/metrics`.
 
+use crate::health::{Health, Verdict};
 use crate::metrics::Metrics;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-#[derive(Clone)]
-pub struct Health {
-    pub ready: Arc<AtomicBool>,
-    pub metrics: Arc<Metrics>,
+fn answer(v: Verdict) -> (StatusCode, String) {
+    let code = if v.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, v.text)
 }
 
-pub fn router(h: Health) -> Router {
-    let ready = h.ready.clone();
-    let metrics = h.metrics.clone();
+pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    let live = health.clone();
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let h = live.clone();
+                async move { answer(h.live()) }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.clone();
-                async move {
-                    if ready.load(Ordering::SeqCst) {
-                        (axum::http::StatusCode::OK, "ready")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting")
-                    }
-                }
+                let h = health.clone();
+                async move { answer(h.ready()) }
             }),
         )
         .route(

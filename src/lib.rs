@@ -5,6 +5,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod k8s;
 pub mod metrics;
@@ -12,6 +13,7 @@ pub mod render;
 pub mod rollout;
 pub mod schedule;
 pub mod source;
+pub mod status;
 pub mod telemetry;
 
 pub use error::{Error, Result};

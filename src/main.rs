@@ -1,8 +1,9 @@
 use anyhow::Context as _;
 use clap::Parser;
-use managed_secrets::config::{Cli, Command};
+use managed_secrets::config::{Cli, Command, RunArgs};
+use managed_secrets::health::Health;
+use managed_secrets::source::cache::{CachedSource, Limits};
 use managed_secrets::{controller, crd, http, metrics::Metrics, source, telemetry};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -17,22 +18,40 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => args,
     };
     telemetry::init(args.log_format);
+    let code = match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "managed-secrets failed to start");
+            1
+        }
+    };
+    // Exit now: a hung connection or a blocking task must not keep a stopped operator alive.
+    std::process::exit(code);
+}
+
+/// Runs until SIGTERM/SIGINT (exit 0) or until the controller stops by itself (exit 1: the pod
+/// restarts instead of looking healthy while nothing syncs).
+async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
     let backend = source::aws::AwsBackend::from_env(metrics.clone()).await;
-    let src: source::DynSourceRef = Arc::new(source::cache::CachedSource::new(backend));
-    let ready = Arc::new(AtomicBool::new(false));
+    let src: source::DynSourceRef = Arc::new(
+        CachedSource::new(backend)
+            .with_limits(Limits {
+                max_entries: args.cache_max_entries as usize,
+                max_bytes: args.cache_max_bytes,
+            })
+            .with_metrics(metrics.clone()),
+    );
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
-    let router = http::router(http::Health {
-        ready: ready.clone(),
-        metrics: metrics.clone(),
-    });
+    let router = http::router(health.clone(), metrics.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -48,26 +67,57 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     tracing::info!(namespace = ?settings.namespace, metrics = %args.metrics_addr, "managed-secrets starting");
-    ready.store(true, Ordering::SeqCst);
     let mut ctrl_stop = stop_rx.clone();
     let shutdown = async move {
         let _ = ctrl_stop.changed().await;
     };
-    let ctrl = tokio::spawn(controller::run(client, src, metrics, settings, shutdown));
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    ready.store(false, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    let _ = ctrl.await;
-    let _ = server.await;
-    Ok(())
+    let mut ctrl = tokio::spawn(controller::run(
+        client,
+        src,
+        metrics,
+        health.clone(),
+        settings,
+        shutdown,
+    ));
+    let code = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            health.shutting_down();
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(args.shutdown_timeout, &mut ctrl).await {
+                Ok(_) => tracing::info!("stopped"),
+                Err(_) => {
+                    ctrl.abort();
+                    tracing::warn!(timeout = ?args.shutdown_timeout, "reconciles did not finish within --shutdown-timeout; exiting anyway");
+                }
+            }
+            0
+        }
+        res = &mut ctrl => {
+            match res {
+                Err(e) if e.is_panic() => tracing::error!("the controller panicked; exiting so that the pod restarts"),
+                _ => tracing::error!("the controller stopped unexpectedly; exiting so that the pod restarts"),
+            }
+            health.ended();
+            let _ = stop_tx.send(true);
+            1
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    Ok(code)
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -16,6 +18,12 @@ pub struct ReasonLabels {
 pub struct RolloutLabels {
     pub kind: String,
     pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub resource: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +42,13 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub managed_objects: Gauge,
     pub rollouts: Family<RolloutLabels, Counter>,
+    pub watch_errors: Family<WatchLabels, Counter>,
+    pub oldest_value_age: Gauge,
+    pub stale_objects: Gauge,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    /// Per object: unix seconds of the last time AWS confirmed its value, and whether it is stale.
+    freshness: Mutex<HashMap<String, (i64, bool)>>,
 }
 
 impl Default for Metrics {
@@ -47,6 +62,36 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let managed_objects = Gauge::default();
         let rollouts = Family::<RolloutLabels, Counter>::default();
+        let watch_errors = Family::<WatchLabels, Counter>::default();
+        let oldest_value_age = Gauge::default();
+        let stale_objects = Gauge::default();
+        let cache_entries = Gauge::default();
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "watch_errors",
+            "Failed lists and watches by resource and reason (Forbidden: RBAC is missing a permission)",
+            watch_errors.clone(),
+        );
+        registry.register(
+            "oldest_value_age_seconds",
+            "Age of the oldest value AWS last confirmed for a synced Secret",
+            oldest_value_age.clone(),
+        );
+        registry.register(
+            "stale_objects",
+            "ManagedSecrets whose Secret AWS has not confirmed for longer than their refresh interval",
+            stale_objects.clone(),
+        );
+        registry.register(
+            "source_cache_entries",
+            "Secret values held in the source cache",
+            cache_entries.clone(),
+        );
+        registry.register(
+            "source_cache_bytes",
+            "Bytes of secret values held in the source cache",
+            cache_bytes.clone(),
+        );
         registry.register(
             "rollouts",
             "Rollouts triggered by workload kind and result",
@@ -85,6 +130,12 @@ impl Default for Metrics {
             reconcile_duration,
             managed_objects,
             rollouts,
+            watch_errors,
+            oldest_value_age,
+            stale_objects,
+            cache_entries,
+            cache_bytes,
+            freshness: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -113,7 +164,40 @@ impl Metrics {
             })
             .inc();
     }
+    pub fn watch_error(&self, resource: &str, reason: &str) {
+        self.watch_errors
+            .get_or_create(&WatchLabels {
+                resource: resource.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+    /// Records when AWS last confirmed an object's value (unix seconds) and whether it is stale.
+    pub fn freshness(&self, key: &str, confirmed_at: i64, stale: bool) {
+        self.freshness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), (confirmed_at, stale));
+    }
+    pub fn forget(&self, key: &str) {
+        self.freshness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
     pub fn render(&self) -> String {
+        {
+            let now = chrono::Utc::now().timestamp();
+            let f = self.freshness.lock().unwrap_or_else(|e| e.into_inner());
+            let oldest = f
+                .values()
+                .map(|(t, _)| *t)
+                .min()
+                .map(|t| now.saturating_sub(t).max(0));
+            self.oldest_value_age.set(oldest.unwrap_or(0));
+            self.stale_objects
+                .set(i64::try_from(f.values().filter(|(_, s)| *s).count()).unwrap_or(i64::MAX));
+        }
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("metrics encode");
         s

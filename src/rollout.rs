@@ -191,14 +191,64 @@ pub fn decide(
     }
 }
 
-/// Time left in the debounce window, if any. Pure.
+/// Time left in the debounce window, if any. Pure; a window that ends past the representable
+/// future has nothing left to wait for (the debounce is bounded long before that).
 pub fn debounce_left(
     pending_since: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
     debounce: std::time::Duration,
 ) -> Option<std::time::Duration> {
-    let end = pending_since + chrono::Duration::from_std(debounce).unwrap_or_default();
+    let end = chrono::TimeDelta::from_std(debounce)
+        .ok()
+        .and_then(|d| pending_since.checked_add_signed(d))?;
     (now < end).then(|| (end - now).to_std().unwrap_or_default())
+}
+
+/// The records of every selected target for the synced `version` (kept, new baselines, or
+/// waiting for a rollout; missing named targets with their error) and the targets due for a
+/// rollout. Pure.
+pub fn records(
+    prev: &[RolloutRecord],
+    targets: &[TargetRef],
+    missing: &[TargetRef],
+    version: &str,
+    sync: Sync,
+    on_create: bool,
+    namespace: &str,
+) -> (Vec<RolloutRecord>, Vec<TargetRef>) {
+    let mut out = vec![];
+    let mut due = vec![];
+    for (kind, name) in targets {
+        let old = prev.iter().find(|r| r.kind == *kind && &r.name == name);
+        let fresh = || RolloutRecord {
+            kind: *kind,
+            name: name.clone(),
+            ..Default::default()
+        };
+        match decide(old, version, sync, on_create) {
+            Decision::Baseline => out.push(RolloutRecord {
+                version: Some(version.to_string()),
+                ..fresh()
+            }),
+            Decision::Nothing => out.push(old.cloned().unwrap_or_else(fresh)),
+            Decision::RollOut => {
+                due.push((*kind, name.clone()));
+                out.push(old.cloned().unwrap_or_else(fresh));
+            }
+        }
+    }
+    for (kind, name) in missing {
+        out.push(RolloutRecord {
+            kind: *kind,
+            name: name.clone(),
+            error: Some(format!(
+                "{} {name} not found in namespace {namespace}",
+                kind.as_str()
+            )),
+            ..Default::default()
+        });
+    }
+    (out, due)
 }
 
 #[cfg(test)]
@@ -365,5 +415,52 @@ mod tests {
         let d = std::time::Duration::from_secs(5);
         assert_eq!(debounce_left(t0, t0, d), Some(d));
         assert!(debounce_left(t0, t0 + chrono::Duration::seconds(5), d).is_none());
+        // 4294967295h used to overflow chrono and panic the controller.
+        let huge = std::time::Duration::from_secs(4_294_967_295 * 3600);
+        assert_eq!(debounce_left(t0, t0, huge), None);
+        assert_eq!(debounce_left(t0, t0, std::time::Duration::MAX), None);
+    }
+
+    #[test]
+    fn records_keep_baselines_and_list_what_is_due_and_missing() {
+        let rec = |n: &str, v: &str| RolloutRecord {
+            kind: WorkloadKind::Deployment,
+            name: n.into(),
+            version: Some(v.into()),
+            ..Default::default()
+        };
+        let t = |n: &str| (WorkloadKind::Deployment, n.to_string());
+        let prev = vec![rec("api", "v1"), rec("web", "v2"), rec("gone", "v1")];
+        let (out, due) = records(
+            &prev,
+            &[t("api"), t("web"), t("new")],
+            &[t("ghost")],
+            "v2",
+            Sync::NewVersion,
+            false,
+            "app",
+        );
+        assert_eq!(due, vec![t("api"), t("new")]);
+        assert_eq!(
+            out,
+            vec![
+                rec("api", "v1"),
+                rec("web", "v2"),
+                RolloutRecord {
+                    kind: WorkloadKind::Deployment,
+                    name: "new".into(),
+                    ..Default::default()
+                },
+                RolloutRecord {
+                    kind: WorkloadKind::Deployment,
+                    name: "ghost".into(),
+                    error: Some("Deployment ghost not found in namespace app".into()),
+                    ..Default::default()
+                },
+            ]
+        );
+        let (out, due) = records(&[], &[t("api")], &[], "v1", Sync::First, false, "app");
+        assert!(due.is_empty());
+        assert_eq!(out, vec![rec("api", "v1")]);
     }
 }

@@ -1,19 +1,30 @@
 //! Pure timing: refresh intervals, jitter, and whether a reconcile must read AWS or can rest.
 
 use crate::error::{Error, Result};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use std::time::Duration;
 
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// The longest refreshInterval: a Secret is re-checked at least once a day.
+pub const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// The longest rollout debounce.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(600);
 
-/// Parses a Kubernetes-style duration: `30s`, `5m`, `1h`, `1h30m`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration> {
+/// Parses a Kubernetes-style duration: `30s`, `5m`, `1h`, `1h30m`, `500ms`. `field` names the
+/// setting in the error message.
+pub fn parse_duration_of(field: &str, s: &str) -> Result<Duration> {
     let bad = || {
         Error::InvalidSpec(format!(
-            "refreshInterval {s:?} is not a duration like 30s, 5m or 1h"
+            "{field} {s:?} is not a duration like 30s, 5m or 1h30m"
         ))
     };
+    if s.len() > 32 {
+        return Err(Error::InvalidSpec(format!(
+            "{field} is {} characters long; a duration is at most 32",
+            s.len()
+        )));
+    }
     let mut total = Duration::ZERO;
     let mut rest = s.trim();
     if rest.is_empty() {
@@ -24,7 +35,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         if digits == 0 {
             return Err(bad());
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let n: u32 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
         let (unit, len) = if rest.starts_with("ms") {
             (Duration::from_millis(1), 2)
@@ -37,26 +48,82 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         } else {
             return Err(bad());
         };
-        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        total = unit
+            .checked_mul(n)
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(bad)?;
         rest = &rest[len..];
     }
     Ok(total)
 }
 
-/// The refresh interval of a spec, with the default and the enforced minimum.
+/// [`parse_duration_of`] for flags and tests.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    parse_duration_of("duration", s)
+}
+
+/// The refresh interval of a spec, with the default and the enforced minimum and maximum.
 pub fn refresh_interval(spec: Option<&str>, minimum: Duration) -> Result<Duration> {
     let d = match spec {
         None => DEFAULT_REFRESH,
-        Some(s) => parse_duration(s)?,
+        Some(s) => parse_duration_of("refreshInterval", s)?,
     };
     if d < minimum {
         return Err(Error::InvalidSpec(format!(
-            "refreshInterval {} is below the minimum of {}s",
+            "refreshInterval {} is below the minimum of {}",
             spec.unwrap_or_default(),
-            minimum.as_secs()
+            human(minimum)
+        )));
+    }
+    if d > MAX_REFRESH {
+        return Err(Error::InvalidSpec(format!(
+            "refreshInterval {} is above the maximum of 24h",
+            spec.unwrap_or_default()
         )));
     }
     Ok(d)
+}
+
+/// A rollout debounce: the spec's, or the operator's default; at most 10 minutes.
+pub fn debounce(spec: Option<&str>, default: Duration) -> Result<Duration> {
+    let d = match spec {
+        None => default,
+        Some(s) => parse_duration_of("rollout.debounce", s)?,
+    };
+    if d > MAX_DEBOUNCE {
+        return Err(Error::InvalidSpec(format!(
+            "rollout.debounce {} is above the maximum of 10m",
+            spec.unwrap_or_default()
+        )));
+    }
+    Ok(d)
+}
+
+/// `1m30s`-style text for a duration (whole seconds; sub-second as ms).
+pub fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// `now + d` without overflow: None when the result is not a time chrono (or RFC 3339) can hold.
+pub fn after(now: DateTime<Utc>, d: Duration) -> Option<DateTime<Utc>> {
+    let t = now.checked_add_signed(chrono::TimeDelta::from_std(d).ok()?)?;
+    // RFC 3339 (status fields) has four-digit years.
+    (t.year_ce().1 <= 9999).then_some(t)
 }
 
 /// Adds up to 10% jitter so that many ManagedSecrets created together do not refresh together.
@@ -145,6 +212,42 @@ mod tests {
     }
 
     #[test]
+    fn huge_durations_are_errors_never_panics() {
+        // The values that crashed the operator before the bounds: each is an InvalidSpec now.
+        for huge in [
+            "4294967295h",
+            "99999999h",
+            "4294967295h4294967295h",
+            "18446744073709551615s",
+        ] {
+            let e = refresh_interval(Some(huge), MIN_REFRESH).unwrap_err();
+            assert_eq!(e.reason(), "InvalidSpec", "{huge}");
+            let e = debounce(Some(huge), Duration::from_secs(5)).unwrap_err();
+            assert_eq!(e.reason(), "InvalidSpec", "{huge}");
+        }
+        assert_eq!(
+            debounce(Some("11m"), Duration::from_secs(5))
+                .unwrap_err()
+                .to_string(),
+            "invalid spec: rollout.debounce 11m is above the maximum of 10m"
+        );
+        assert_eq!(
+            debounce(None, Duration::from_secs(5)).unwrap(),
+            Duration::from_secs(5)
+        );
+        let now = Utc::now();
+        assert_eq!(after(now, Duration::from_secs(u64::MAX)), None);
+        assert_eq!(after(now, Duration::from_secs(4_294_967_295 * 3600)), None);
+        assert_eq!(
+            after(now, Duration::from_secs(60)),
+            Some(now + chrono::Duration::seconds(60))
+        );
+        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human(Duration::from_millis(500)), "500ms");
+        assert_eq!(human(Duration::from_secs(10)), "10s");
+    }
+
+    #[test]
     fn refresh_interval_defaults_to_five_minutes_and_enforces_the_minimum() {
         assert_eq!(
             refresh_interval(None, MIN_REFRESH).unwrap(),
@@ -154,6 +257,16 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid spec: refreshInterval 5s is below the minimum of 10s"
+        );
+        assert_eq!(
+            refresh_interval(Some("25h"), MIN_REFRESH)
+                .unwrap_err()
+                .to_string(),
+            "invalid spec: refreshInterval 25h is above the maximum of 24h"
+        );
+        assert_eq!(
+            refresh_interval(Some("24h"), MIN_REFRESH).unwrap(),
+            MAX_REFRESH
         );
         assert_eq!(
             refresh_interval(Some("10s"), MIN_REFRESH).unwrap(),

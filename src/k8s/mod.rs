@@ -4,7 +4,8 @@
 pub mod workloads;
 
 use crate::crd::{
-    CreationPolicy, ManagedSecret, FIELD_MANAGER, MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL,
+    CreationPolicy, DeletionPolicy, ManagedSecret, FIELD_MANAGER, MANAGED_BY_ANNOTATION,
+    MANAGED_BY_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::render::{hash_data, SecretData};
@@ -207,19 +208,63 @@ pub async fn apply_secret(
     }
 }
 
-/// Cleanup when the ManagedSecret goes: per deletionPolicy and creationPolicy.
-pub async fn release_secret(api: &Api<Secret>, ms: &ManagedSecret) -> Result<()> {
-    use crate::crd::DeletionPolicy;
-    let name = ms.target_name();
-    let Some(current) = api.get_opt(&name).await.map_err(Error::Kube)? else {
-        return Ok(());
-    };
-    let ours = check_target(ms, Some(&current)).is_ok();
-    let uid = ms.metadata.uid.clone().unwrap_or_default();
+/// Is `name` a valid Secret name (a DNS-1123 subdomain)?
+pub fn valid_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// The deletion policy in effect: the spec's, or by default Retain for `Orphan` (an orphaned
+/// Secret outlives its ManagedSecret) and Delete otherwise.
+pub fn deletion_policy(ms: &ManagedSecret) -> DeletionPolicy {
     match (
         ms.spec.target.deletion_policy,
         ms.spec.target.creation_policy,
     ) {
+        (Some(p), _) => p,
+        (None, CreationPolicy::Orphan) => DeletionPolicy::Retain,
+        (None, _) => DeletionPolicy::Delete,
+    }
+}
+
+/// A Secret's type cannot change: an existing Secret of ours with another type is reported
+/// instead of being retried forever against the API server's refusal.
+pub fn check_type_change(ms: &ManagedSecret, current: Option<&Secret>) -> Result<()> {
+    let t = &ms.spec.target;
+    let Some(cur) = current else { return Ok(()) };
+    if t.creation_policy == CreationPolicy::Merge {
+        return Ok(());
+    }
+    let have = cur.type_.as_deref().unwrap_or("Opaque");
+    if have != t.type_.as_str() {
+        return Err(Error::InvalidSpec(format!(
+            "Secret {} has type {have} and a Secret's type cannot change: set target.type back to {have}, or delete the Secret so that it is created again as {}",
+            ms.target_name(),
+            t.type_.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// Gives a Secret back when the ManagedSecret goes (or stops targeting it): per deletionPolicy
+/// and creationPolicy. A Secret that is not ours is left alone.
+pub async fn release_secret(api: &Api<Secret>, ms: &ManagedSecret, name: &str) -> Result<()> {
+    let Some(current) = api.get_opt(name).await.map_err(Error::Kube)? else {
+        return Ok(());
+    };
+    let mut named = ms.clone();
+    named.spec.target.name = Some(name.to_string());
+    let ours = check_target(&named, Some(&current)).is_ok();
+    let uid = ms.metadata.uid.clone().unwrap_or_default();
+    match (deletion_policy(ms), ms.spec.target.creation_policy) {
         (DeletionPolicy::Retain, _) => {
             // Keep the Secret: drop our ownerReference so the garbage collector leaves it.
             let refs: Vec<_> = current
@@ -239,7 +284,7 @@ pub async fn release_secret(api: &Api<Secret>, ms: &ManagedSecret) -> Result<()>
                     .unwrap_or(0)
             {
                 let patch = json!({"metadata": {"ownerReferences": if refs.is_empty() { Value::Null } else { json!(refs) }}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .map_err(Error::Kube)?;
             }
@@ -248,7 +293,7 @@ pub async fn release_secret(api: &Api<Secret>, ms: &ManagedSecret) -> Result<()>
             // Give back only our keys: applying an empty config removes the fields we own.
             let empty = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ms.metadata.namespace}});
             api.patch(
-                &name,
+                name,
                 &PatchParams::apply(FIELD_MANAGER),
                 &Patch::Apply(&empty),
             )
@@ -256,9 +301,16 @@ pub async fn release_secret(api: &Api<Secret>, ms: &ManagedSecret) -> Result<()>
             .map_err(Error::Kube)?;
         }
         (DeletionPolicy::Delete, _) if ours => {
-            match api.delete(&name, &DeleteParams::default()).await {
+            let dp = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: current.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(name, &dp).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(e) => return Err(Error::Kube(e)),
             }
         }
@@ -359,6 +411,41 @@ mod tests {
         let mut no_owner = s.clone();
         no_owner.metadata.owner_references = None;
         assert!(!in_sync(&no_owner, &d));
+    }
+
+    #[test]
+    fn orphaned_secrets_are_retained_by_default() {
+        let mut m = ms(CreationPolicy::Orphan);
+        assert_eq!(deletion_policy(&m), DeletionPolicy::Retain);
+        m.spec.target.deletion_policy = Some(DeletionPolicy::Delete);
+        assert_eq!(deletion_policy(&m), DeletionPolicy::Delete);
+        assert_eq!(
+            deletion_policy(&ms(CreationPolicy::Owner)),
+            DeletionPolicy::Delete
+        );
+        assert_eq!(
+            deletion_policy(&ms(CreationPolicy::Merge)),
+            DeletionPolicy::Delete
+        );
+    }
+
+    #[test]
+    fn secret_names_and_type_changes() {
+        for ok in ["db", "db-credentials", "a.b-c", "0x"] {
+            assert!(valid_secret_name(ok), "{ok}");
+        }
+        for bad in ["", "Db", "-db", "db-", "a..b", "a_b", &"a".repeat(254)] {
+            assert!(!valid_secret_name(bad), "{bad}");
+        }
+        let m = ms(CreationPolicy::Owner);
+        let mut s = secret_from(&desired_secret(&m, &data(), "v1"));
+        assert!(check_type_change(&m, Some(&s)).is_ok());
+        s.type_ = Some("kubernetes.io/tls".into());
+        assert_eq!(
+            check_type_change(&m, Some(&s)).unwrap_err().to_string(),
+            "invalid spec: Secret db has type kubernetes.io/tls and a Secret's type cannot change: set target.type back to kubernetes.io/tls, or delete the Secret so that it is created again as Opaque"
+        );
+        assert!(check_type_change(&ms(CreationPolicy::Merge), Some(&s)).is_ok());
     }
 
     #[test]

@@ -11,6 +11,9 @@ use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// Most per-region clients kept (AWS has about 35 regions).
+pub const MAX_REGIONS: usize = 64;
+
 pub struct AwsBackend {
     base: aws_config::SdkConfig,
     clients: Mutex<HashMap<String, Client>>,
@@ -41,6 +44,12 @@ impl AwsBackend {
             .or_else(|| region_of_arn(&secret.secret_id))
             .unwrap_or_default();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if clients.len() >= MAX_REGIONS && !clients.contains_key(&region) {
+            // Bounded: a spec cannot make the operator hold a client per made-up region.
+            if let Some(k) = clients.keys().next().cloned() {
+                clients.remove(&k);
+            }
+        }
         clients
             .entry(region.clone())
             .or_insert_with(|| {
@@ -103,9 +112,10 @@ pub fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
             };
             Error::AwsUnavailable { secret: s, detail }
         }
+        // The AWS error code only: an error message is not ours to repeat.
         other => Error::AwsUnavailable {
             secret: s,
-            detail: format!("{other}: {}", err.message().unwrap_or("")),
+            detail: other.to_string(),
         },
     }
 }

@@ -31,6 +31,8 @@ pub struct FetchRequest {
     pub bypass_cache: bool,
     /// A cached value older than this is re-validated with AWS.
     pub max_age: Duration,
+    /// Who needs the value (a ManagedSecret's UID): the cache drops values nobody needs.
+    pub owner: String,
 }
 
 /// A value with the AWS version it belongs to. `Debug` is redacted through [`SecretValue`].
@@ -49,6 +51,10 @@ pub type DynSourceRef = Arc<dyn SecretSource>;
 /// The operator's view of a secret store.
 pub trait SecretSource: Send + Sync {
     fn fetch<'a>(&'a self, req: &'a FetchRequest) -> BoxFuture<'a, Result<Fetched>>;
+    /// `owner` no longer needs any value (its ManagedSecret is gone).
+    fn release(&self, owner: &str);
+    /// Only these owners still exist; values needed by no one else are dropped.
+    fn retain(&self, live: &std::collections::HashSet<String>);
 }
 
 /// DescribeSecret's answer: each version id with its staging labels.

@@ -229,6 +229,35 @@ impl Cluster {
 
     /// Waits until the ManagedSecret's Ready condition has `status` and `reason`; returns it.
     pub async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> ManagedSecret {
+        self.wait_condition(name, "Ready", status, reason).await
+    }
+
+    /// Waits until the ManagedSecret has no condition of `type_`; returns it.
+    pub async fn wait_no_condition(&self, name: &str, type_: &str) -> ManagedSecret {
+        wait_for(
+            &format!("{name} without a {type_} condition"),
+            DEADLINE,
+            || async {
+                let ms = self.managed().get(name).await.ok()?;
+                let has = ms
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.iter().any(|c| c.type_ == type_))
+                    .unwrap_or(false);
+                (!has && ms.status.is_some()).then_some(ms)
+            },
+        )
+        .await
+    }
+
+    /// Waits until the ManagedSecret's condition `type_` has `status` and `reason`; returns it.
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> ManagedSecret {
         let mut last = String::new();
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
@@ -236,7 +265,7 @@ impl Cluster {
                 if let Some(c) = ms
                     .status
                     .as_ref()
-                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
                 {
                     if c.status == status && c.reason == reason {
                         return ms;
@@ -246,7 +275,7 @@ impl Cluster {
             }
             assert!(
                 tokio::time::Instant::now() < end,
-                "ManagedSecret {name} never became Ready={status} ({reason}); last: {last}"
+                "ManagedSecret {name} never had {type_}={status} ({reason}); last: {last}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -336,6 +365,7 @@ pub struct Operator {
     task: Option<tokio::task::JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<managed_secrets::health::Health>,
 }
 
 impl Operator {
@@ -349,7 +379,9 @@ impl Operator {
         }
         let metrics = Arc::new(Metrics::default());
         let backend = source::aws::AwsBackend::new(aws.sdk_config(), metrics.clone());
-        let src: source::DynSourceRef = Arc::new(source::cache::CachedSource::new(backend));
+        let src: source::DynSourceRef =
+            Arc::new(source::cache::CachedSource::new(backend).with_metrics(metrics.clone()));
+        let health = Arc::new(managed_secrets::health::Health::default());
         let settings = controller::Settings {
             namespace: Some(cluster.namespace.clone()),
             concurrency: 4,
@@ -363,6 +395,7 @@ impl Operator {
             cluster.client.clone(),
             src,
             metrics.clone(),
+            health.clone(),
             settings,
             async move {
                 let _ = rx.await;
@@ -372,6 +405,7 @@ impl Operator {
             task: Some(task),
             stop: Some(tx),
             metrics,
+            health,
         }
     }
 

@@ -1,0 +1,404 @@
+//! The reconcile glue: the watches that trigger reconciles, the per-object state kept in memory,
+//! and the one place every error goes through. What a sync does is in `sync`, rollouts in
+//! `rollout`, the finalizer's cleanup in `cleanup`; every decision lives in a pure module.
+
+mod cleanup;
+mod rollout;
+mod sync;
+
+use crate::crd::{ManagedSecret, FIELD_MANAGER, FINALIZER, FORCE_SYNC_ANNOTATION};
+use crate::crd::{MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL};
+use crate::error::{backoff, Error, Result};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::render::Mapping;
+use crate::schedule;
+use crate::source::DynSourceRef;
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as FEvent};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, instrument, warn};
+
+pub use sync::validate_spec;
+
+/// Settings the controller runs with (validated by `config`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace (all when `None`).
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+    pub min_refresh: Duration,
+    pub reporter: String,
+    /// Default debounce before a rollout (a ManagedSecret's rollout.debounce overrides it).
+    pub rollout_debounce: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            rollout_debounce: Duration::from_secs(5),
+            namespace: None,
+            concurrency: 4,
+            min_refresh: schedule::MIN_REFRESH,
+            reporter: "managed-secrets".into(),
+        }
+    }
+}
+
+/// What the operator remembers about one ManagedSecret between reconciles (by UID).
+#[derive(Default)]
+struct ObjectState {
+    /// `namespace/name`, for metrics.
+    key: String,
+    /// Consecutive failures, also when the status could not record them.
+    failures: u32,
+    /// When AWS last confirmed the synced value.
+    confirmed_at: Option<DateTime<Utc>>,
+    /// The compiled mapping and the generation it was compiled for.
+    mapping: Option<(Option<i64>, Arc<Mapping>)>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub source: DynSourceRef,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub health: Arc<Health>,
+    objects: Mutex<HashMap<String, ObjectState>>,
+}
+
+fn uid(ms: &ManagedSecret) -> String {
+    ms.metadata.uid.clone().unwrap_or_default()
+}
+
+impl Context {
+    fn with_state<T>(&self, ms: &ManagedSecret, f: impl FnOnce(&mut ObjectState) -> T) -> T {
+        let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        let st = objects.entry(uid(ms)).or_insert_with(|| ObjectState {
+            key: format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()),
+            ..Default::default()
+        });
+        let out = f(st);
+        self.metrics
+            .managed_objects
+            .set(i64::try_from(objects.len()).unwrap_or(i64::MAX));
+        out
+    }
+
+    /// The spec's mapping, compiled once per generation.
+    fn mapping(&self, ms: &ManagedSecret) -> Result<Arc<Mapping>> {
+        let generation = ms.metadata.generation;
+        if let Some(m) = self.with_state(ms, |st| {
+            st.mapping
+                .as_ref()
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, m)| m.clone())
+        }) {
+            return Ok(m);
+        }
+        let m = Arc::new(Mapping::compile(&ms.spec)?);
+        self.with_state(ms, |st| st.mapping = Some((generation, m.clone())));
+        Ok(m)
+    }
+
+    fn confirmed(&self, ms: &ManagedSecret, at: DateTime<Utc>) {
+        let key = self.with_state(ms, |st| {
+            st.confirmed_at = Some(at);
+            st.failures = 0;
+            st.key.clone()
+        });
+        self.metrics.freshness(&key, at.timestamp(), false);
+    }
+
+    fn confirmed_at(&self, ms: &ManagedSecret) -> Option<DateTime<Utc>> {
+        self.with_state(ms, |st| st.confirmed_at)
+    }
+
+    /// Counts a failure; returns the consecutive failures (at least one more than the status says).
+    fn failed(&self, ms: &ManagedSecret) -> u32 {
+        let recorded = ms.status.as_ref().map(|s| s.failures).unwrap_or(0);
+        self.with_state(ms, |st| {
+            st.failures = st.failures.max(recorded).saturating_add(1);
+            st.failures
+        })
+    }
+
+    /// Forgets an object that is gone: its state, its metrics and its cached values.
+    fn forget(&self, uid: &str) {
+        let removed = {
+            let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+            let r = objects.remove(uid);
+            self.metrics
+                .managed_objects
+                .set(i64::try_from(objects.len()).unwrap_or(i64::MAX));
+            r
+        };
+        if let Some(st) = removed {
+            self.metrics.forget(&st.key);
+        }
+        self.source.release(uid);
+    }
+
+    /// Forgets every object not in `live` (objects deleted while a watch was down).
+    fn sweep(&self, live: &HashSet<String>) {
+        let gone: Vec<String> = self
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|u| !live.contains(*u))
+            .cloned()
+            .collect();
+        for u in gone {
+            self.forget(&u);
+        }
+        self.source.retain(live);
+    }
+
+    async fn event(&self, ms: &ManagedSecret, type_: EventType, reason: &str, note: String) {
+        let ev = KEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &ms.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// The wait after the `failures`-th consecutive failure: 5s, 10s, ... 5m, plus up to 10% jitter,
+/// and never less than what the server asked for.
+fn retry_wait(err: &Error, failures: u32) -> Duration {
+    let wait = schedule::jittered(backoff(failures), rand::random::<f64>());
+    err.retry_after().map(|r| r.max(wait)).unwrap_or(wait)
+}
+
+#[instrument(skip_all, fields(namespace = %ms.namespace().unwrap_or_default(), name = %ms.name_any()))]
+async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let api: Api<ManagedSecret> =
+        Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
+    let obj = ms.clone();
+    let work = finalizer(&api, FINALIZER, ms, |event| async {
+        match event {
+            FEvent::Apply(ms) => sync::apply(&ms, &ctx).await,
+            FEvent::Cleanup(ms) => cleanup::cleanup(&ms, &ctx).await,
+        }
+    });
+    // A panic is a bug; it must cost one object a retry, never the operator.
+    let res = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(r) => r.map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            kube::runtime::finalizer::Error::AddFinalizer(e)
+            | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+            other => Error::Finalizer(other.to_string()),
+        }),
+        Err(_) => {
+            error!("reconcile panicked; the object is retried with back-off");
+            Err(Error::Internal("a panic".into()))
+        }
+    };
+    // A sync reports its own failures; what failed around it (the finalizer patch, a panic)
+    // goes through the same path: status, an Event, back-off. During deletion there is no
+    // status to write: the error policy backs off.
+    let res = match res {
+        Err(e) if obj.metadata.deletion_timestamp.is_none() => {
+            Ok(sync::fail(&obj, &ctx, e, sync::Known::default()).await)
+        }
+        other => other,
+    };
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics.reconciles_completed.inc();
+    res
+}
+
+/// Errors of a deletion's cleanup: logged and retried with back-off (the cleanup sends its Event).
+fn error_policy(ms: Arc<ManagedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(err.reason());
+    let failures = ctx.with_state(&ms, |st| st.failures.max(1));
+    let wait = retry_wait(err, failures);
+    warn!(name = %ms.name_any(), reason = err.reason(), error = %err, retry_in = ?wait, "reconcile error");
+    Action::requeue(wait)
+}
+
+/// The properties whose change needs a reconcile: the spec (generation), the force-sync
+/// annotation, deletion and finalizers. Status writes (ours included) are not among them.
+fn sync_relevant(ms: &ManagedSecret) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    ms.metadata.generation.hash(&mut h);
+    ms.annotations().get(FORCE_SYNC_ANNOTATION).hash(&mut h);
+    ms.metadata.deletion_timestamp.is_some().hash(&mut h);
+    ms.finalizers().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Logs watch failures (a 403 loudly, naming the permission), counts them, and marks a kind as
+/// listed once its initial list succeeded.
+fn watch_report<K>(
+    resource: &'static str,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+) -> impl FnMut(&std::result::Result<watcher::Event<K>, watcher::Error>) {
+    move |ev| match ev {
+        Ok(watcher::Event::InitDone) => health.listed(resource),
+        Ok(_) => {}
+        Err(e) => {
+            let status = match e {
+                watcher::Error::InitialListFailed(kube::Error::Api(s))
+                | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                | watcher::Error::WatchFailed(kube::Error::Api(s)) => {
+                    Some((s.code, s.reason.clone()))
+                }
+                watcher::Error::WatchError(s) => Some((s.code, s.reason.clone())),
+                _ => None,
+            };
+            let reason = status
+                .as_ref()
+                .map(|(c, r)| {
+                    if r.is_empty() {
+                        c.to_string()
+                    } else {
+                        r.clone()
+                    }
+                })
+                .unwrap_or_else(|| "Unreachable".into());
+            metrics.watch_error(resource, &reason);
+            match status {
+                Some((403, _)) => error!(
+                    resource,
+                    error = %e,
+                    "the operator may not list or watch {resource}: grant its ServiceAccount get, list and watch on {resource} (the chart's RBAC does); nothing syncs until then"
+                ),
+                Some((410, _)) => debug!(resource, "watch expired; re-listing"),
+                _ => warn!(resource, error = %e, "watch failed; retrying with back-off"),
+            }
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. Returns when it stops; it only stops early if
+/// something is badly wrong, which the caller must treat as fatal.
+pub async fn run(
+    client: Client,
+    source: DynSourceRef,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (mss, secrets): (Api<ManagedSecret>, Api<Secret>) = match &settings.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| settings.reporter.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: settings.reporter.clone(),
+            instance: Some(instance),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        source,
+        metrics: metrics.clone(),
+        recorder,
+        settings: settings.clone(),
+        health: health.clone(),
+        objects: Mutex::new(HashMap::new()),
+    });
+    health.watching("managedsecrets");
+    health.watching("secrets");
+
+    let (ms_store, ms_writer) = reflector::store::<ManagedSecret>();
+    let forget = ctx.clone();
+    let ms_events = watcher(mss, watcher::Config::default())
+        .default_backoff()
+        .inspect(watch_report(
+            "managedsecrets",
+            health.clone(),
+            metrics.clone(),
+        ))
+        .reflect(ms_writer)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Delete(o)) = ev {
+                forget.forget(&uid(o));
+            }
+        })
+        .applied_objects()
+        .predicate_filter(sync_relevant, Default::default());
+    let secret_events = watcher(
+        secrets,
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")),
+    )
+    .default_backoff()
+    .inspect(watch_report("secrets", health.clone(), metrics.clone()))
+    .touched_objects();
+
+    let controller = Controller::for_stream(ms_events, ms_store.clone())
+        .watches_stream(secret_events, |s: Secret| {
+            let ns = s.namespace();
+            s.annotations().get(MANAGED_BY_ANNOTATION).map(|name| {
+                let r = ObjectRef::<ManagedSecret>::new(name);
+                match ns {
+                    Some(ns) => r.within(&ns),
+                    None => r,
+                }
+            })
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            match res {
+                Ok(_) => {}
+                Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
+                    debug!(object = %r, "object gone before its reconcile")
+                }
+                Err(e) => debug!(error = %e, "controller stream item"),
+            }
+        });
+    tokio::pin!(controller);
+    // The loop beats while it runs (liveness); once a minute objects deleted while a watch was
+    // down are forgotten.
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut last_sweep = Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut controller => break,
+            _ = tick.tick() => {
+                health.beat();
+                if last_sweep.elapsed() >= Duration::from_secs(60) && health.is_listed("managedsecrets") {
+                    last_sweep = Instant::now();
+                    let live: HashSet<String> = ms_store.state().iter().map(|o| uid(o)).collect();
+                    ctx.sweep(&live);
+                }
+            }
+        }
+    }
+    health.ended();
+    info!("controller stopped");
+}

@@ -1,0 +1,322 @@
+//! One sync of a ManagedSecret: read the target Secret, decide (schedule::plan) whether AWS must be
+//! asked, fetch through the source, render, write only what changed, release a renamed target,
+//! run the rollout step, record status. Every error ends in [`fail`].
+
+use super::{retry_wait, rollout, uid, Context};
+use crate::crd::{ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FORCE_SYNC_ANNOTATION};
+use crate::error::{Error, Result};
+use crate::k8s;
+use crate::schedule::{self, Observed, Plan};
+use crate::source::{FetchRequest, SecretRef, VersionSelector};
+use crate::status::{self, Failed, Synced, READY};
+use chrono::Utc;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+use serde_json::json;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// Most labels or annotations a ManagedSecret may put on its Secret (also the CRD's bound).
+pub const MAX_TARGET_METADATA: usize = 32;
+/// Most named rollout targets (also the CRD's bound).
+pub const MAX_ROLLOUT_TARGETS: usize = 64;
+
+/// Spec checks beyond the schema (which an older CRD may not have). Pure. Returns the refresh
+/// interval.
+pub fn validate_spec(ms: &ManagedSecret, min_refresh: Duration) -> Result<Duration> {
+    let spec = &ms.spec;
+    let interval = schedule::refresh_interval(spec.refresh_interval.as_deref(), min_refresh)?;
+    if spec.secret_id.is_empty() || spec.secret_id.len() > 2048 {
+        return Err(Error::InvalidSpec(
+            "secretId must be 1 to 2048 characters".into(),
+        ));
+    }
+    let target = ms.target_name();
+    if !k8s::valid_secret_name(&target) {
+        return Err(Error::InvalidSpec(format!(
+            "target.name must be a DNS-1123 subdomain (lower case letters, digits, '-' and '.', at most 253 characters); got {} characters",
+            target.len()
+        )));
+    }
+    if spec.version_stage.as_deref() == Some("AWSPENDING") {
+        return Err(Error::InvalidSpec("versionStage AWSPENDING is refused: a pending value is not yet in use and may never be".into()));
+    }
+    if spec.version_id.is_some() && spec.version_stage.is_some() {
+        return Err(Error::InvalidSpec(
+            "set either versionStage or versionId, not both".into(),
+        ));
+    }
+    for (what, n) in [
+        ("target.labels", spec.target.labels.len()),
+        ("target.annotations", spec.target.annotations.len()),
+    ] {
+        if n > MAX_TARGET_METADATA {
+            return Err(Error::InvalidSpec(format!(
+                "{what} has {n} entries; at most {MAX_TARGET_METADATA}"
+            )));
+        }
+    }
+    if let Some(r) = &spec.rollout {
+        schedule::debounce(r.debounce.as_deref(), Duration::ZERO)?;
+        if r.targets.len() > MAX_ROLLOUT_TARGETS {
+            return Err(Error::InvalidSpec(format!(
+                "rollout.targets has {} entries; at most {MAX_ROLLOUT_TARGETS}",
+                r.targets.len()
+            )));
+        }
+    }
+    Ok(interval)
+}
+
+fn secret_ref(ms: &ManagedSecret) -> SecretRef {
+    let version = match (&ms.spec.version_id, &ms.spec.version_stage) {
+        (Some(id), _) => VersionSelector::Id(id.clone()),
+        (None, Some(s)) => VersionSelector::Stage(s.clone()),
+        (None, None) => VersionSelector::Stage("AWSCURRENT".into()),
+    };
+    SecretRef {
+        secret_id: ms.spec.secret_id.clone(),
+        region: ms.spec.region.clone(),
+        version,
+    }
+}
+
+/// What a failed sync had learnt before it failed.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Known {
+    pub interval: Option<Duration>,
+    pub secret_intact: Option<bool>,
+    /// The status this attempt wrote before it failed (a failed rollout after a good sync).
+    pub status: Option<ManagedSecretStatus>,
+}
+
+/// Syncs `ms`; failures are recorded (status, Event, back-off) and never returned.
+pub(super) async fn apply(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
+    let mut known = Known::default();
+    match run(ms, ctx, &mut known).await {
+        Ok(a) => Ok(a),
+        Err(e) => Ok(fail(ms, ctx, e, known).await),
+    }
+}
+
+pub(super) async fn write_status(
+    ctx: &Context,
+    ms: &ManagedSecret,
+    status: &ManagedSecretStatus,
+) -> Result<()> {
+    if ms.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<ManagedSecret> =
+        Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
+    let body = json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret", "status": status});
+    api.patch_status(
+        &ms.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Action> {
+    let now = Utc::now();
+    let ns = ms.namespace().unwrap_or_default();
+    let status = ms.status.clone().unwrap_or_default();
+    let force = ms.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
+    let interval = validate_spec(ms, ctx.settings.min_refresh)?;
+    known.interval = Some(interval);
+    let mapping = ctx.mapping(ms)?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let target = ms.target_name();
+    let current = secrets.get_opt(&target).await.map_err(Error::Kube)?;
+    let intact = match &status.data_hash {
+        None => true,
+        Some(h) => {
+            current
+                .as_ref()
+                .and_then(|c| k8s::current_hash(c, &status.synced_keys))
+                .as_deref()
+                == Some(h.as_str())
+        }
+    };
+    known.secret_intact = Some(intact && current.is_some());
+    let plan = schedule::plan(&Observed {
+        now,
+        generation: ms.metadata.generation,
+        observed_generation: status.observed_generation,
+        force_sync: force.clone(),
+        last_force_sync: status.last_force_sync.clone(),
+        next_refresh: status::parse_ts(status.next_refresh_time.as_deref()),
+        ready: status::is_true(&status.conditions, READY),
+        secret_intact: intact,
+    });
+    let bypass_cache = match plan {
+        Plan::Rest { until } => {
+            let mut wait = (until - now).to_std().unwrap_or(ctx.settings.min_refresh);
+            if status.rollout_pending_since.is_some() {
+                // A rollout waits for its debounce window: no AWS call needed for it.
+                let mut st = status.clone();
+                let step = rollout::step(ms, ctx, &mut st, now, crate::rollout::Sync::Same).await?;
+                if let Some(hint) = step.hint {
+                    wait = wait.min(hint);
+                }
+                write_status(ctx, ms, &st).await?;
+                if let Some(e) = step.failed {
+                    known.status = Some(st);
+                    return Err(e);
+                }
+            }
+            debug!(until = %until, "in sync; resting");
+            return Ok(Action::requeue(wait));
+        }
+        Plan::Sync { bypass_cache, why } => {
+            debug!(why, bypass_cache, "syncing");
+            bypass_cache
+        }
+    };
+    k8s::check_target(ms, current.as_ref())?;
+    k8s::check_type_change(ms, current.as_ref())?;
+    let req = FetchRequest {
+        secret: secret_ref(ms),
+        bypass_cache,
+        max_age: interval,
+        owner: uid(ms),
+    };
+    let fetched = ctx.source.fetch(&req).await?;
+    ctx.confirmed(ms, now);
+    let data = mapping.render(&fetched.value)?;
+    let desired = k8s::desired_secret(ms, &data, &fetched.version_id);
+    let changed = match &current {
+        Some(c) if k8s::in_sync(c, &desired) => false,
+        _ => {
+            k8s::apply_secret(&secrets, ms, &desired).await?;
+            true
+        }
+    };
+    if changed {
+        ctx.metrics.syncs.inc();
+        info!(secret = %target, version = %fetched.version_id, keys = data.0.len(), "Secret written");
+        ctx.event(
+            ms,
+            EventType::Normal,
+            "Synced",
+            format!(
+                "Secret {target} now holds AWS version {} (keys: {})",
+                fetched.version_id,
+                data.keys().join(", ")
+            ),
+        )
+        .await;
+    }
+    if let Some(old) = status.secret_name.as_ref().filter(|o| **o != target) {
+        // target.name changed: the previous Secret is given back as a deletion would.
+        k8s::release_secret(&secrets, ms, old).await?;
+        info!(old = %old, new = %target, "released the previous target Secret");
+        ctx.event(
+            ms,
+            EventType::Normal,
+            "Released",
+            format!(
+                "Secret {old} is no longer the target (now {target}); released per deletionPolicy {:?}",
+                k8s::deletion_policy(ms)
+            ),
+        )
+        .await;
+    }
+    let next = schedule::after(now, schedule::jittered(interval, rand::random::<f64>()))
+        .ok_or_else(|| Error::InvalidSpec("refreshInterval is too long".into()))?;
+    let mut new_status = status::synced(
+        &status,
+        Synced {
+            generation: ms.metadata.generation,
+            secret_id: ms.spec.secret_id.clone(),
+            target: target.clone(),
+            version_id: fetched.version_id.clone(),
+            version_stages: fetched.version_stages.clone(),
+            data_hash: data.hash(),
+            keys: data.keys(),
+            now,
+            next_refresh: next,
+            forced: if bypass_cache { force } else { None },
+        },
+    );
+    let sync_kind = match &status.synced_version_id {
+        None => crate::rollout::Sync::First,
+        Some(v) if *v != fetched.version_id => crate::rollout::Sync::NewVersion,
+        Some(_) => crate::rollout::Sync::Same,
+    };
+    let mut wait = (next - now).to_std().unwrap_or(interval);
+    let step = rollout::step(ms, ctx, &mut new_status, now, sync_kind).await?;
+    if let Some(hint) = step.hint {
+        wait = wait.min(hint);
+    }
+    write_status(ctx, ms, &new_status).await?;
+    if let Some(e) = step.failed {
+        known.status = Some(new_status);
+        return Err(e);
+    }
+    Ok(Action::requeue(wait))
+}
+
+/// A failure: the Secret is left as it is; status and an Event say what failed and when the next
+/// attempt is. Transient errors back off (5s ... 5m with jitter, or what a 429 asked for);
+/// permanent ones wait for a spec change or the next refresh.
+pub(super) async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, known: Known) -> Action {
+    let now = Utc::now();
+    let prev = known
+        .status
+        .clone()
+        .or_else(|| ms.status.clone())
+        .unwrap_or_default();
+    let failures = ctx.failed(ms);
+    let transient = err.is_transient();
+    let interval = known.interval.unwrap_or(schedule::DEFAULT_REFRESH);
+    let wait = if transient {
+        retry_wait(&err, failures)
+    } else {
+        schedule::jittered(interval, rand::random::<f64>())
+    };
+    let next_attempt = schedule::after(now, wait).unwrap_or(now);
+    let confirmed_at = ctx
+        .confirmed_at(ms)
+        .or_else(|| status::parse_ts(prev.last_sync_time.as_deref()));
+    let reason = err.reason();
+    let (mut st, stale) = status::failed(
+        &prev,
+        Failed {
+            generation: ms.metadata.generation,
+            secret_id: ms.spec.secret_id.clone(),
+            target: ms.target_name(),
+            reason,
+            message: err.to_string(),
+            transient,
+            secret_intact: known.secret_intact.unwrap_or(true),
+            now,
+            next_attempt,
+            confirmed_at,
+            refresh_interval: interval,
+        },
+    );
+    st.failures = failures;
+    ctx.metrics.failure(reason);
+    if let (Some(t), Some(_)) = (confirmed_at, &prev.synced_version_id) {
+        let key = format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any());
+        ctx.metrics.freshness(&key, t.timestamp(), stale);
+    }
+    if err.is_forbidden() {
+        tracing::error!(reason, error = %err, "the operator's RBAC does not allow a request it needs");
+    } else {
+        warn!(reason, transient, error = %err, retry_in = ?wait, "sync failed");
+    }
+    ctx.event(ms, EventType::Warning, reason, err.to_string())
+        .await;
+    if let Err(e) = write_status(ctx, ms, &st).await {
+        warn!(error = %e, "could not record the failure in status; retrying with back-off");
+    }
+    Action::requeue(wait)
+}

@@ -1,0 +1,179 @@
+//! What `/healthz` and `/readyz` report: the reconcile loop is alive (it beats while it runs and
+//! stops beating when it ends or hangs), and the operator is ready once the initial list of every
+//! kind it watches has succeeded.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A loop that has not beaten for this long is reported dead.
+pub const STALL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix seconds of the reconcile loop's last beat (0: never).
+    beat: AtomicI64,
+    /// The reconcile loop ended (it never should before shutdown).
+    ended: AtomicBool,
+    shutting_down: AtomicBool,
+    /// Watched kinds and whether their initial list has succeeded.
+    synced: Mutex<BTreeMap<String, bool>>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A verdict with the text the endpoint answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub ok: bool,
+    pub text: String,
+}
+
+impl Health {
+    pub fn beat(&self) {
+        self.beat.store(unix_now(), Ordering::SeqCst);
+    }
+    pub fn ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+    /// Registers a watched kind (not yet listed).
+    pub fn watching(&self, kind: &str) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind.to_string(), false);
+    }
+    /// The initial list of `kind` succeeded.
+    pub fn listed(&self, kind: &str) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind.to_string(), true);
+    }
+
+    pub fn is_listed(&self, kind: &str) -> bool {
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kind)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Liveness at `now` (unix seconds).
+    pub fn live_at(&self, now: i64) -> Verdict {
+        let beat = self.beat.load(Ordering::SeqCst);
+        if self.ended.load(Ordering::SeqCst) {
+            return Verdict {
+                ok: false,
+                text: "the reconcile loop has ended".into(),
+            };
+        }
+        if beat == 0 {
+            // Starting: the loop has not run yet.
+            return Verdict {
+                ok: true,
+                text: "starting".into(),
+            };
+        }
+        let age = now.saturating_sub(beat);
+        if age > STALL.as_secs() as i64 {
+            return Verdict {
+                ok: false,
+                text: format!("the reconcile loop has not run for {age}s"),
+            };
+        }
+        Verdict {
+            ok: true,
+            text: "ok".into(),
+        }
+    }
+
+    pub fn live(&self) -> Verdict {
+        self.live_at(unix_now())
+    }
+
+    /// Readiness: every watched kind listed, the loop alive, not shutting down.
+    pub fn ready(&self) -> Verdict {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Verdict {
+                ok: false,
+                text: "shutting down".into(),
+            };
+        }
+        let live = self.live();
+        if !live.ok {
+            return live;
+        }
+        let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting: Vec<&str> = synced
+            .iter()
+            .filter(|(_, ok)| !**ok)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if synced.is_empty() || !waiting.is_empty() {
+            return Verdict {
+                ok: false,
+                text: format!("waiting for the initial list of: {}", waiting.join(", ")),
+            };
+        }
+        Verdict {
+            ok: true,
+            text: "ready".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_after_every_initial_list() {
+        let h = Health::default();
+        assert!(!h.ready().ok);
+        h.watching("managedsecrets");
+        h.watching("secrets");
+        h.beat();
+        h.listed("managedsecrets");
+        assert_eq!(
+            h.ready(),
+            Verdict {
+                ok: false,
+                text: "waiting for the initial list of: secrets".into()
+            }
+        );
+        h.listed("secrets");
+        assert!(h.ready().ok);
+        h.shutting_down();
+        assert_eq!(h.ready().text, "shutting down");
+    }
+
+    #[test]
+    fn liveness_follows_the_loop() {
+        let h = Health::default();
+        assert!(h.live_at(100).ok, "starting");
+        h.beat.store(100, Ordering::SeqCst);
+        assert!(h.live_at(150).ok);
+        assert_eq!(
+            h.live_at(200),
+            Verdict {
+                ok: false,
+                text: "the reconcile loop has not run for 100s".into()
+            }
+        );
+        h.beat.store(200, Ordering::SeqCst);
+        h.ended();
+        assert_eq!(h.live_at(200).text, "the reconcile loop has ended");
+        assert!(!h.ready().ok);
+    }
+}
