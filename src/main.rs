@@ -3,7 +3,7 @@ use clap::Parser;
 use managed_secrets::config::{Cli, Command, RunArgs};
 use managed_secrets::health::Health;
 use managed_secrets::source::cache::{CachedSource, Limits};
-use managed_secrets::{controller, crd, http, metrics::Metrics, source, telemetry};
+use managed_secrets::{controller, crd, http, lifecycle, metrics::Metrics, source, telemetry};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -71,7 +71,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let shutdown = async move {
         let _ = ctrl_stop.changed().await;
     };
-    let mut ctrl = tokio::spawn(controller::run(
+    let ctrl = tokio::spawn(controller::run(
         client,
         src,
         metrics,
@@ -79,30 +79,16 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         settings,
         shutdown,
     ));
-    let code = tokio::select! {
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            health.shutting_down();
+    let code = lifecycle::supervise(
+        ctrl,
+        shutdown_signal(),
+        move || {
             let _ = stop_tx.send(true);
-            match tokio::time::timeout(args.shutdown_timeout, &mut ctrl).await {
-                Ok(_) => tracing::info!("stopped"),
-                Err(_) => {
-                    ctrl.abort();
-                    tracing::warn!(timeout = ?args.shutdown_timeout, "reconciles did not finish within --shutdown-timeout; exiting anyway");
-                }
-            }
-            0
-        }
-        res = &mut ctrl => {
-            match res {
-                Err(e) if e.is_panic() => tracing::error!("the controller panicked; exiting so that the pod restarts"),
-                _ => tracing::error!("the controller stopped unexpectedly; exiting so that the pod restarts"),
-            }
-            health.ended();
-            let _ = stop_tx.send(true);
-            1
-        }
-    };
+        },
+        &health,
+        args.shutdown_timeout,
+    )
+    .await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     Ok(code)
 }

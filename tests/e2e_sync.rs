@@ -127,6 +127,10 @@ async fn each_target_type_is_written_with_its_required_keys() {
     c.create_ms("basic", json!({"secretId": "prod/web/basic", "data": {"allKeys": true}, "target": {"type": "kubernetes.io/basic-auth"}})).await;
     c.create_ms("tls", json!({"secretId": "prod/web/tls", "data": {"keys": [{"from": "cert", "to": "tls.crt"}, {"from": "key", "to": "tls.key"}]}, "target": {"type": "kubernetes.io/tls", "name": "web-tls"}})).await;
     c.create_ms("registry", json!({"secretId": "prod/web/registry", "data": {"keys": [{"from": "config", "to": ".dockerconfigjson"}]}, "target": {"type": "kubernetes.io/dockerconfigjson"}})).await;
+    // A .dockerconfigjson built from a username and a password with a template.
+    c.create_ms("registry-tpl", json!({"secretId": "prod/web/basic", "data": {"keys": [{"from": "username"}]},
+        "templates": {".dockerconfigjson": "{\"auths\":{\"registry.example.com\":{\"auth\":\"{{ (username ~ ':' ~ password) | b64encode }}\"}}}"},
+        "target": {"type": "kubernetes.io/dockerconfigjson"}})).await;
     c.create_ms(
         "opaque",
         json!({"secretId": "prod/web/basic", "data": {"allKeys": true}}),
@@ -136,6 +140,7 @@ async fn each_target_type_is_written_with_its_required_keys() {
         ("basic", "kubernetes.io/basic-auth"),
         ("web-tls", "kubernetes.io/tls"),
         ("registry", "kubernetes.io/dockerconfigjson"),
+        ("registry-tpl", "kubernetes.io/dockerconfigjson"),
         ("opaque", "Opaque"),
     ] {
         let s = wait_for(&format!("Secret {name}"), DEADLINE, || async {
@@ -144,6 +149,11 @@ async fn each_target_type_is_written_with_its_required_keys() {
         .await;
         assert_eq!(s.type_.as_deref(), Some(ty), "{name}");
     }
+    let tpl = c.secret_data("registry-tpl").await.unwrap();
+    assert_eq!(
+        tpl[".dockerconfigjson"],
+        r#"{"auths":{"registry.example.com":{"auth":"YWRtaW46cHc="}}}"#
+    );
     // A tls Secret without its keys is refused before anything is written.
     c.create_ms("bad-tls", json!({"secretId": "prod/web/basic", "data": {"allKeys": true}, "target": {"type": "kubernetes.io/tls"}})).await;
     let ms = c.wait_ready("bad-tls", "False", "InvalidSpec").await;
@@ -620,4 +630,209 @@ async fn kubernetes_api_failures_are_retried() {
             "the failed write was retried"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_force_sync_is_not_recorded_and_its_retry_still_bypasses_the_cache() {
+    let (c, moto, _op) = setup().await;
+    moto.create_json("prod/db/credentials", &creds("old")).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}})).await;
+    c.wait_secret_value("db", "password", "old").await;
+    c.wait_ready("db", "True", "Synced").await;
+    let v2 = moto.put_json("prod/db/credentials", &creds("new")).await;
+    // Every GetSecretValue attempt of the first forced sync is throttled (the SDK retries three times).
+    moto.fault(
+        "GetSecretValue",
+        "prod/db/credentials",
+        "ThrottlingException",
+        3,
+    )
+    .await;
+    c.managed()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let st = wait_for("the forced sync to fail", DEADLINE, || async {
+        let st = c.managed().get("db").await.ok()?.status?;
+        (st.failures >= 1).then_some(st)
+    })
+    .await;
+    assert_eq!(st.last_force_sync, None, "a failed force-sync is not done");
+    assert_eq!(c.secret_data("db").await.unwrap()["password"], "old");
+    // The retry (after the back-off, with the cache still fresh for an hour) reads AWS again.
+    c.wait_secret_value("db", "password", "new").await;
+    let st = wait_for("the forced sync to be recorded", DEADLINE, || async {
+        let st = c.managed().get("db").await.ok()?.status?;
+        (st.last_force_sync.as_deref() == Some("1")).then_some(st)
+    })
+    .await;
+    assert_eq!(st.synced_version_id.as_deref(), Some(v2.as_str()));
+    assert_eq!(st.failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_outlive_their_managed_secret_and_a_renamed_target_releases_the_old_secret() {
+    let (c, moto, _op) = setup().await;
+    moto.create_json("prod/db/credentials", &creds("pw")).await;
+    // Orphan with the default deletionPolicy: the Secret stays when the ManagedSecret goes.
+    c.create_ms("orphan", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "target": {"creationPolicy": "Orphan"}})).await;
+    c.wait_secret_value("orphan", "password", "pw").await;
+    c.managed()
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("orphan to be finalized", DEADLINE, || async {
+        c.managed()
+            .get_opt("orphan")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(c.secret_data("orphan").await.unwrap()["password"], "pw");
+
+    // Owner: renaming the target deletes the old Secret (deletionPolicy Delete).
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "target": {"name": "first"}})).await;
+    c.wait_secret_value("first", "password", "pw").await;
+    c.wait_ready("db", "True", "Synced").await;
+    c.managed()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"target": {"name": "second"}}})),
+        )
+        .await
+        .unwrap();
+    c.wait_secret_value("second", "password", "pw").await;
+    wait_for("the old target to be deleted", DEADLINE, || async {
+        c.secrets()
+            .get_opt("first")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(c
+        .events_for("db")
+        .await
+        .iter()
+        .any(|(r, _)| r == "Released"));
+
+    // Merge: renaming gives our keys back to the first Secret and merges into the second.
+    for name in ["shared-a", "shared-b"] {
+        let s: Secret = serde_json::from_value(
+            json!({"metadata": {"name": name}, "stringData": {"OTHER": "theirs"}}),
+        )
+        .unwrap();
+        c.secrets()
+            .create(&PostParams::default(), &s)
+            .await
+            .unwrap();
+    }
+    c.create_ms("merge", json!({"secretId": "prod/db/credentials", "data": {"keys": [{"from": "password", "to": "DB_PASSWORD"}]}, "target": {"name": "shared-a", "creationPolicy": "Merge"}})).await;
+    c.wait_secret_value("shared-a", "DB_PASSWORD", "pw").await;
+    c.wait_ready("merge", "True", "Synced").await;
+    c.managed()
+        .patch(
+            "merge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"target": {"name": "shared-b"}}})),
+        )
+        .await
+        .unwrap();
+    c.wait_secret_value("shared-b", "DB_PASSWORD", "pw").await;
+    let a = wait_for("our key removed from shared-a", DEADLINE, || async {
+        let d = c.secret_data("shared-a").await?;
+        (!d.contains_key("DB_PASSWORD")).then_some(d)
+    })
+    .await;
+    assert_eq!(a["OTHER"], "theirs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_target_type_for_an_existing_secret_is_an_invalid_spec() {
+    let (c, moto, _op) = setup().await;
+    moto.create_json("prod/db/credentials", &creds("pw")).await;
+    c.create_ms(
+        "db",
+        json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}}),
+    )
+    .await;
+    c.wait_secret_value("db", "password", "pw").await;
+    c.wait_ready("db", "True", "Synced").await;
+    let rv = c
+        .secrets()
+        .get("db")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    c.managed()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"target": {"type": "kubernetes.io/basic-auth"}}})),
+        )
+        .await
+        .unwrap();
+    let ms = c.wait_ready("db", "False", "InvalidSpec").await;
+    let msg = &ms.status.unwrap().conditions[0].message;
+    assert!(
+        msg.contains("has type Opaque and a Secret's type cannot change"),
+        "{msg}"
+    );
+    let s = c.secrets().get("db").await.unwrap();
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    assert_eq!(s.metadata.resource_version, rv, "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_trigger_no_reconcile() {
+    let (c, moto, op) = setup().await;
+    moto.create_json("prod/db/credentials", &creds("pw")).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}})).await;
+    c.wait_secret_value("db", "password", "pw").await;
+    c.wait_ready("db", "True", "Synced").await;
+    // Let the reconciles of the first sync (and of the Secret it wrote) settle.
+    let settled = wait_for("reconciles to settle", DEADLINE, || async {
+        let before = op.metrics.reconciles_completed.get();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        (op.metrics.reconciles_completed.get() == before).then_some(before)
+    })
+    .await;
+    // Someone else writes the status (the operator's own writes look the same to a watch).
+    c.managed()
+        .patch_status(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"lastAttemptTime": "2026-01-01T00:00:00Z"}})),
+        )
+        .await
+        .unwrap();
+    // A change that does need a reconcile, after it on the same watch.
+    c.managed().patch("db", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "after-status"}}}))).await.unwrap();
+    wait_for("the forced sync", DEADLINE, || async {
+        let st = c.managed().get("db").await.ok()?.status?;
+        (st.last_force_sync.as_deref() == Some("after-status")).then_some(())
+    })
+    .await;
+    let after = wait_for("reconciles to settle again", DEADLINE, || async {
+        let before = op.metrics.reconciles_completed.get();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        (op.metrics.reconciles_completed.get() == before && before > settled).then_some(before)
+    })
+    .await;
+    assert_eq!(
+        after,
+        settled + 1,
+        "only the force-sync reconciled: neither the status patch nor the operator's own status write did"
+    );
 }

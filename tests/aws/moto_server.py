@@ -95,22 +95,59 @@ class TestControl:
         return self.app(environ, start_response)
 
 
+class Listener:
+    """The HTTP listener, which tests can close and reopen on the same port while moto's state (the
+    secrets, in this process's memory) stays: AWS unreachable, then back.
+
+    Commands on stdin, one per line: `pause` (the port refuses connections), `resume`. EOF ends the
+    process, so no server outlives a crashed test run.
+    """
+
+    def __init__(self, app, port):
+        self.app = app
+        self.server = make_server("127.0.0.1", port, app, threaded=True)
+        self.port = self.server.server_address[1]
+        self._serve()
+
+    def _serve(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def pause(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def resume(self):
+        if self.server is None:
+            self.server = make_server("127.0.0.1", self.port, self.app, threaded=True)
+            self._serve()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 picks a free one)")
     args = parser.parse_args()
     app = TestControl(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", args.port, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
-    print(f"listening on http://{host}:{port}", flush=True)
+    listener = Listener(app, args.port)
+    print(f"listening on http://127.0.0.1:{listener.port}", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    # Exit too when the parent goes away (stdin closes), so no server outlives a crashed test run.
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+
+    def commands():
+        for line in sys.stdin:
+            cmd = line.strip()
+            if cmd == "pause":
+                listener.pause()
+            elif cmd == "resume":
+                listener.resume()
+            print(f"ok {cmd}", flush=True)
+        done.set()
+
+    threading.Thread(target=commands, daemon=True).start()
     done.wait()
-    server.shutdown()
+    listener.pause()
     return 0
 
 

@@ -4,14 +4,16 @@
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_secretsmanager::Client;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 pub struct Moto {
     child: Child,
     pub url: String,
     pub client: Client,
     http: reqwest::Client,
+    control: Arc<Mutex<(ChildStdin, BufReader<ChildStdout>)>>,
 }
 
 fn python() -> String {
@@ -35,9 +37,11 @@ impl Moto {
                 )
             });
         let stdout = child.stdout.take().unwrap();
-        let line = tokio::task::spawn_blocking(move || {
+        let stdin = child.stdin.take().unwrap();
+        let (line, reader) = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
             let mut l = String::new();
-            BufReader::new(stdout).read_line(&mut l).map(|_| l)
+            reader.read_line(&mut l).map(|_| (l, reader))
         })
         .await
         .unwrap()
@@ -52,7 +56,32 @@ impl Moto {
             client: Client::new(&sdk_config_for(&url)),
             url,
             http: reqwest::Client::new(),
+            control: Arc::new(Mutex::new((stdin, reader))),
         }
+    }
+
+    async fn command(&self, cmd: &'static str) {
+        let control = self.control.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = control.lock().unwrap();
+            writeln!(c.0, "{cmd}").unwrap();
+            c.0.flush().unwrap();
+            let mut ack = String::new();
+            c.1.read_line(&mut ack).unwrap();
+            assert_eq!(ack.trim(), format!("ok {cmd}"));
+        })
+        .await
+        .unwrap();
+    }
+
+    /// AWS becomes unreachable: the port refuses connections (moto keeps its secrets).
+    pub async fn pause(&self) {
+        self.command("pause").await;
+    }
+
+    /// AWS answers again, on the same port, with the same secrets.
+    pub async fn resume(&self) {
+        self.command("resume").await;
     }
 
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
@@ -162,6 +191,15 @@ impl Moto {
             .await
             .expect("fault");
     }
+    /// Clears pending AWS error injections.
+    pub async fn clear_faults(&self) {
+        self.http
+            .delete(format!("{}/__faults", self.url))
+            .send()
+            .await
+            .expect("clear faults");
+    }
+
     pub async fn calls(&self, action: &str) -> u64 {
         let v: Value = self
             .http

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod workloads;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -324,6 +325,65 @@ impl Cluster {
         )
     }
 
+    /// Delays the next `count` requests matching verb/resource by `ms` (emulator only).
+    pub async fn kube_latency(&self, verb: &str, resource: &str, ms: u64, count: u64) -> bool {
+        self.admin_post(
+            "faults",
+            json!({"verb": verb, "resource": resource, "latency_ms": ms, "count": count, "namespace": self.namespace}),
+        )
+        .await
+    }
+
+    /// Ends every open watch (emulator only).
+    pub async fn close_watches(&self) -> bool {
+        self.admin_post("watches/close", json!({})).await
+    }
+
+    /// Ends every open watch and forgets the event history, so re-watches get 410 Gone (emulator only).
+    pub async fn expire_history(&self) -> bool {
+        self.admin_post("history/expire", json!({})).await
+    }
+
+    /// Clears pending faults (emulator only).
+    pub async fn clear_faults(&self) -> bool {
+        let ClusterKind::Emulator(emu) = &self.kind else {
+            return false;
+        };
+        self.http
+            .delete(format!("{}/__admin/faults", emu.url()))
+            .send()
+            .await
+            .is_ok()
+    }
+
+    async fn admin_post(&self, what: &str, body: Value) -> bool {
+        let ClusterKind::Emulator(emu) = &self.kind else {
+            return false;
+        };
+        self.http
+            .post(format!("{}/__admin/{what}", emu.url()))
+            .json(&body)
+            .send()
+            .await
+            .is_ok()
+    }
+
+    /// Applies a CRD given as a value and waits until it is Established.
+    pub async fn apply_crd(&self, crd: &Value) {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crd: CustomResourceDefinition = serde_json::from_value(crd.clone()).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        api.patch(
+            &name,
+            &PatchParams::apply("e2e-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("CRD applies");
+        self.wait_crd_established(&name).await;
+    }
+
     /// Makes the next `count` Kubernetes requests matching verb/resource fail (emulator only).
     pub async fn kube_fault(&self, verb: &str, resource: &str, code: u16, count: u64) -> bool {
         let ClusterKind::Emulator(emu) = &self.kind else {
@@ -407,6 +467,22 @@ impl Operator {
             metrics,
             health,
         }
+    }
+
+    /// Stops at once, with no graceful shutdown (as SIGKILL would).
+    pub fn kill(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// The controller task is still running.
+    pub fn running(&self) -> bool {
+        self.task
+            .as_ref()
+            .map(|t| !t.is_finished())
+            .unwrap_or(false)
     }
 
     /// Graceful stop, as on SIGTERM.

@@ -245,29 +245,22 @@ pub fn remove_at(obj: &mut Value, path: &[String]) {
                     items.remove(i);
                 }
             }
-        } else {
-            let child = if let Some(f) = elem.strip_prefix("f:") {
-                cur.as_object_mut().and_then(|m| m.get_mut(f))
-            } else if let Some(items) = cur.as_array_mut() {
-                match find_item(items, elem) {
-                    Some(i) => items.get_mut(i),
-                    None => None,
+        } else if let Some(f) = elem.strip_prefix("f:") {
+            let emptied = cur
+                .as_object_mut()
+                .and_then(|m| m.get_mut(f))
+                .map(|child| rec(child, &path[1..]))
+                .unwrap_or(false);
+            if emptied {
+                if let Some(m) = cur.as_object_mut() {
+                    m.remove(f);
                 }
-            } else {
-                None
-            };
-            if let Some(child) = child {
-                if rec(child, &path[1..]) {
-                    // child emptied: remove it
-                    if let Some(f) = elem.strip_prefix("f:") {
-                        if let Some(m) = cur.as_object_mut() {
-                            m.remove(f);
-                        }
-                    } else if let Some(items) = cur.as_array_mut() {
-                        if let Some(i) = find_item(items, elem) {
-                            items.remove(i);
-                        }
-                    }
+            }
+        } else if let Some(items) = cur.as_array_mut() {
+            // Remember the position: the item may lose its key fields on the way down.
+            if let Some(i) = find_item(items, elem) {
+                if rec(&mut items[i], &path[1..]) {
+                    items.remove(i);
                 }
             }
         }

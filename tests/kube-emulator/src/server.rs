@@ -256,16 +256,7 @@ pub async fn handle(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if let Some(code) = fault_code {
-        let reason = match code {
-            409 => "Conflict",
-            429 => "TooManyRequests",
-            500 => "InternalError",
-            503 => "ServiceUnavailable",
-            504 => "Timeout",
-            _ => "InternalError",
-        };
-        return ApiError::new(code, reason, format!("injected fault: {verb} {res_name}"))
-            .into_response();
+        return fault_response(code, verb, &t, &res_name);
     }
     let rt = {
         let inner = state.lock();
@@ -344,6 +335,68 @@ pub async fn handle(
     match result {
         Ok((code, v)) => json_response(code, &v),
         Err(e) => e.into_response(),
+    }
+}
+
+/// An injected failure, answered as the real server answers it: 403 from the authorizer (with its
+/// message naming the user, verb and resource), 429 from priority and fairness (Retry-After header
+/// and details.retryAfterSeconds), and the plain 409/500/503/504 bodies.
+fn fault_response(code: u16, verb: &str, t: &Target, res_name: &str) -> Response {
+    let group = if t.group.is_empty() {
+        "\"\"".to_string()
+    } else {
+        format!("\"{}\"", t.group)
+    };
+    let scope = match &t.namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_string(),
+    };
+    match code {
+        403 => {
+            let who = "system:serviceaccount:managed-secrets:managed-secrets";
+            let name = t
+                .name
+                .as_deref()
+                .map(|n| format!(" \"{n}\""))
+                .unwrap_or_default();
+            let mut e = ApiError::new(
+                403,
+                "Forbidden",
+                format!("{res_name}{name} is forbidden: User \"{who}\" cannot {verb} resource \"{}\" in API group {group} {scope}", t.plural),
+            );
+            let mut d = json!({"kind": t.plural});
+            if let Some(n) = &t.name {
+                d["name"] = json!(n);
+            }
+            if !t.group.is_empty() {
+                d["group"] = json!(t.group);
+            }
+            e.details = Some(d);
+            e.into_response()
+        }
+        429 => {
+            let mut e = ApiError::new(
+                429,
+                "TooManyRequests",
+                "Too many requests, please try again later.",
+            );
+            e.details = Some(json!({"retryAfterSeconds": 1}));
+            let mut r = e.into_response();
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            r
+        }
+        _ => {
+            let reason = match code {
+                409 => "Conflict",
+                500 => "InternalError",
+                503 => "ServiceUnavailable",
+                504 => "Timeout",
+                _ => "InternalError",
+            };
+            ApiError::new(code, reason, format!("injected fault: {verb} {res_name}"))
+                .into_response()
+        }
     }
 }
 
@@ -754,6 +807,20 @@ fn apply(
             m.remove("status");
         }
         fields::merge_apply(&mut merged, &to_merge, &mut vec![], &schema);
+    }
+    // Associative-list items this manager applied before and no longer applies go as a whole,
+    // unless another manager owns something in them (removing field by field would lose the key
+    // fields first and strand the rest).
+    for p in prev_set
+        .iter()
+        .filter(|p| p.len() >= 2 && p[p.len() - 1] == "." && p[p.len() - 2].starts_with("k:"))
+    {
+        let item = &p[..p.len() - 1];
+        let held = |set: &fields::FieldSet| set.iter().any(|q| q.starts_with(item));
+        if held(&new_set) || others.iter().any(held) {
+            continue;
+        }
+        fields::remove_at(&mut merged, item);
     }
     // Fields this manager applied before and no longer applies are removed, unless others own them.
     for p in fields::leaves(&prev_set) {

@@ -342,6 +342,31 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
         v["metadata"].get("labels").is_none(),
         "label no longer applied by its only owner is removed: {v}"
     );
+    // A list item (keyed by name) the manager stops applying goes as a whole, key fields and all.
+    let dp = "/apis/apps/v1/namespaces/ref/deployments/two?fieldManager=op";
+    let dep = |containers: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "two"},
+        "spec": {"selector": {"matchLabels": {"app": "two"}}, "template": {"metadata": {"labels": {"app": "two"}}, "spec": {"containers": containers}}}})
+    };
+    api.apply(
+        dp,
+        dep(json!([{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1", "args": ["x"]}])),
+    )
+    .await;
+    let (c, v) = api
+        .apply(dp, dep(json!([{"name": "a", "image": "a:1"}])))
+        .await;
+    assert_eq!(c, 200);
+    assert_eq!(
+        v["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!("a")],
+        "{v}"
+    );
     // Status apply goes through the status subresource and leaves spec alone.
     let (c, v) = api.apply(&format!("{W}/w2/status?fieldManager=alice&force=true"), json!({"apiVersion": "reference.test/v1", "kind": "Widget", "metadata": {"name": "w2"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}})).await;
     assert_eq!(c, 200);
@@ -739,6 +764,37 @@ async fn workload_controller_records_revisions() {
         .collect();
     assert_eq!(revs.len(), 4);
     assert_eq!(revs.iter().filter(|r| **r == 2).count(), 2);
+}
+
+#[tokio::test]
+async fn injected_403_and_429_look_like_the_authorizer_and_priority_and_fairness() {
+    let api = start().await;
+    api.send(
+        "POST",
+        "/__admin/faults",
+        "application/json",
+        Some(json!({"verb": "list", "resource": "secrets", "code": 403, "count": 1})),
+    )
+    .await;
+    let (c, e) = api.get("/api/v1/namespaces/ref/secrets").await;
+    assert_eq!(c, 403);
+    assert_eq!(e["reason"], "Forbidden");
+    assert_eq!(
+        e["message"],
+        "secrets is forbidden: User \"system:serviceaccount:managed-secrets:managed-secrets\" cannot list resource \"secrets\" in API group \"\" in the namespace \"ref\""
+    );
+    assert_eq!(e["details"], json!({"kind": "secrets"}));
+    api.send(
+        "POST",
+        "/__admin/faults",
+        "application/json",
+        Some(json!({"verb": "list", "resource": "deployments", "code": 429, "count": 1})),
+    )
+    .await;
+    let (c, e) = api.get("/apis/apps/v1/deployments").await;
+    assert_eq!(c, 429);
+    assert_eq!(e["reason"], "TooManyRequests");
+    assert_eq!(e["details"]["retryAfterSeconds"], 1);
 }
 
 #[tokio::test]
