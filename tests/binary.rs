@@ -1,9 +1,13 @@
 //! The `managed-secrets` binary as a process: `run` against the emulator and moto, its HTTP
-//! endpoints, graceful shutdown on SIGTERM, and no secret value in its logs even at debug level.
+//! endpoints, readiness that waits for every initial list (and a loud 403 when RBAC is missing),
+//! bounded shutdown on SIGTERM, and no secret material in any output: logs at debug level, Events,
+//! status, error messages and metrics (the canary test).
 
 mod support;
-use serde_json::json;
-use std::process::{Command, Stdio};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 use support::aws::Moto;
 use support::{wait_for, Cluster, DEADLINE};
@@ -16,6 +20,100 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The operator binary running as a process, with its log in a file.
+struct Proc {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Proc {
+    fn start(c: &Cluster, moto: &Moto, kubeconfig: &Path, dir: &Path, rust_log: &str) -> Proc {
+        let port = free_port();
+        let log = dir.join("operator.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_managed-secrets"))
+            .args([
+                "run",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "json",
+                "--namespace",
+                &c.namespace,
+                "--min-refresh-interval",
+                "1s",
+                "--shutdown-timeout",
+                "5s",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("AWS_ENDPOINT_URL", &moto.url)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// (status code, body) of an endpoint, once the server answers.
+    async fn get(&self, path: &str) -> (u16, String) {
+        wait_for(&format!("{path} to answer"), DEADLINE, || async {
+            let r = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .ok()?;
+            let code = r.status().as_u16();
+            Some((code, r.text().await.ok()?))
+        })
+        .await
+    }
+
+    async fn wait_status(&self, path: &str, code: u16) -> String {
+        wait_for(&format!("{path} to answer {code}"), DEADLINE, || async {
+            let (c, body) = self.get(path).await;
+            (c == code).then_some(body)
+        })
+        .await
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// SIGTERM, then the exit status (panics if it takes longer than `within`).
+    async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        wait_for("the operator to exit on SIGTERM", within, || {
+            let s = self.child.try_wait().unwrap();
+            async move { s }
+        })
+        .await
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_health_and_metrics_syncs_and_stops_on_sigterm_without_logging_values() {
     let c = Cluster::start().await;
@@ -23,55 +121,15 @@ async fn run_serves_health_and_metrics_syncs_and_stops_on_sigterm_without_loggin
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     c.write_kubeconfig(&kubeconfig);
-    let log = dir.path().join("operator.log");
-    let port = free_port();
     let secret_value = "Zq7-unique-secret-value-9x";
     moto.create_json(
         "prod/db/credentials",
         &json!({"username": "dbadmin", "password": secret_value}),
     )
     .await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_managed-secrets"))
-        .args([
-            "run",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-            "--namespace",
-            &c.namespace,
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("AWS_ENDPOINT_URL", &moto.url)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for("/readyz", DEADLINE, || async {
-        (http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .ok()?
-            .status()
-            == 200)
-            .then_some(())
-    })
-    .await;
-    assert_eq!(
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let mut op = Proc::start(&c, &moto, &kubeconfig, dir.path(), "debug");
+    assert_eq!(op.wait_status("/readyz", 200).await, "ready");
+    assert_eq!(op.get("/healthz").await, (200, "ok".to_string()));
 
     c.create_ms(
         "db",
@@ -80,40 +138,20 @@ async fn run_serves_health_and_metrics_syncs_and_stops_on_sigterm_without_loggin
     .await;
     c.wait_secret_value("db", "password", secret_value).await;
     c.wait_ready("db", "True", "Synced").await;
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = op.get("/metrics").await;
     for m in [
         "managed_secrets_syncs_total 1",
         "managed_secrets_managed_objects 1",
         "managed_secrets_reconcile_duration_seconds_count",
         r#"managed_secrets_aws_calls_total{api="GetSecretValue",outcome="ok"}"#,
+        "managed_secrets_source_cache_entries 1",
     ] {
         assert!(metrics.contains(m), "{m} in\n{metrics}");
     }
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = wait_for(
-        "the operator to exit on SIGTERM",
-        Duration::from_secs(15),
-        || {
-            let s = child.try_wait().unwrap();
-            async move { s }
-        },
-    )
-    .await;
+    let status = op.terminate(Duration::from_secs(15)).await;
     assert!(status.success(), "graceful exit: {status:?}");
-    let logs = std::fs::read_to_string(&log).unwrap();
+    let logs = op.logs();
     assert!(logs.contains("Secret written"), "the sync was logged");
     assert!(
         logs.lines()
@@ -124,14 +162,182 @@ async fn run_serves_health_and_metrics_syncs_and_stops_on_sigterm_without_loggin
         !logs.contains(secret_value),
         "a secret value reached the logs"
     );
-    let encoded = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(secret_value)
-    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(secret_value);
     assert!(
         !logs.contains(&encoded),
         "a base64 secret value reached the logs"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rbac_for_secrets_it_is_not_ready_says_so_loudly_and_sigterm_still_stops_it() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    c.write_kubeconfig_without_secrets(&kubeconfig).await;
+    // The emulator has no authorizer: it answers every Secret list and watch with the 403 a real
+    // server gives a ServiceAccount without the permission.
+    for verb in ["list", "watch"] {
+        c.kube_fault(verb, "secrets", 403, 1_000_000).await;
+    }
+    let mut op = Proc::start(&c, &moto, &kubeconfig, dir.path(), "info");
+    let body = wait_for("the 403 to be counted", DEADLINE, || async {
+        let (_, m) = op.get("/metrics").await;
+        m.contains(r#"managed_secrets_watch_errors_total{resource="secrets",reason="Forbidden"}"#)
+            .then_some(m)
+    })
+    .await;
+    assert!(!body.is_empty());
+    // ManagedSecrets are listed; Secrets never are.
+    wait_for("/readyz to wait for secrets only", DEADLINE, || async {
+        let (code, text) = op.get("/readyz").await;
+        (code == 503 && text == "waiting for the initial list of: secrets").then_some(())
+    })
+    .await;
+    assert_eq!(op.get("/healthz").await.0, 200, "alive, only not ready");
+    let logs = op.logs();
+    let loud = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["level"] == "ERROR" && l["resource"] == "secrets")
+        .unwrap_or_else(|| panic!("an ERROR naming the resource in\n{logs}"));
+    assert!(
+        loud["message"]
+            .as_str()
+            .unwrap()
+            .contains("grant its ServiceAccount get, list and watch on secrets"),
+        "{loud}"
+    );
+    let t = tokio::time::Instant::now();
+    let status = op.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "SIGTERM ends it within the shutdown timeout"
+    );
+}
+
+const CANARY: &str = "Cnry7f3a9c-never-print-me";
+
+/// Every place a secret value must never reach, gathered after a full run.
+async fn outputs(c: &Cluster, op: &Proc) -> Vec<(String, String)> {
+    let mut out = vec![("logs".to_string(), op.logs())];
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(c.client.clone(), &c.namespace);
+    for e in events.list(&Default::default()).await.unwrap() {
+        out.push((
+            format!("event {}", e.metadata.name.clone().unwrap_or_default()),
+            serde_json::to_string(&e).unwrap(),
+        ));
+    }
+    for ms in c.managed().list(&Default::default()).await.unwrap() {
+        out.push((
+            format!("status of {}", ms.metadata.name.clone().unwrap_or_default()),
+            serde_json::to_string(&ms.status).unwrap(),
+        ));
+    }
+    out.push(("metrics".into(), op.get("/metrics").await.1));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_values_appear_in_no_log_event_status_error_or_metric() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    c.write_kubeconfig(&kubeconfig);
+    let v = |s: &str| format!("{CANARY}-{s}");
+    let creds = |p: &str| json!({"username": v("user"), "password": v(p), "host": "db.local", "port": 5432, "nested": {"token": v("nested")}});
+    moto.create_json("prod/canary/db", &creds("one")).await;
+    moto.create_string("prod/canary/text", &v("plain-text-not-json"))
+        .await;
+    moto.create_binary("prod/canary/bin", v("binary").as_bytes())
+        .await;
+    moto.create_json(
+        "prod/canary/badkey",
+        &json!({ format!("bad key {}", v("key")): v("x") }),
+    )
+    .await;
+    moto.create_json(
+        "prod/canary/null",
+        &json!({"password": null, "other": v("x")}),
+    )
+    .await;
+    moto.create_json("prod/canary/big", &json!({"blob": v(&"x".repeat(50_000))}))
+        .await;
+    for id in ["prod/canary/denied", "prod/canary/kms", "prod/canary/throttled"] {
+        moto.create_json(id, &creds("one")).await;
+    }
+    moto.fault("GetSecretValue", "prod/canary/denied", "AccessDeniedException", 1000)
+        .await;
+    moto.fault("GetSecretValue", "prod/canary/kms", "DecryptionFailure", 1000)
+        .await;
+    // Logs at debug for the operator and everything under it (the HTTP and AWS stacks are capped).
+    let op = Proc::start(
+        &c,
+        &moto,
+        &kubeconfig,
+        dir.path(),
+        "debug,aws_smithy_runtime=trace,hyper=trace,kube_client=trace",
+    );
+    op.wait_status("/readyz", 200).await;
+    let db = "prod/canary/db";
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("all-keys", json!({"secretId": db, "refreshInterval": "1s", "data": {"allKeys": true}}), "Synced"),
+        ("keys", json!({"secretId": db, "data": {"keys": [{"from": "nested.token", "to": "TOKEN"}, {"from": "password"}]}}), "Synced"),
+        ("raw", json!({"secretId": "prod/canary/text", "data": {"rawKey": "value"}}), "Synced"),
+        ("binary", json!({"secretId": "prod/canary/bin", "data": {"rawKey": "cert"}}), "Synced"),
+        ("templates", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {
+            "URL": "postgres://{{ username }}:{{ password | urlencode }}@{{ host }}:{{ port }}/app",
+            "JSON": "{{ nested | tojson }}", "B64": "{{ password | b64encode }}", "UP": "{{ password | upper }}"}}), "Synced"),
+        ("basic-auth", json!({"secretId": db, "data": {"keys": [{"from": "username"}, {"from": "password"}]}, "target": {"type": "kubernetes.io/basic-auth"}}), "Synced"),
+        ("docker", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "target": {"type": "kubernetes.io/dockerconfigjson"},
+            "templates": {".dockerconfigjson": "{\"auths\":{\"r.example.com\":{\"auth\":\"{{ (username ~ ':' ~ password) | b64encode }}\"}}}"}}), "Synced"),
+        ("notfound", json!({"secretId": "prod/canary/missing", "data": {"allKeys": true}}), "SecretNotFound"),
+        ("denied", json!({"secretId": "prod/canary/denied", "data": {"allKeys": true}}), "AccessDenied"),
+        ("kms", json!({"secretId": "prod/canary/kms", "data": {"allKeys": true}}), "DecryptionFailed"),
+        ("notjson", json!({"secretId": "prod/canary/text", "data": {"allKeys": true}}), "InvalidJSON"),
+        ("nokey", json!({"secretId": db, "data": {"keys": [{"from": "api_key"}]}}), "KeyNotFound"),
+        ("tpl-nokey", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": format!("{} {{{{ missing }}}}", v("template-literal"))}}), "KeyNotFound"),
+        ("tpl-syntax", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": format!("{} {{{{ password | nosuchfilter }}}}", v("template-literal"))}}), "InvalidSpec"),
+        ("tpl-decode", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": "{{ password | b64decode }}"}}), "InvalidSpec"),
+        ("badkey", json!({"secretId": "prod/canary/badkey", "data": {"allKeys": true}}), "InvalidKeyName"),
+        ("null", json!({"secretId": "prod/canary/null", "data": {"allKeys": true}}), "NullValue"),
+        ("toobig", json!({"secretId": "prod/canary/big", "data": {"keys": [{"from": "blob"}]}, "templates": {"a": "{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}"}}), "ValueTooLarge"),
+        ("typed", json!({"secretId": db, "data": {"keys": [{"from": "host"}]}, "target": {"type": "kubernetes.io/tls"}}), "InvalidSpec"),
+        ("throttled", json!({"secretId": "prod/canary/throttled", "refreshInterval": "1s", "data": {"allKeys": true}}), "Synced"),
+    ];
+    for (name, spec, _) in &cases {
+        c.create_ms(name, spec.clone()).await;
+    }
+    for (name, _, reason) in &cases {
+        let status = if *reason == "Synced" { "True" } else { "False" };
+        c.wait_ready(name, status, reason).await;
+    }
+    // A transient failure after a good sync, then a rotation.
+    moto.fault("DescribeSecret", "prod/canary/throttled", "ThrottlingException", 1000)
+        .await;
+    c.wait_condition("throttled", "Stale", "True", "Throttled")
+        .await;
+    moto.rotate_like_lambda(db, &creds("rotated")).await;
+    c.wait_secret_value("all-keys", "password", &v("rotated"))
+        .await;
+    let forbidden = [
+        CANARY.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(v("one")),
+        base64::engine::general_purpose::STANDARD.encode(v("rotated")),
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", v("user"), v("one"))),
+        "Cnry7f3a9c".to_string(),
+    ];
+    let all = outputs(&c, &op).await;
+    assert!(all.len() > cases.len() + 2, "statuses, events, logs and metrics were read");
+    for (what, text) in &all {
+        for f in &forbidden {
+            assert!(!text.contains(f.as_str()), "{what} contains {f:?}:\n{text}");
+        }
+    }
 }
 
 #[test]

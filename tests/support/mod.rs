@@ -178,6 +178,49 @@ impl Cluster {
         }
     }
 
+    /// A kubeconfig acting as a ServiceAccount that may do everything the operator needs in the
+    /// test namespace except read Secrets. On a real cluster: a ServiceAccount, a Role and a
+    /// RoleBinding, and impersonation (`as:`); the emulator has no authorizer, so the caller
+    /// injects the 403 there.
+    pub async fn write_kubeconfig_without_secrets(&self, path: &std::path::Path) {
+        self.write_kubeconfig(path);
+        if self.is_emulator() {
+            return;
+        }
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let ns = &self.namespace;
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "no-secrets"}})).unwrap();
+        Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        let role: Role = serde_json::from_value(json!({"metadata": {"name": "no-secrets"}, "rules": [
+            {"apiGroups": ["managedsecrets.io"], "resources": ["managedsecrets", "managedsecrets/status"], "verbs": ["get", "list", "watch", "patch", "update"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+        ]}))
+        .unwrap();
+        Api::<Role>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &role)
+            .await
+            .unwrap();
+        let rb: RoleBinding = serde_json::from_value(json!({"metadata": {"name": "no-secrets"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-secrets"},
+            "subjects": [{"kind": "ServiceAccount", "name": "no-secrets", "namespace": ns}]}))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &rb)
+            .await
+            .unwrap();
+        let mut kc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for u in kc["users"].as_sequence_mut().into_iter().flatten() {
+            u["user"]["as"] = format!("system:serviceaccount:{ns}:no-secrets").into();
+        }
+        std::fs::write(path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    }
+
     pub fn is_emulator(&self) -> bool {
         matches!(self.kind, ClusterKind::Emulator(_))
     }
