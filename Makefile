@@ -8,7 +8,7 @@ export KUBE_EMULATOR_BIN ?= $(CARGO_TARGET_DIR)/debug/kube-emulator
 export PATH := $(PATH):$(CURDIR)/.tools/bin
 HELM := $(CURDIR)/.tools/bin/helm
 
-.PHONY: test tools lint build unit python-tests chart crds check-crds demo demo-check clean
+.PHONY: test tools lint build unit python-tests chart crds check-crds demo demo-check fuzz clean
 
 test: tools lint build unit python-tests chart check-crds demo-check
 	@echo "make test: all checks passed"
@@ -53,6 +53,16 @@ demo: tools build
 # The demo's walkthrough, without waiting for Ctrl-C (part of make test so the demo keeps working).
 demo-check: build
 	DEMO_NONINTERACTIVE=1 scripts/demo.sh
+
+# cargo-fuzz on mapping, templates and durations for FUZZ_SECONDS (not part of make test). A crash
+# leaves its input in fuzz/artifacts/render/; copy it to fuzz/regressions/render/ and make test
+# replays it. RUSTC_BOOTSTRAP lets the stable toolchain take the sanitizer flags.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/managed-secrets/fuzz-target
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) cargo fuzz run render -- \
+	  -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536
 
 clean:
 	rm -rf .venv .tools

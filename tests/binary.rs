@@ -267,13 +267,27 @@ async fn canary_values_appear_in_no_log_event_status_error_or_metric() {
     .await;
     moto.create_json("prod/canary/big", &json!({"blob": v(&"x".repeat(50_000))}))
         .await;
-    for id in ["prod/canary/denied", "prod/canary/kms", "prod/canary/throttled"] {
+    for id in [
+        "prod/canary/denied",
+        "prod/canary/kms",
+        "prod/canary/throttled",
+    ] {
         moto.create_json(id, &creds("one")).await;
     }
-    moto.fault("GetSecretValue", "prod/canary/denied", "AccessDeniedException", 1000)
-        .await;
-    moto.fault("GetSecretValue", "prod/canary/kms", "DecryptionFailure", 1000)
-        .await;
+    moto.fault(
+        "GetSecretValue",
+        "prod/canary/denied",
+        "AccessDeniedException",
+        1000,
+    )
+    .await;
+    moto.fault(
+        "GetSecretValue",
+        "prod/canary/kms",
+        "DecryptionFailure",
+        1000,
+    )
+    .await;
     // Logs at debug for the operator and everything under it (the HTTP and AWS stacks are capped).
     let op = Proc::start(
         &c,
@@ -285,29 +299,109 @@ async fn canary_values_appear_in_no_log_event_status_error_or_metric() {
     op.wait_status("/readyz", 200).await;
     let db = "prod/canary/db";
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("all-keys", json!({"secretId": db, "refreshInterval": "1s", "data": {"allKeys": true}}), "Synced"),
-        ("keys", json!({"secretId": db, "data": {"keys": [{"from": "nested.token", "to": "TOKEN"}, {"from": "password"}]}}), "Synced"),
-        ("raw", json!({"secretId": "prod/canary/text", "data": {"rawKey": "value"}}), "Synced"),
-        ("binary", json!({"secretId": "prod/canary/bin", "data": {"rawKey": "cert"}}), "Synced"),
-        ("templates", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {
+        (
+            "all-keys",
+            json!({"secretId": db, "refreshInterval": "1s", "data": {"allKeys": true}}),
+            "Synced",
+        ),
+        (
+            "keys",
+            json!({"secretId": db, "data": {"keys": [{"from": "nested.token", "to": "TOKEN"}, {"from": "password"}]}}),
+            "Synced",
+        ),
+        (
+            "raw",
+            json!({"secretId": "prod/canary/text", "data": {"rawKey": "value"}}),
+            "Synced",
+        ),
+        (
+            "binary",
+            json!({"secretId": "prod/canary/bin", "data": {"rawKey": "cert"}}),
+            "Synced",
+        ),
+        (
+            "templates",
+            json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {
             "URL": "postgres://{{ username }}:{{ password | urlencode }}@{{ host }}:{{ port }}/app",
-            "JSON": "{{ nested | tojson }}", "B64": "{{ password | b64encode }}", "UP": "{{ password | upper }}"}}), "Synced"),
-        ("basic-auth", json!({"secretId": db, "data": {"keys": [{"from": "username"}, {"from": "password"}]}, "target": {"type": "kubernetes.io/basic-auth"}}), "Synced"),
-        ("docker", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "target": {"type": "kubernetes.io/dockerconfigjson"},
-            "templates": {".dockerconfigjson": "{\"auths\":{\"r.example.com\":{\"auth\":\"{{ (username ~ ':' ~ password) | b64encode }}\"}}}"}}), "Synced"),
-        ("notfound", json!({"secretId": "prod/canary/missing", "data": {"allKeys": true}}), "SecretNotFound"),
-        ("denied", json!({"secretId": "prod/canary/denied", "data": {"allKeys": true}}), "AccessDenied"),
-        ("kms", json!({"secretId": "prod/canary/kms", "data": {"allKeys": true}}), "DecryptionFailed"),
-        ("notjson", json!({"secretId": "prod/canary/text", "data": {"allKeys": true}}), "InvalidJSON"),
-        ("nokey", json!({"secretId": db, "data": {"keys": [{"from": "api_key"}]}}), "KeyNotFound"),
-        ("tpl-nokey", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": format!("{} {{{{ missing }}}}", v("template-literal"))}}), "KeyNotFound"),
-        ("tpl-syntax", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": format!("{} {{{{ password | nosuchfilter }}}}", v("template-literal"))}}), "InvalidSpec"),
-        ("tpl-decode", json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": "{{ password | b64decode }}"}}), "InvalidSpec"),
-        ("badkey", json!({"secretId": "prod/canary/badkey", "data": {"allKeys": true}}), "InvalidKeyName"),
-        ("null", json!({"secretId": "prod/canary/null", "data": {"allKeys": true}}), "NullValue"),
-        ("toobig", json!({"secretId": "prod/canary/big", "data": {"keys": [{"from": "blob"}]}, "templates": {"a": "{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}"}}), "ValueTooLarge"),
-        ("typed", json!({"secretId": db, "data": {"keys": [{"from": "host"}]}, "target": {"type": "kubernetes.io/tls"}}), "InvalidSpec"),
-        ("throttled", json!({"secretId": "prod/canary/throttled", "refreshInterval": "1s", "data": {"allKeys": true}}), "Synced"),
+            "JSON": "{{ nested | tojson }}", "B64": "{{ password | b64encode }}", "UP": "{{ password | upper }}"}}),
+            "Synced",
+        ),
+        (
+            "basic-auth",
+            json!({"secretId": db, "data": {"keys": [{"from": "username"}, {"from": "password"}]}, "target": {"type": "kubernetes.io/basic-auth"}}),
+            "Synced",
+        ),
+        (
+            "docker",
+            json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "target": {"type": "kubernetes.io/dockerconfigjson"},
+            "templates": {".dockerconfigjson": "{\"auths\":{\"r.example.com\":{\"auth\":\"{{ (username ~ ':' ~ password) | b64encode }}\"}}}"}}),
+            "Synced",
+        ),
+        (
+            "notfound",
+            json!({"secretId": "prod/canary/missing", "data": {"allKeys": true}}),
+            "SecretNotFound",
+        ),
+        (
+            "denied",
+            json!({"secretId": "prod/canary/denied", "data": {"allKeys": true}}),
+            "AccessDenied",
+        ),
+        (
+            "kms",
+            json!({"secretId": "prod/canary/kms", "data": {"allKeys": true}}),
+            "DecryptionFailed",
+        ),
+        (
+            "notjson",
+            json!({"secretId": "prod/canary/text", "data": {"allKeys": true}}),
+            "InvalidJSON",
+        ),
+        (
+            "nokey",
+            json!({"secretId": db, "data": {"keys": [{"from": "api_key"}]}}),
+            "KeyNotFound",
+        ),
+        (
+            "tpl-nokey",
+            json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": format!("{} {{{{ missing }}}}", v("template-literal"))}}),
+            "KeyNotFound",
+        ),
+        (
+            "tpl-syntax",
+            json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": format!("{} {{{{ password | nosuchfilter }}}}", v("template-literal"))}}),
+            "InvalidSpec",
+        ),
+        (
+            "tpl-decode",
+            json!({"secretId": db, "data": {"keys": [{"from": "username"}]}, "templates": {"T": "{{ password | b64decode }}"}}),
+            "InvalidSpec",
+        ),
+        (
+            "badkey",
+            json!({"secretId": "prod/canary/badkey", "data": {"allKeys": true}}),
+            "InvalidKeyName",
+        ),
+        (
+            "null",
+            json!({"secretId": "prod/canary/null", "data": {"allKeys": true}}),
+            "NullValue",
+        ),
+        (
+            "toobig",
+            json!({"secretId": "prod/canary/big", "data": {"keys": [{"from": "blob"}]}, "templates": {"a": "{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}{{ blob }}"}}),
+            "ValueTooLarge",
+        ),
+        (
+            "typed",
+            json!({"secretId": db, "data": {"keys": [{"from": "host"}]}, "target": {"type": "kubernetes.io/tls"}}),
+            "InvalidSpec",
+        ),
+        (
+            "throttled",
+            json!({"secretId": "prod/canary/throttled", "refreshInterval": "1s", "data": {"allKeys": true}}),
+            "Synced",
+        ),
     ];
     for (name, spec, _) in &cases {
         c.create_ms(name, spec.clone()).await;
@@ -317,8 +411,13 @@ async fn canary_values_appear_in_no_log_event_status_error_or_metric() {
         c.wait_ready(name, status, reason).await;
     }
     // A transient failure after a good sync, then a rotation.
-    moto.fault("DescribeSecret", "prod/canary/throttled", "ThrottlingException", 1000)
-        .await;
+    moto.fault(
+        "DescribeSecret",
+        "prod/canary/throttled",
+        "ThrottlingException",
+        1000,
+    )
+    .await;
     c.wait_condition("throttled", "Stale", "True", "Throttled")
         .await;
     moto.rotate_like_lambda(db, &creds("rotated")).await;
@@ -332,7 +431,10 @@ async fn canary_values_appear_in_no_log_event_status_error_or_metric() {
         "Cnry7f3a9c".to_string(),
     ];
     let all = outputs(&c, &op).await;
-    assert!(all.len() > cases.len() + 2, "statuses, events, logs and metrics were read");
+    assert!(
+        all.len() > cases.len() + 2,
+        "statuses, events, logs and metrics were read"
+    );
     for (what, text) in &all {
         for f in &forbidden {
             assert!(!text.contains(f.as_str()), "{what} contains {f:?}:\n{text}");

@@ -150,7 +150,7 @@ async fn throttling_backs_off_without_a_hot_loop_and_recovers() {
 async fn kubernetes_errors_and_dropped_watches_lose_nothing_and_roll_out_once() {
     let (c, moto, op) = setup().await;
     let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
-    create_workload(&c, "Deployment", "api", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]})), json!({})).await;
+    deployment_using(&c, "api", "db").await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true},
                              "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
     c.wait_secret_value("db", "password", "one").await;
@@ -197,7 +197,7 @@ async fn kubernetes_errors_and_dropped_watches_lose_nothing_and_roll_out_once() 
 async fn killed_after_the_secret_write_and_before_the_rollout_the_rollout_happens_once() {
     let (c, moto, mut op) = setup().await;
     let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
-    create_workload(&c, "Deployment", "api", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]})), json!({})).await;
+    deployment_using(&c, "api", "db").await;
     // A long debounce: the rollout waits after the Secret write, and the operator dies in between.
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true},
                              "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "4s"}})).await;
@@ -219,14 +219,8 @@ async fn killed_after_the_secret_write_and_before_the_rollout_the_rollout_happen
 
     // Killed while the rollout patch itself is in flight (the emulator holds it for 3s).
     let v3 = if c.is_emulator() {
-        c.managed()
-            .patch(
-                "db",
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(json!({"spec": {"rollout": {"debounce": "0s"}}})),
-            )
-            .await
-            .unwrap();
+        c.patch_ms("db", json!({"spec": {"rollout": {"debounce": "0s"}}}))
+            .await;
         c.wait_attempts("db", 1).await;
         c.kube_latency("patch", "deployments", 3000, 1).await;
         let v3 = moto
@@ -382,6 +376,20 @@ async fn a_hostile_object_next_to_twenty_healthy_ones_stops_nothing() {
         let msg = &ms.status.unwrap().conditions[0].message;
         assert!(!msg.contains(&"y".repeat(100)), "{name}: {msg}");
     }
+    // A spec that cannot be acted on waits for a change (or the default refresh): no tight loop.
+    let st = c
+        .managed()
+        .get("far-interval")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let at =
+        |t: &Option<String>| chrono::DateTime::parse_from_rfc3339(t.as_deref().unwrap()).unwrap();
+    assert!(
+        at(&st.next_refresh_time) - at(&st.last_attempt_time) >= chrono::Duration::minutes(5),
+        "{st:?}"
+    );
     for i in 0..5 {
         moto.rotate_like_lambda(&format!("prod/app/s{i}"), &creds("two"))
             .await;
@@ -399,14 +407,6 @@ async fn a_hostile_object_next_to_twenty_healthy_ones_stops_nothing() {
         .delete("empty-target", &Default::default())
         .await
         .unwrap();
-    wait_for("empty-target to be deleted", DEADLINE, || async {
-        c.managed()
-            .get_opt("empty-target")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    c.wait_ms_gone("empty-target").await;
     c.install_crd().await;
 }

@@ -19,7 +19,7 @@ async fn setup() -> (Cluster, Moto, Operator) {
 async fn a_lambda_rotation_restarts_the_declared_targets_once() {
     let (c, moto, op) = setup().await;
     let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
-    create_workload(&c, "Deployment", "api", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]})), json!({})).await;
+    deployment_using(&c, "api", "db").await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true},
                              "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
     c.wait_secret_value("db", "password", "one").await;
@@ -134,7 +134,7 @@ async fn auto_discovery_finds_every_reference_and_ignores_the_rest() {
 async fn restarts_and_downtime_roll_out_once_and_never_spuriously() {
     let (c, moto, mut op) = setup().await;
     let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
-    create_workload(&c, "Deployment", "api", pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": "db"}}]}]})), json!({})).await;
+    deployment_using(&c, "api", "db").await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "2s", "data": {"allKeys": true}, "rollout": {"auto": true, "debounce": "1s"}})).await;
     wait_rollouts_recorded(&c, "db", &v1, 1).await;
     // An operator restart (a re-list of everything) restarts nothing.

@@ -246,7 +246,7 @@ async fn creation_policies_refuse_foreign_secrets_and_merge_only_our_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_policies_delete_retain_and_give_back_merged_keys() {
-    let (c, moto, _op) = setup().await;
+    let (c, moto, op) = setup().await;
     moto.create_json("prod/db/credentials", &creds("pw")).await;
     c.create_ms(
         "gone",
@@ -273,22 +273,9 @@ async fn deletion_policies_delete_retain_and_give_back_merged_keys() {
             .unwrap();
     }
     for n in ["gone", "kept", "merged"] {
-        wait_for(
-            &format!("ManagedSecret {n} to be finalized"),
-            DEADLINE,
-            || async { c.managed().get_opt(n).await.ok()?.is_none().then_some(()) },
-        )
-        .await;
+        c.wait_ms_gone(n).await;
     }
-    wait_for("Secret gone to be deleted", DEADLINE, || async {
-        c.secrets()
-            .get_opt("gone")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    c.wait_secret_gone("gone").await;
     let kept = c.secrets().get("kept").await.unwrap();
     assert!(
         kept.metadata
@@ -308,6 +295,11 @@ async fn deletion_policies_delete_retain_and_give_back_merged_keys() {
     )
     .await;
     assert_eq!(shared["OTHER"], "x");
+    // No ManagedSecret needs the value any more: the operator no longer holds it.
+    wait_for("the cached value to be dropped", DEADLINE, || async {
+        (op.metrics.cache_entries.get() == 0 && op.metrics.cache_bytes.get() == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,7 +575,7 @@ async fn force_sync_rereads_aws_at_once_bypassing_the_cache() {
     c.wait_secret_value("db", "password", "old").await;
     c.wait_ready("db", "True", "Synced").await;
     let v2 = moto.put_json("prod/db/credentials", &creds("new")).await;
-    c.managed().patch("db", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "2026-11-26T10:00:00Z"}}}))).await.unwrap();
+    c.patch_ms("db", json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "2026-11-26T10:00:00Z"}}})).await;
     c.wait_secret_value("db", "password", "new").await;
     let st = wait_for("status to record the forced sync", DEADLINE, || async {
         let st = c.managed().get("db").await.ok()?.status?;
@@ -648,16 +640,11 @@ async fn a_failed_force_sync_is_not_recorded_and_its_retry_still_bypasses_the_ca
         3,
     )
     .await;
-    c.managed()
-        .patch(
-            "db",
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "1"}}}),
-            ),
-        )
-        .await
-        .unwrap();
+    c.patch_ms(
+        "db",
+        json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "1"}}}),
+    )
+    .await;
     let st = wait_for("the forced sync to fail", DEADLINE, || async {
         let st = c.managed().get("db").await.ok()?.status?;
         (st.failures >= 1).then_some(st)
@@ -687,39 +674,17 @@ async fn orphans_outlive_their_managed_secret_and_a_renamed_target_releases_the_
         .delete("orphan", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("orphan to be finalized", DEADLINE, || async {
-        c.managed()
-            .get_opt("orphan")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    c.wait_ms_gone("orphan").await;
     assert_eq!(c.secret_data("orphan").await.unwrap()["password"], "pw");
 
     // Owner: renaming the target deletes the old Secret (deletionPolicy Delete).
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "target": {"name": "first"}})).await;
     c.wait_secret_value("first", "password", "pw").await;
     c.wait_ready("db", "True", "Synced").await;
-    c.managed()
-        .patch(
-            "db",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"target": {"name": "second"}}})),
-        )
-        .await
-        .unwrap();
+    c.patch_ms("db", json!({"spec": {"target": {"name": "second"}}}))
+        .await;
     c.wait_secret_value("second", "password", "pw").await;
-    wait_for("the old target to be deleted", DEADLINE, || async {
-        c.secrets()
-            .get_opt("first")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    c.wait_secret_gone("first").await;
     assert!(c
         .events_for("db")
         .await
@@ -740,14 +705,8 @@ async fn orphans_outlive_their_managed_secret_and_a_renamed_target_releases_the_
     c.create_ms("merge", json!({"secretId": "prod/db/credentials", "data": {"keys": [{"from": "password", "to": "DB_PASSWORD"}]}, "target": {"name": "shared-a", "creationPolicy": "Merge"}})).await;
     c.wait_secret_value("shared-a", "DB_PASSWORD", "pw").await;
     c.wait_ready("merge", "True", "Synced").await;
-    c.managed()
-        .patch(
-            "merge",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"target": {"name": "shared-b"}}})),
-        )
-        .await
-        .unwrap();
+    c.patch_ms("merge", json!({"spec": {"target": {"name": "shared-b"}}}))
+        .await;
     c.wait_secret_value("shared-b", "DB_PASSWORD", "pw").await;
     let a = wait_for("our key removed from shared-a", DEADLINE, || async {
         let d = c.secret_data("shared-a").await?;
@@ -775,14 +734,11 @@ async fn a_new_target_type_for_an_existing_secret_is_an_invalid_spec() {
         .unwrap()
         .metadata
         .resource_version;
-    c.managed()
-        .patch(
-            "db",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"target": {"type": "kubernetes.io/basic-auth"}}})),
-        )
-        .await
-        .unwrap();
+    c.patch_ms(
+        "db",
+        json!({"spec": {"target": {"type": "kubernetes.io/basic-auth"}}}),
+    )
+    .await;
     let ms = c.wait_ready("db", "False", "InvalidSpec").await;
     let msg = &ms.status.unwrap().conditions[0].message;
     assert!(
@@ -818,7 +774,11 @@ async fn status_writes_trigger_no_reconcile() {
         .await
         .unwrap();
     // A change that does need a reconcile, after it on the same watch.
-    c.managed().patch("db", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "after-status"}}}))).await.unwrap();
+    c.patch_ms(
+        "db",
+        json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "after-status"}}}),
+    )
+    .await;
     wait_for("the forced sync", DEADLINE, || async {
         let st = c.managed().get("db").await.ok()?.status?;
         (st.last_force_sync.as_deref() == Some("after-status")).then_some(())

@@ -188,6 +188,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn clients_per_region_are_bounded() {
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let b = AwsBackend::new(base, Arc::new(Metrics::default()));
+        for i in 0..200 {
+            b.client(&SecretRef {
+                secret_id: "x".into(),
+                region: Some(format!("xx-made-up-{i}")),
+                version: VersionSelector::Stage("AWSCURRENT".into()),
+            });
+        }
+        assert_eq!(b.clients.lock().unwrap().len(), MAX_REGIONS);
+    }
+
+    #[test]
     fn region_comes_from_an_arn() {
         assert_eq!(
             region_of_arn(

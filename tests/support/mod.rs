@@ -241,6 +241,48 @@ impl Cluster {
             .expect("create ManagedSecret")
     }
 
+    /// Merge-patches a ManagedSecret (spec or metadata).
+    pub async fn patch_ms(&self, name: &str, patch: Value) -> ManagedSecret {
+        self.managed()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch ManagedSecret")
+    }
+
+    /// Waits until the ManagedSecret is gone (finalized).
+    pub async fn wait_ms_gone(&self, name: &str) {
+        wait_for(
+            &format!("ManagedSecret {name} to be deleted"),
+            DEADLINE,
+            || async {
+                self.managed()
+                    .get_opt(name)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Waits until the Secret is gone.
+    pub async fn wait_secret_gone(&self, name: &str) {
+        wait_for(
+            &format!("Secret {name} to be deleted"),
+            DEADLINE,
+            || async {
+                self.secrets()
+                    .get_opt(name)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
     /// The Secret's data as strings, when it exists.
     pub async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
         let s = self.secrets().get_opt(name).await.ok()??;

@@ -133,3 +133,15 @@ pub async fn wait_rollouts_recorded(c: &Cluster, ms: &str, version: &str, n: usi
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A Deployment `name` whose pods read Secret `secret` through envFrom.
+pub async fn deployment_using(c: &Cluster, name: &str, secret: &str) {
+    create_workload(
+        c,
+        "Deployment",
+        name,
+        pod_spec(json!({"containers": [{"name": "app", "image": "busybox:1.36", "envFrom": [{"secretRef": {"name": secret}}]}]})),
+        json!({}),
+    )
+    .await;
+}
