@@ -427,7 +427,7 @@ fn find_outside_strings(s: &str, close: &str) -> Option<usize> {
             None => {
                 if b[i] == b'\'' || b[i] == b'"' {
                     quote = Some(b[i]);
-                } else if s[i..].starts_with(close) {
+                } else if b[i..].starts_with(close.as_bytes()) {
                     return Some(i);
                 }
             }
@@ -618,6 +618,16 @@ mod tests {
         assert_eq!(e.reason(), "NullValue");
         let e = render_one("{{ username | b64decode }}", &v).unwrap_err();
         assert!(!e.to_string().contains("dbadmin"), "{e}");
+    }
+
+    #[test]
+    fn multibyte_text_next_to_tags_is_not_split() {
+        // Found by make fuzz: a scan for '}}' that indexed into the middle of a character.
+        let v = creds();
+        for src in ["{{{{{{{HHHH7\n\n\n\u{708}{6~7", "{{ 'ä' }}ö{{ username }}", "é{% if tls %}ü{% endif %}"] {
+            let _ = render_one(src, &v);
+        }
+        assert_eq!(render_one("ä{{ 'ö' }}ü{{ username }}", &v).unwrap(), "äöüdbadmin");
     }
 
     #[test]
