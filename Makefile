@@ -33,19 +33,23 @@ python-tests: build
 chart:
 	$(HELM) lint charts/managed-secrets
 	$(HELM) template ms charts/managed-secrets --namespace managed-secrets > $(CARGO_TARGET_DIR)/chart-render.yaml
-	$(HELM) template ms charts/managed-secrets --namespace managed-secrets --set watchNamespace=apps \
+	$(HELM) template ms charts/managed-secrets --namespace managed-secrets --set 'watchNamespaces={apps,payments}' \
 	  --set serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/managed-secrets \
+	  --set-json 'accessPolicy.rules=[{"namespaceSelector":{"matchExpressions":[{"key":"env","operator":"Exists"}]},"secrets":["$$(labels.env)/$$(namespace)/*"]}]' \
 	  > $(CARGO_TARGET_DIR)/chart-render-ns.yaml
-	.venv/bin/kubernetes-validate --strict --quiet -k 1.33.0 $(CARGO_TARGET_DIR)/chart-render.yaml $(CARGO_TARGET_DIR)/chart-render-ns.yaml charts/managed-secrets/crds/*.yaml
+	$(HELM) template ms charts/managed-secrets --namespace managed-secrets --set accessPolicy.enforce=false > $(CARGO_TARGET_DIR)/chart-render-off.yaml
+	$(MANAGED_SECRETS_PYTHON) scripts/validate-rendered.py 1.33.0 $(CARGO_TARGET_DIR)/chart-render.yaml \
+	  $(CARGO_TARGET_DIR)/chart-render-ns.yaml $(CARGO_TARGET_DIR)/chart-render-off.yaml charts/managed-secrets/crds/*.yaml
 
+# crdgen prints every CRD (YAML documents separated by ---); crds/ holds one file per CRD.
 crds: build
-	$(CARGO_TARGET_DIR)/debug/managed-secrets crdgen > crds/managedsecrets.io_managedsecrets.yaml
-	cp crds/managedsecrets.io_managedsecrets.yaml charts/managed-secrets/crds/
+	$(CARGO_TARGET_DIR)/debug/managed-secrets crdgen | scripts/split-crds.py crds
+	rm -f charts/managed-secrets/crds/*.yaml && cp crds/*.yaml charts/managed-secrets/crds/
 
 check-crds: build
-	@$(CARGO_TARGET_DIR)/debug/managed-secrets crdgen | diff -u crds/managedsecrets.io_managedsecrets.yaml - \
-	  || { echo "crds/ is out of date with src/crd.rs: run 'make crds'"; exit 1; }
-	@diff -u crds/managedsecrets.io_managedsecrets.yaml charts/managed-secrets/crds/managedsecrets.io_managedsecrets.yaml
+	@$(CARGO_TARGET_DIR)/debug/managed-secrets crdgen | diff -u <(cat crds/managedsecrets.io_managedsecrets.yaml; echo ---; cat crds/managedsecrets.io_secretaccesspolicies.yaml) - \
+	  || { echo "crds/ is out of date with src/crd/: run 'make crds'"; exit 1; }
+	@diff -ru crds charts/managed-secrets/crds
 
 demo: tools build
 	scripts/demo.sh

@@ -26,28 +26,45 @@ echo "Point kubectl at the emulated cluster with:  export KUBECONFIG=$work/kubec
 
 export AWS_ENDPOINT_URL=$aws_url AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 
-say "Installing the ManagedSecret CRD (kubectl apply -f crds/)"
+say "Installing the CRDs (kubectl apply -f crds/): ManagedSecret and SecretAccessPolicy"
 k apply -f crds/
-k wait --for=condition=Established crd/managedsecrets.managedsecrets.io --timeout=30s
+k wait --for=condition=Established crd/managedsecrets.managedsecrets.io crd/secretaccesspolicies.managedsecrets.io --timeout=30s
+
+say "A team namespace (db, env=prod) and the access policy: env/namespace/* for every labelled namespace"
+k apply -f examples/namespace-db.yaml
+cat examples/access-policy.yaml
+k apply -f examples/access-policy.yaml
 
 say "Creating prod/db/credentials in AWS Secrets Manager"
 "$py" scripts/aws_demo.py create prod/db/credentials \
   '{"username":"dbadmin","password":"SuperSecure123","host":"prod-db.cluster-abc123.us-east-1.rds.amazonaws.com","port":5432,"database":"myapp"}'
 
 say "Starting the operator (managed-secrets run)"
-KUBECONFIG="$work/kubeconfig" "$target/debug/managed-secrets" run --metrics-addr 127.0.0.1:0 > "$work/operator.log" 2>&1 & pids+=($!)
+KUBECONFIG="$work/kubeconfig" POD_NAMESPACE=default "$target/debug/managed-secrets" run --metrics-addr 127.0.0.1:0 > "$work/operator.log" 2>&1 & pids+=($!)
 
 say "Applying a ManagedSecret (examples/db-credentials.yaml)"
 cat examples/db-credentials.yaml
 k apply -f examples/db-credentials.yaml
-k wait --for=condition=Ready managedsecret/db-credentials --timeout=60s
-k get managedsecrets
+k -n db wait --for=condition=Ready managedsecret/db-credentials --timeout=60s
+k -n db get managedsecrets
 
 say "The Secret the operator wrote (the password is a demo value)"
-k get secret db-credentials
-echo "password:     $(k get secret db-credentials -o jsonpath='{.data.password}' | base64 -d)"
-echo "DATABASE_URL: $(k get secret db-credentials -o jsonpath='{.data.DATABASE_URL}' | base64 -d)"
-old_version=$(k get managedsecret db-credentials -o jsonpath='{.status.syncedVersionId}')
+k -n db get secret db-credentials
+echo "password:     $(k -n db get secret db-credentials -o jsonpath='{.data.password}' | base64 -d)"
+echo "DATABASE_URL: $(k -n db get secret db-credentials -o jsonpath='{.data.DATABASE_URL}' | base64 -d)"
+old_version=$(k -n db get managedsecret db-credentials -o jsonpath='{.status.syncedVersionId}')
+
+say "The db team asks for another team's secret (examples/denied.yaml): refused, no AWS call"
+"$py" scripts/aws_demo.py create prod/payments/api-key '{"key":"payments-only"}' >/dev/null
+k apply -f examples/denied.yaml
+for _ in $(seq 60); do
+  reason=$(k -n db get managedsecret payments-api-key -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')
+  [ "$reason" = "PolicyDenied" ] && break
+  sleep 0.5
+done
+[ "$reason" = "PolicyDenied" ] || { echo "the request was not refused"; tail -20 "$work/operator.log"; exit 1; }
+k -n db get managedsecret payments-api-key -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}'; echo
+k -n db get secret payments-api-key 2>/dev/null && { echo "a denied ManagedSecret wrote a Secret"; exit 1; } || echo "(no Secret payments-api-key was written)"
 echo "AWS version:  $old_version"
 
 say "Rotating the AWS secret the way a rotation Lambda does (AWSPENDING, then AWSCURRENT moved)"
@@ -56,14 +73,14 @@ echo "new AWSCURRENT version: $new_version"
 
 say "Waiting for the operator's next refresh (refreshInterval: 10s)"
 for _ in $(seq 60); do
-  v=$(k get managedsecret db-credentials -o jsonpath='{.status.syncedVersionId}')
+  v=$(k -n db get managedsecret db-credentials -o jsonpath='{.status.syncedVersionId}')
   [ "$v" = "$new_version" ] && break
   sleep 1
 done
 [ "$v" = "$new_version" ] || { echo "the rotation did not reach the Secret"; tail -20 "$work/operator.log"; exit 1; }
-echo "password:     $(k get secret db-credentials -o jsonpath='{.data.password}' | base64 -d)"
+echo "password:     $(k -n db get secret db-credentials -o jsonpath='{.data.password}' | base64 -d)"
 echo "AWS version:  $v"
-k get events --field-selector involvedObject.name=db-credentials
+k -n db get events --field-selector involvedObject.name=db-credentials
 
 say "Done: the Secret follows AWS. Operator log: $work/operator.log"
 if [ "${DEMO_NONINTERACTIVE:-}" = "1" ]; then exit 0; fi

@@ -19,8 +19,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(RunArgs),
-    /// Print the ManagedSecret CustomResourceDefinition as YAML.
+    /// Print the CustomResourceDefinitions (ManagedSecret, SecretAccessPolicy) as YAML documents.
     Crdgen,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AccessPolicyArg {
+    Enforce,
+    Off,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -31,9 +37,33 @@ pub enum LogFormat {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Watch ManagedSecrets in this namespace only (default: all namespaces).
-    #[arg(long, env = "MANAGED_SECRETS_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch ManagedSecrets in these namespaces only (comma-separated; default: all namespaces).
+    #[arg(
+        long = "namespaces",
+        alias = "namespace",
+        env = "MANAGED_SECRETS_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// `enforce`: a ManagedSecret reads only what a SecretAccessPolicy grants its namespace;
+    /// `off`: anything the operator's AWS identity can read (single-tenant clusters).
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_ACCESS_POLICY",
+        value_enum,
+        default_value = "enforce"
+    )]
+    pub access_policy: AccessPolicyArg,
+    /// The operator's own namespace (for the Secret holding its hash key).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "managed-secrets")]
+    pub operator_namespace: String,
+    /// The Secret (in the operator's namespace) holding the key of status.dataHash; created if missing.
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_HASH_KEY_SECRET",
+        default_value = "managed-secrets-hash-key"
+    )]
+    pub hash_key_secret: String,
     /// Address of the HTTP server for /healthz, /readyz and /metrics.
     #[arg(
         long,
@@ -114,6 +144,12 @@ mod tests {
                 assert_eq!(a.concurrency, 8);
                 assert_eq!(a.min_refresh_interval, Duration::from_secs(60));
                 assert_eq!(a.log_format, LogFormat::Text);
+                assert_eq!(
+                    a.access_policy,
+                    AccessPolicyArg::Enforce,
+                    "secure by default"
+                );
+                assert!(a.namespaces.is_empty());
             }
             _ => panic!("run"),
         }

@@ -28,7 +28,7 @@ pub enum Error {
     InvalidKeyName(String),
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
-    #[error("Secret {0:?} exists and is not managed by this ManagedSecret; set target.creationPolicy: Merge to manage keys in it")]
+    #[error("SecretConflict: {0}")]
     SecretConflict(String),
     #[error("Secret {0:?} does not exist; target.creationPolicy Merge only adds keys to an existing Secret")]
     TargetMissing(String),
@@ -36,6 +36,10 @@ pub enum Error {
     Kube(#[source] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("PolicyDenied: {0}; nothing is read from AWS until a SecretAccessPolicy grants it")]
+    PolicyDenied(String),
+    #[error("the AWS identity could not be used: {0}")]
+    IdentityFailed(String),
     /// A reconcile panicked: a bug, contained to the one object.
     #[error("internal error while reconciling ({0}); this is a bug, please report it")]
     Internal(String),
@@ -76,6 +80,8 @@ impl Error {
             Error::Kube(_) => "KubernetesError",
             Error::Finalizer(_) => "FinalizerError",
             Error::Internal(_) => "InternalError",
+            Error::PolicyDenied(_) => "PolicyDenied",
+            Error::IdentityFailed(_) => "IdentityFailed",
         }
     }
 

@@ -10,6 +10,7 @@ pub mod http;
 pub mod k8s;
 pub mod lifecycle;
 pub mod metrics;
+pub mod policy;
 pub mod render;
 pub mod rollout;
 pub mod schedule;

@@ -1,6 +1,6 @@
 use anyhow::Context as _;
 use clap::Parser;
-use managed_secrets::config::{Cli, Command, RunArgs};
+use managed_secrets::config::{AccessPolicyArg, Cli, Command, RunArgs};
 use managed_secrets::health::Health;
 use managed_secrets::source::cache::{CachedSource, Limits};
 use managed_secrets::{controller, crd, http, lifecycle, metrics::Metrics, source, telemetry};
@@ -12,7 +12,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Crdgen => {
-            print!("{}", crd::crd_yaml());
+            let docs: Vec<String> = crd::all_crds().into_iter().map(|(_, y)| y).collect();
+            print!("{}", docs.join("---\n"));
             return Ok(());
         }
         Command::Run(args) => args,
@@ -37,7 +38,24 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
-    let backend = source::aws::AwsBackend::from_env(metrics.clone()).await;
+    let tokens: Arc<dyn source::identity::TokenIssuer> =
+        Arc::new(managed_secrets::k8s::tokens::KubeTokens {
+            client: client.clone(),
+        });
+    let backend = source::aws::AwsBackend::from_env(metrics.clone(), Some(tokens)).await;
+    let default_region = backend.default_region();
+    let hash_key = managed_secrets::k8s::hash_key::load_or_create(
+        &client,
+        &args.operator_namespace,
+        &args.hash_key_secret,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "reading or creating the hash key Secret {}/{} (--operator-namespace, --hash-key-secret)",
+            args.operator_namespace, args.hash_key_secret
+        )
+    })?;
     let src: source::DynSourceRef = Arc::new(
         CachedSource::new(backend)
             .with_limits(Limits {
@@ -60,13 +78,19 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .await
     });
     let settings = controller::Settings {
-        namespace: args.namespace.clone(),
+        namespaces: args.namespaces.clone(),
         concurrency: args.concurrency,
         min_refresh: args.min_refresh_interval,
         rollout_debounce: args.rollout_debounce,
+        access_policy: match args.access_policy {
+            AccessPolicyArg::Enforce => controller::AccessPolicy::Enforce,
+            AccessPolicyArg::Off => controller::AccessPolicy::Off,
+        },
+        default_region,
+        hash_key: controller::HashKey(Arc::from(hash_key)),
         ..Default::default()
     };
-    tracing::info!(namespace = ?settings.namespace, metrics = %args.metrics_addr, "managed-secrets starting");
+    tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %args.metrics_addr, "managed-secrets starting");
     let mut ctrl_stop = stop_rx.clone();
     let shutdown = async move {
         let _ = ctrl_stop.changed().await;

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub managed_objects: Gauge,
     pub rollouts: Family<RolloutLabels, Counter>,
     pub watch_errors: Family<WatchLabels, Counter>,
+    pub sts_calls: Family<AwsLabels, Counter>,
     pub oldest_value_age: Gauge,
     pub stale_objects: Gauge,
     pub cache_entries: Gauge,
@@ -63,6 +64,12 @@ impl Default for Metrics {
         let managed_objects = Gauge::default();
         let rollouts = Family::<RolloutLabels, Counter>::default();
         let watch_errors = Family::<WatchLabels, Counter>::default();
+        let sts_calls = Family::<AwsLabels, Counter>::default();
+        registry.register(
+            "sts_calls",
+            "AWS STS calls (AssumeRole, AssumeRoleWithWebIdentity) by API and outcome",
+            sts_calls.clone(),
+        );
         let oldest_value_age = Gauge::default();
         let stale_objects = Gauge::default();
         let cache_entries = Gauge::default();
@@ -131,6 +138,7 @@ impl Default for Metrics {
             managed_objects,
             rollouts,
             watch_errors,
+            sts_calls,
             oldest_value_age,
             stale_objects,
             cache_entries,
@@ -143,6 +151,14 @@ impl Default for Metrics {
 impl Metrics {
     pub fn aws_call(&self, api: &str, outcome: &str) {
         self.aws_calls
+            .get_or_create(&AwsLabels {
+                api: api.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+    pub fn sts_call(&self, api: &str, outcome: &str) {
+        self.sts_calls
             .get_or_create(&AwsLabels {
                 api: api.into(),
                 outcome: outcome.into(),

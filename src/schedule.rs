@@ -145,6 +145,8 @@ pub struct Observed {
     pub ready: bool,
     /// The Secret in the cluster still holds what was synced (hash over our keys matches).
     pub secret_intact: bool,
+    /// The last attempt was refused by the access policies, and now they grant it.
+    pub access_granted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +179,12 @@ pub fn plan(o: &Observed) -> Plan {
         return Plan::Sync {
             bypass_cache: false,
             why: "Secret changed or missing",
+        };
+    }
+    if o.access_granted {
+        return Plan::Sync {
+            bypass_cache: false,
+            why: "an access policy grants it now",
         };
     }
     match o.next_refresh {
@@ -293,6 +301,7 @@ mod tests {
             next_refresh: Some(now + chrono::Duration::seconds(60)),
             ready: true,
             secret_intact: true,
+            access_granted: false,
         }
     }
 
@@ -354,5 +363,16 @@ mod tests {
         o.ready = false;
         o.next_refresh = None;
         assert!(matches!(plan(&o), Plan::Sync { .. }));
+        let mut o = base();
+        o.ready = false;
+        o.access_granted = true;
+        assert_eq!(
+            plan(&o),
+            Plan::Sync {
+                bypass_cache: false,
+                why: "an access policy grants it now"
+            },
+            "a denial lifted by a policy change does not wait for the next refresh"
+        );
     }
 }

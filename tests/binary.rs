@@ -45,6 +45,10 @@ impl Proc {
                 "1s",
                 "--shutdown-timeout",
                 "5s",
+                "--access-policy",
+                "off",
+                "--operator-namespace",
+                &c.namespace,
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("AWS_ENDPOINT_URL", &moto.url)
@@ -190,9 +194,13 @@ async fn without_rbac_for_secrets_it_is_not_ready_says_so_loudly_and_sigterm_sti
     .await;
     assert!(!body.is_empty());
     // ManagedSecrets are listed; Secrets never are.
+    let want = format!(
+        "waiting for the initial list of: secrets in {}",
+        c.namespace
+    );
     wait_for("/readyz to wait for secrets only", DEADLINE, || async {
         let (code, text) = op.get("/readyz").await;
-        (code == 503 && text == "waiting for the initial list of: secrets").then_some(())
+        (code == 503 && text == want).then_some(())
     })
     .await;
     assert_eq!(op.get("/healthz").await.0, 200, "alive, only not ready");
@@ -449,10 +457,11 @@ fn crdgen_prints_the_crd_and_bad_flags_exit_with_an_error_naming_them() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        managed_secrets::crd::crd_yaml()
-    );
+    let docs: Vec<String> = managed_secrets::crd::all_crds()
+        .into_iter()
+        .map(|(_, y)| y)
+        .collect();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), docs.join("---\n"));
     let out = Command::new(env!("CARGO_BIN_EXE_managed-secrets"))
         .args(["run", "--concurrency", "0"])
         .output()

@@ -36,7 +36,7 @@ async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_ref
     assert_eq!(st.synced_version_id.as_deref(), Some(v1.as_str()));
     assert_eq!(st.synced_version_stages, ["AWSCURRENT"]);
     assert_eq!(st.secret_name.as_deref(), Some("db"));
-    assert!(st.data_hash.unwrap().starts_with("sha256:"));
+    assert!(st.data_hash.unwrap().starts_with("hmac-sha256:"));
     assert_eq!(st.observed_generation, Some(1));
     assert!(st.next_refresh_time.is_some() && st.last_sync_time.is_some());
     let secret = c.secrets().get("db").await.unwrap();
@@ -192,7 +192,7 @@ async fn a_deleted_or_edited_managed_secret_is_repaired_within_seconds() {
 async fn creation_policies_refuse_foreign_secrets_and_merge_only_our_keys() {
     let (c, moto, _op) = setup().await;
     moto.create_json("prod/db/credentials", &creds("pw")).await;
-    let foreign: Secret = serde_json::from_value(json!({"metadata": {"name": "app-config"}, "stringData": {"LOG_LEVEL": "debug", "password": "theirs"}})).unwrap();
+    let foreign: Secret = serde_json::from_value(json!({"metadata": {"name": "app-config", "annotations": {"managedsecrets.io/allow-merge": "merge"}}, "stringData": {"LOG_LEVEL": "debug", "password": "theirs"}})).unwrap();
     c.secrets()
         .create(&PostParams::default(), &foreign)
         .await
@@ -255,7 +255,7 @@ async fn deletion_policies_delete_retain_and_give_back_merged_keys() {
     .await;
     c.create_ms("kept", json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}, "target": {"deletionPolicy": "Retain"}})).await;
     let shared: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "shared"}, "stringData": {"OTHER": "x"}}),
+        json!({"metadata": {"name": "shared", "annotations": {"managedsecrets.io/allow-merge": "merged"}}, "stringData": {"OTHER": "x"}}),
     )
     .unwrap();
     c.secrets()
@@ -694,7 +694,7 @@ async fn orphans_outlive_their_managed_secret_and_a_renamed_target_releases_the_
     // Merge: renaming gives our keys back to the first Secret and merges into the second.
     for name in ["shared-a", "shared-b"] {
         let s: Secret = serde_json::from_value(
-            json!({"metadata": {"name": name}, "stringData": {"OTHER": "theirs"}}),
+            json!({"metadata": {"name": name, "annotations": {"managedsecrets.io/allow-merge": "merge"}}, "stringData": {"OTHER": "theirs"}}),
         )
         .unwrap();
         c.secrets()

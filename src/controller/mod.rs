@@ -3,11 +3,12 @@
 //! `rollout`, the finalizer's cleanup in `cleanup`; every decision lives in a pure module.
 
 mod cleanup;
+mod policies;
 mod rollout;
 mod sync;
+mod watches;
 
-use crate::crd::{ManagedSecret, FIELD_MANAGER, FINALIZER, FORCE_SYNC_ANNOTATION};
-use crate::crd::{MANAGED_BY_ANNOTATION, MANAGED_BY_LABEL};
+use crate::crd::{ManagedSecret, FINALIZER, FORCE_SYNC_ANNOTATION};
 use crate::error::{backoff, Error, Result};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -15,44 +16,60 @@ use crate::render::Mapping;
 use crate::schedule;
 use crate::source::DynSourceRef;
 use chrono::{DateTime, Utc};
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use futures::FutureExt;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FEvent};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{self, Store};
 use kube::{Client, Resource, ResourceExt};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::{debug, error, info, instrument, warn};
+use tracing::{error, instrument, warn};
 
+pub use policies::{desired_status as policy_status, region_of};
 pub use sync::validate_spec;
+
+/// The per-installation key of status.dataHash (an HMAC key). `Debug` never shows it.
+#[derive(Clone)]
+pub struct HashKey(pub Arc<[u8]>);
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HashKey(<redacted, {} bytes>)", self.0.len())
+    }
+}
 
 /// Settings the controller runs with (validated by `config`).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Watch only this namespace (all when `None`).
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (all when empty).
+    pub namespaces: Vec<String>,
     pub concurrency: u16,
     pub min_refresh: Duration,
     pub reporter: String,
     /// Default debounce before a rollout (a ManagedSecret's rollout.debounce overrides it).
     pub rollout_debounce: Duration,
+    pub access_policy: AccessPolicy,
+    /// The region a secret is read in when neither its spec nor its ARN says (for policies).
+    pub default_region: Option<String>,
+    pub hash_key: HashKey,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             rollout_debounce: Duration::from_secs(5),
-            namespace: None,
+            namespaces: vec![],
             concurrency: 4,
             min_refresh: schedule::MIN_REFRESH,
             reporter: "managed-secrets".into(),
+            access_policy: AccessPolicy::Enforce,
+            default_region: None,
+            hash_key: HashKey(Arc::from(rand::random::<[u8; 32]>().to_vec())),
         }
     }
 }
@@ -78,6 +95,10 @@ pub struct Context {
     pub settings: Settings,
     pub health: Arc<Health>,
     objects: Mutex<HashMap<String, ObjectState>>,
+    /// The ManagedSecrets of every watched scope.
+    stores: Vec<Store<ManagedSecret>>,
+    /// The grants (None when access policies are off).
+    policy: Option<policies::PolicyView>,
 }
 
 fn uid(ms: &ManagedSecret) -> String {
@@ -168,6 +189,23 @@ impl Context {
         self.source.retain(live);
     }
 
+    /// Every ManagedSecret of a namespace, from the watch caches (no API request).
+    fn managed_in(&self, ns: &str) -> Vec<Arc<ManagedSecret>> {
+        self.stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|m| m.namespace().as_deref() == Some(ns))
+            .collect()
+    }
+
+    /// The name of the ManagedSecret with this UID in `ns`, if the operator knows it.
+    fn name_of(&self, ns: &str, uid_: &str) -> Option<String> {
+        self.managed_in(ns)
+            .iter()
+            .find(|m| uid(m) == uid_)
+            .map(|m| m.name_any())
+    }
+
     async fn event(&self, ms: &ManagedSecret, type_: EventType, reason: &str, note: String) {
         let ev = KEvent {
             type_,
@@ -252,48 +290,14 @@ fn sync_relevant(ms: &ManagedSecret) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Logs watch failures (a 403 loudly, naming the permission), counts them, and marks a kind as
-/// listed once its initial list succeeded.
-fn watch_report<K>(
-    resource: &'static str,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-) -> impl FnMut(&std::result::Result<watcher::Event<K>, watcher::Error>) {
-    move |ev| match ev {
-        Ok(watcher::Event::InitDone) => health.listed(resource),
-        Ok(_) => {}
-        Err(e) => {
-            let status = match e {
-                watcher::Error::InitialListFailed(kube::Error::Api(s))
-                | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-                | watcher::Error::WatchFailed(kube::Error::Api(s)) => {
-                    Some((s.code, s.reason.clone()))
-                }
-                watcher::Error::WatchError(s) => Some((s.code, s.reason.clone())),
-                _ => None,
-            };
-            let reason = status
-                .as_ref()
-                .map(|(c, r)| {
-                    if r.is_empty() {
-                        c.to_string()
-                    } else {
-                        r.clone()
-                    }
-                })
-                .unwrap_or_else(|| "Unreachable".into());
-            metrics.watch_error(resource, &reason);
-            match status {
-                Some((403, _)) => error!(
-                    resource,
-                    error = %e,
-                    "the operator may not list or watch {resource}: grant its ServiceAccount get, list and watch on {resource} (the chart's RBAC does); nothing syncs until then"
-                ),
-                Some((410, _)) => debug!(resource, "watch expired; re-listing"),
-                _ => warn!(resource, error = %e, "watch failed; retrying with back-off"),
-            }
-        }
-    }
+/// Where access to AWS secrets is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AccessPolicy {
+    /// Only what a SecretAccessPolicy grants is read.
+    #[default]
+    Enforce,
+    /// Every ManagedSecret reads what the operator's identity can (single-tenant clusters).
+    Off,
 }
 
 /// Runs the controller until `shutdown` resolves. Returns when it stops; it only stops early if
@@ -306,13 +310,6 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (mss, secrets): (Api<ManagedSecret>, Api<Secret>) = match &settings.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| settings.reporter.clone());
     let recorder = Recorder::new(
         client.clone(),
@@ -321,84 +318,35 @@ pub async fn run(
             instance: Some(instance),
         },
     );
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let scopes: Vec<_> = scopes
+        .into_iter()
+        .map(|s| {
+            let (store, writer) = reflector::store::<ManagedSecret>();
+            (s, store, writer)
+        })
+        .collect();
+    let (view, watches) = match settings.access_policy {
+        AccessPolicy::Enforce => {
+            let (v, w) = policies::stores();
+            (Some(v), Some(w))
+        }
+        AccessPolicy::Off => (None, None),
+    };
     let ctx = Arc::new(Context {
         client,
         source,
-        metrics: metrics.clone(),
+        metrics,
         recorder,
-        settings: settings.clone(),
-        health: health.clone(),
+        settings,
+        health,
         objects: Mutex::new(HashMap::new()),
+        stores: scopes.iter().map(|(_, s, _)| s.clone()).collect(),
+        policy: view,
     });
-    health.watching("managedsecrets");
-    health.watching("secrets");
-
-    let (ms_store, ms_writer) = reflector::store::<ManagedSecret>();
-    let forget = ctx.clone();
-    let ms_events = watcher(mss, watcher::Config::default())
-        .default_backoff()
-        .inspect(watch_report(
-            "managedsecrets",
-            health.clone(),
-            metrics.clone(),
-        ))
-        .reflect(ms_writer)
-        .inspect(move |ev| {
-            if let Ok(watcher::Event::Delete(o)) = ev {
-                forget.forget(&uid(o));
-            }
-        })
-        .applied_objects()
-        .predicate_filter(sync_relevant, Default::default());
-    let secret_events = watcher(
-        secrets,
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")),
-    )
-    .default_backoff()
-    .inspect(watch_report("secrets", health.clone(), metrics.clone()))
-    .touched_objects();
-
-    let controller = Controller::for_stream(ms_events, ms_store.clone())
-        .watches_stream(secret_events, |s: Secret| {
-            let ns = s.namespace();
-            s.annotations().get(MANAGED_BY_ANNOTATION).map(|name| {
-                let r = ObjectRef::<ManagedSecret>::new(name);
-                match ns {
-                    Some(ns) => r.within(&ns),
-                    None => r,
-                }
-            })
-        })
-        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            match res {
-                Ok(_) => {}
-                Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
-                    debug!(object = %r, "object gone before its reconcile")
-                }
-                Err(e) => debug!(error = %e, "controller stream item"),
-            }
-        });
-    tokio::pin!(controller);
-    // The loop beats while it runs (liveness); once a minute objects deleted while a watch was
-    // down are forgotten.
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut last_sweep = Instant::now();
-    loop {
-        tokio::select! {
-            _ = &mut controller => break,
-            _ = tick.tick() => {
-                health.beat();
-                if last_sweep.elapsed() >= Duration::from_secs(60) && health.is_listed("managedsecrets") {
-                    last_sweep = Instant::now();
-                    let live: HashSet<String> = ms_store.state().iter().map(|o| uid(o)).collect();
-                    ctx.sweep(&live);
-                }
-            }
-        }
-    }
-    health.ended();
-    info!("controller stopped");
+    watches::run_all(ctx, scopes, watches, Box::pin(shutdown)).await;
 }

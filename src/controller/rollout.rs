@@ -11,7 +11,6 @@ use crate::rollout::{self, TargetRef, Workload};
 use crate::schedule;
 use crate::status::{self, ts};
 use chrono::{DateTime, Utc};
-use kube::api::Api;
 use kube::runtime::events::{Event as KEvent, EventType};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
@@ -223,12 +222,11 @@ async fn peer_versions(
     workloads: &[Workload],
     version: &str,
 ) -> Result<PeerVersions> {
-    let api: Api<ManagedSecret> = Api::namespaced(ctx.client.clone(), ns);
-    let all = api.list(&Default::default()).await.map_err(Error::Kube)?;
+    let all = ctx.managed_in(ns);
     let mut out: PeerVersions = HashMap::new();
     for other in all
-        .items
         .iter()
+        .map(|o| o.as_ref())
         .filter(|o| o.name_any() != ms.name_any())
         .chain(std::iter::once(ms))
     {

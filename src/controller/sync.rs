@@ -2,10 +2,11 @@
 //! asked, fetch through the source, render, write only what changed, release a renamed target,
 //! run the rollout step, record status. Every error ends in [`fail`].
 
-use super::{retry_wait, rollout, uid, Context};
+use super::{policies, retry_wait, rollout, uid, Context};
 use crate::crd::{ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FORCE_SYNC_ANNOTATION};
 use crate::error::{Error, Result};
 use crate::k8s;
+use crate::policy::Identity;
 use crate::schedule::{self, Observed, Plan};
 use crate::source::{FetchRequest, SecretRef, VersionSelector};
 use crate::status::{self, Failed, Synced, READY};
@@ -61,6 +62,23 @@ pub fn validate_spec(ms: &ManagedSecret, min_refresh: Duration) -> Result<Durati
     }
     if let Some(r) = &spec.rollout {
         schedule::debounce(r.debounce.as_deref(), Duration::ZERO)?;
+        if let Some(sel) = &r.selector {
+            let empty = sel
+                .match_labels
+                .as_ref()
+                .map(|m| m.is_empty())
+                .unwrap_or(true)
+                && sel
+                    .match_expressions
+                    .as_ref()
+                    .map(|e| e.is_empty())
+                    .unwrap_or(true);
+            if empty {
+                return Err(Error::InvalidSpec(
+                    "rollout.selector is empty and would match every workload in the namespace; give it matchLabels or matchExpressions".into(),
+                ));
+            }
+        }
         if r.targets.len() > MAX_ROLLOUT_TARGETS {
             return Err(Error::InvalidSpec(format!(
                 "rollout.targets has {} entries; at most {MAX_ROLLOUT_TARGETS}",
@@ -71,7 +89,7 @@ pub fn validate_spec(ms: &ManagedSecret, min_refresh: Duration) -> Result<Durati
     Ok(interval)
 }
 
-fn secret_ref(ms: &ManagedSecret) -> SecretRef {
+fn secret_ref(ms: &ManagedSecret, identity: Identity) -> SecretRef {
     let version = match (&ms.spec.version_id, &ms.spec.version_stage) {
         (Some(id), _) => VersionSelector::Id(id.clone()),
         (None, Some(s)) => VersionSelector::Stage(s.clone()),
@@ -81,6 +99,7 @@ fn secret_ref(ms: &ManagedSecret) -> SecretRef {
         secret_id: ms.spec.secret_id.clone(),
         region: ms.spec.region.clone(),
         version,
+        identity,
     }
 }
 
@@ -95,6 +114,10 @@ pub(super) struct Known {
 
 /// Syncs `ms`; failures are recorded (status, Event, back-off) and never returned.
 pub(super) async fn apply(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
+    if !policies::ready(ctx) {
+        // The grants are not known yet: deciding now could deny what a policy allows.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let mut known = Known::default();
     match run(ms, ctx, &mut known).await {
         Ok(a) => Ok(a),
@@ -130,7 +153,10 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let force = ms.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
     let interval = validate_spec(ms, ctx.settings.min_refresh)?;
     known.interval = Some(interval);
+    // Before anything is read from AWS: may this namespace read this secret, and as whom?
+    let identity = policies::authorize(ctx, ms)?;
     let mapping = ctx.mapping(ms)?;
+    let hash_key = ctx.settings.hash_key.0.clone();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = ms.target_name();
     let current = secrets.get_opt(&target).await.map_err(Error::Kube)?;
@@ -139,7 +165,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         Some(h) => {
             current
                 .as_ref()
-                .and_then(|c| k8s::current_hash(c, &status.synced_keys))
+                .and_then(|c| k8s::current_hash(c, &status.synced_keys, &hash_key))
                 .as_deref()
                 == Some(h.as_str())
         }
@@ -154,6 +180,10 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         next_refresh: status::parse_ts(status.next_refresh_time.as_deref()),
         ready: status::is_true(&status.conditions, READY),
         secret_intact: intact,
+        access_granted: status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.reason == "PolicyDenied"),
     });
     let bypass_cache = match plan {
         Plan::Rest { until } => {
@@ -179,22 +209,36 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
             bypass_cache
         }
     };
-    k8s::check_target(ms, current.as_ref())?;
+    let owner = current
+        .as_ref()
+        .and_then(k8s::owner_uid)
+        .and_then(|u| ctx.name_of(&ns, &u));
+    k8s::check_target(ms, current.as_ref(), owner.as_deref())?;
     k8s::check_type_change(ms, current.as_ref())?;
     let req = FetchRequest {
-        secret: secret_ref(ms),
+        secret: secret_ref(ms, identity),
         bypass_cache,
         max_age: interval,
         owner: uid(ms),
     };
     let fetched = ctx.source.fetch(&req).await?;
     ctx.confirmed(ms, now);
+    if let Some(id) = &ms.spec.version_id {
+        let stages = &fetched.version_stages;
+        if !stages.is_empty() && stages.iter().all(|s| s == "AWSPENDING") {
+            return Err(Error::InvalidSpec(format!(
+                "versionId {id} is only AWSPENDING: a pending value is not yet in use and may never be"
+            )));
+        }
+    }
     let data = mapping.render(&fetched.value)?;
     let desired = k8s::desired_secret(ms, &data, &fetched.version_id);
     let changed = match &current {
-        Some(c) if k8s::in_sync(c, &desired) => false,
+        Some(c) if k8s::in_sync(c, &desired, &k8s::field_manager(ms)) => false,
         _ => {
-            k8s::apply_secret(&secrets, ms, &desired).await?;
+            k8s::apply_secret(&secrets, ms, &desired)
+                .await
+                .map_err(|e| name_managers(ctx, &ns, e))?;
             true
         }
     };
@@ -238,7 +282,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
             target: target.clone(),
             version_id: fetched.version_id.clone(),
             version_stages: fetched.version_stages.clone(),
-            data_hash: data.hash(),
+            data_hash: data.hash(&hash_key),
             keys: data.keys(),
             now,
             next_refresh: next,
@@ -261,6 +305,26 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         return Err(e);
     }
     Ok(Action::requeue(wait))
+}
+
+/// A server-side apply conflict names field managers; ours are `managed-secrets/<uid>`: say which
+/// ManagedSecret that is.
+fn name_managers(ctx: &Context, ns: &str, e: Error) -> Error {
+    match e {
+        Error::SecretConflict(m) => {
+            let mut m = m;
+            for uid in k8s::our_managers_in(&m) {
+                if let Some(name) = ctx.name_of(ns, &uid) {
+                    m = m.replace(
+                        &format!("{FIELD_MANAGER}/{uid}"),
+                        &format!("ManagedSecret {name}"),
+                    );
+                }
+            }
+            Error::SecretConflict(m)
+        }
+        other => other,
+    }
 }
 
 /// A failure: the Secret is left as it is; status and an Event say what failed and when the next

@@ -1,11 +1,13 @@
 //! Writing the target Secret: the pure decisions (is it ours, is it in sync, what must it hold)
 //! and the server-side apply under one fixed field manager.
 
+pub mod hash_key;
+pub mod tokens;
 pub mod workloads;
 
 use crate::crd::{
-    CreationPolicy, DeletionPolicy, ManagedSecret, FIELD_MANAGER, MANAGED_BY_ANNOTATION,
-    MANAGED_BY_LABEL,
+    CreationPolicy, DeletionPolicy, ManagedSecret, ALLOW_MERGE_ANNOTATION, FIELD_MANAGER,
+    MANAGED_BY_LABEL, OWNER_UID_ANNOTATION, VERSION_ID_ANNOTATION,
 };
 use crate::error::{Error, Result};
 use crate::render::{hash_data, SecretData};
@@ -15,6 +17,31 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Resource;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+
+/// The field manager a ManagedSecret writes its Secret with: one per ManagedSecret (by UID), so
+/// that server-side apply itself notices two ManagedSecrets writing the same keys.
+pub fn field_manager(ms: &ManagedSecret) -> String {
+    format!(
+        "{FIELD_MANAGER}/{}",
+        ms.metadata.uid.clone().unwrap_or_default()
+    )
+}
+
+/// The UID a field manager of ours names (`managed-secrets/<uid>`).
+pub fn manager_uid(manager: &str) -> Option<&str> {
+    manager
+        .strip_prefix(FIELD_MANAGER)
+        .and_then(|r| r.strip_prefix('/'))
+        .filter(|u| !u.is_empty())
+}
+
+/// Secret types that are never written into, whatever a policy or annotation says: they carry
+/// credentials of the cluster itself or of Helm releases.
+pub const PROTECTED_TYPES: &[&str] = &[
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+    "helm.sh/release.v1",
+];
 
 /// The Secret as we apply it (only the fields we own).
 pub fn desired_secret(ms: &ManagedSecret, data: &SecretData, version_id: &str) -> Value {
@@ -28,11 +55,14 @@ pub fn desired_secret(ms: &ManagedSecret, data: &SecretData, version_id: &str) -
     for (k, v) in &t.annotations {
         annotations.insert(k.clone(), json!(v));
     }
-    annotations.insert(
-        MANAGED_BY_ANNOTATION.into(),
-        json!(ms.metadata.name.clone().unwrap_or_default()),
-    );
-    annotations.insert("managedsecrets.io/aws-version-id".into(), json!(version_id));
+    if t.creation_policy != CreationPolicy::Merge {
+        // Ownership by UID, written only by the modes that own the whole Secret.
+        annotations.insert(
+            OWNER_UID_ANNOTATION.into(),
+            json!(ms.metadata.uid.clone().unwrap_or_default()),
+        );
+        annotations.insert(VERSION_ID_ANNOTATION.into(), json!(version_id));
+    }
     let encoded: serde_json::Map<String, Value> = data
         .0
         .iter()
@@ -60,47 +90,94 @@ pub fn desired_secret(ms: &ManagedSecret, data: &SecretData, version_id: &str) -
     s
 }
 
-/// Is an existing Secret ours to write under this policy?
-pub fn check_target(ms: &ManagedSecret, current: Option<&Secret>) -> Result<()> {
-    let name = ms.target_name();
-    let policy = ms.spec.target.creation_policy;
-    match (policy, current) {
-        (CreationPolicy::Merge, None) => Err(Error::TargetMissing(name)),
-        (CreationPolicy::Merge, Some(_)) => Ok(()),
-        (_, None) => Ok(()),
-        (_, Some(s)) => {
-            let ours_by_annotation = s
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(MANAGED_BY_ANNOTATION))
-                .map(|v| Some(v) == ms.metadata.name.as_ref())
-                .unwrap_or(false);
-            let uid = ms.metadata.uid.clone().unwrap_or_default();
-            let other_controller = s
-                .metadata
+fn annotation<'a>(s: &'a Secret, key: &str) -> Option<&'a str> {
+    s.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// The UID of the ManagedSecret that owns a Secret (its owner annotation, or a controller
+/// ownerReference to a ManagedSecret).
+pub fn owner_uid(s: &Secret) -> Option<String> {
+    annotation(s, OWNER_UID_ANNOTATION)
+        .map(String::from)
+        .or_else(|| {
+            s.metadata
                 .owner_references
-                .as_ref()
-                .map(|refs| {
-                    refs.iter()
-                        .any(|r| r.controller == Some(true) && r.uid != uid)
-                })
+                .iter()
+                .flatten()
+                .find(|r| r.controller == Some(true) && r.kind == "ManagedSecret")
+                .map(|r| r.uid.clone())
+        })
+}
+
+/// Is an existing Secret ours to write under this policy? `owner_name` names the ManagedSecret
+/// that owns it, when the caller knows (for the message).
+pub fn check_target(
+    ms: &ManagedSecret,
+    current: Option<&Secret>,
+    owner_name: Option<&str>,
+) -> Result<()> {
+    let name = ms.target_name();
+    let uid = ms.metadata.uid.clone().unwrap_or_default();
+    let me = ms.metadata.name.clone().unwrap_or_default();
+    let policy = ms.spec.target.creation_policy;
+    let Some(s) = current else {
+        return match policy {
+            CreationPolicy::Merge => Err(Error::TargetMissing(name)),
+            _ => Ok(()),
+        };
+    };
+    if let Some(t) = s.type_.as_deref().filter(|t| PROTECTED_TYPES.contains(t)) {
+        return Err(Error::SecretConflict(format!(
+            "Secret {name} is of type {t}, which managed-secrets never writes into"
+        )));
+    }
+    let owner = owner_uid(s);
+    let other_owner = owner.as_deref().filter(|o| *o != uid);
+    let someone = |o: &str| match owner_name {
+        Some(n) => format!("ManagedSecret {n}"),
+        None => format!("another ManagedSecret (uid {o})"),
+    };
+    if let Some(o) = other_owner {
+        return Err(Error::SecretConflict(format!(
+            "Secret {name} is managed by {}; two ManagedSecrets cannot own one Secret",
+            someone(o)
+        )));
+    }
+    let other_controller = s
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid != uid);
+    match policy {
+        CreationPolicy::Merge => {
+            let allowed = annotation(s, ALLOW_MERGE_ANNOTATION)
+                .map(|v| v.split(',').any(|n| n.trim() == me))
                 .unwrap_or(false);
-            if ours_by_annotation && !other_controller {
+            if allowed {
                 Ok(())
             } else {
-                Err(Error::SecretConflict(name))
+                Err(Error::SecretConflict(format!(
+                    "Secret {name} does not let this ManagedSecret merge into it: its owner must annotate it {ALLOW_MERGE_ANNOTATION}: {me}"
+                )))
             }
         }
+        _ if owner.as_deref() == Some(uid.as_str()) && !other_controller => Ok(()),
+        _ => Err(Error::SecretConflict(format!(
+            "Secret {name} exists and is not managed by this ManagedSecret; to add keys to it, set target.creationPolicy: Merge and have its owner annotate it {ALLOW_MERGE_ANNOTATION}: {me}"
+        ))),
     }
 }
 
-/// The `data` keys our field manager owns in a Secret (from its managedFields).
-pub fn owned_keys(s: &Secret) -> BTreeSet<String> {
+/// The `data` keys this ManagedSecret's field manager owns in a Secret (from its managedFields).
+pub fn owned_keys(s: &Secret, manager: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for mf in s.metadata.managed_fields.iter().flatten() {
-        if mf.manager.as_deref() != Some(FIELD_MANAGER) || mf.operation.as_deref() != Some("Apply")
-        {
+        if mf.manager.as_deref() != Some(manager) || mf.operation.as_deref() != Some("Apply") {
             continue;
         }
         if let Some(data) = mf
@@ -119,7 +196,7 @@ pub fn owned_keys(s: &Secret) -> BTreeSet<String> {
 }
 
 /// Whether `current` already holds everything `desired` says (so no write is needed).
-pub fn in_sync(current: &Secret, desired: &Value) -> bool {
+pub fn in_sync(current: &Secret, desired: &Value, manager: &str) -> bool {
     let cur_data = current.data.clone().unwrap_or_default();
     let want = desired["data"].as_object().cloned().unwrap_or_default();
     for (k, v) in &want {
@@ -131,7 +208,10 @@ pub fn in_sync(current: &Secret, desired: &Value) -> bool {
         }
     }
     // Keys we wrote before and no longer want must go.
-    if owned_keys(current).iter().any(|k| !want.contains_key(k)) {
+    if owned_keys(current, manager)
+        .iter()
+        .any(|k| !want.contains_key(k))
+    {
         return false;
     }
     let sub = |want: &Value, cur: Option<&std::collections::BTreeMap<String, String>>| {
@@ -178,34 +258,66 @@ pub fn in_sync(current: &Secret, desired: &Value) -> bool {
 }
 
 /// Hash of the given keys as the Secret holds them now (to notice edits and deletions).
-pub fn current_hash(current: &Secret, keys: &[String]) -> Option<String> {
+pub fn current_hash(current: &Secret, keys: &[String], hash_key: &[u8]) -> Option<String> {
     let data = current.data.as_ref()?;
     let mut items = vec![];
     for k in keys {
         items.push((k.as_str(), data.get(k)?.0.as_slice()));
     }
     items.sort();
-    Some(hash_data(items.into_iter()))
+    Some(hash_data(hash_key, items.into_iter()))
 }
 
-/// Server-side apply of the desired Secret. Owner/Orphan take their fields back (force); Merge does
-/// not, so a key owned by someone else is reported as a conflict rather than overwritten.
+/// Server-side apply of the desired Secret under this ManagedSecret's field manager. Owner/Orphan
+/// take their fields back (force); Merge does not, so a key owned by someone else (another
+/// ManagedSecret included) is reported as a conflict rather than overwritten. A conflict names the
+/// managers the API server reported.
 pub async fn apply_secret(
     api: &Api<Secret>,
     ms: &ManagedSecret,
     desired: &Value,
 ) -> Result<Secret> {
     let force = ms.spec.target.creation_policy != CreationPolicy::Merge;
-    let mut pp = PatchParams::apply(FIELD_MANAGER);
+    let mut pp = PatchParams::apply(&field_manager(ms));
     pp.force = force;
     match api
         .patch(&ms.target_name(), &pp, &Patch::Apply(desired))
         .await
     {
         Ok(s) => Ok(s),
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::SecretConflict(ms.target_name())),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::SecretConflict(format!(
+            "Secret {} has keys another writer owns ({}); Merge never overwrites them",
+            ms.target_name(),
+            conflicting_managers(&e.message).join(", ")
+        ))),
         Err(e) => Err(Error::Kube(e)),
     }
+}
+
+/// The UIDs in the `managed-secrets/<uid>` field managers a text names.
+pub fn our_managers_in(text: &str) -> Vec<String> {
+    text.split(&format!("{FIELD_MANAGER}/"))
+        .skip(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// The managers a server-side apply conflict names (`conflict with "NAME"`).
+pub fn conflicting_managers(message: &str) -> Vec<String> {
+    let mut out: Vec<String> = message
+        .split("conflict with \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(String::from)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Is `name` a valid Secret name (a DNS-1123 subdomain)?
@@ -260,9 +372,7 @@ pub async fn release_secret(api: &Api<Secret>, ms: &ManagedSecret, name: &str) -
     let Some(current) = api.get_opt(name).await.map_err(Error::Kube)? else {
         return Ok(());
     };
-    let mut named = ms.clone();
-    named.spec.target.name = Some(name.to_string());
-    let ours = check_target(&named, Some(&current)).is_ok();
+    let uid_owned = owner_uid(&current).as_deref() == ms.metadata.uid.as_deref();
     let uid = ms.metadata.uid.clone().unwrap_or_default();
     match (deletion_policy(ms), ms.spec.target.creation_policy) {
         (DeletionPolicy::Retain, _) => {
@@ -294,13 +404,13 @@ pub async fn release_secret(api: &Api<Secret>, ms: &ManagedSecret, name: &str) -
             let empty = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ms.metadata.namespace}});
             api.patch(
                 name,
-                &PatchParams::apply(FIELD_MANAGER),
+                &PatchParams::apply(&field_manager(ms)),
                 &Patch::Apply(&empty),
             )
             .await
             .map_err(Error::Kube)?;
         }
-        (DeletionPolicy::Delete, _) if ours => {
+        (DeletionPolicy::Delete, _) if uid_owned => {
             let dp = DeleteParams {
                 preconditions: Some(kube::api::Preconditions {
                     uid: current.metadata.uid.clone(),
@@ -361,37 +471,104 @@ mod tests {
         );
     }
 
+    fn secret(v: Value) -> Secret {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
-    fn a_foreign_secret_is_refused_unless_merging() {
-        let foreign = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some("db".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+    fn ownership_is_by_uid_and_merge_needs_an_opt_in() {
+        let foreign = secret(json!({"metadata": {"name": "db"}}));
+        for p in [CreationPolicy::Owner, CreationPolicy::Orphan] {
+            assert_eq!(
+                check_target(&ms(p), Some(&foreign), None).unwrap_err().to_string(),
+                "SecretConflict: Secret db exists and is not managed by this ManagedSecret; to add keys to it, set target.creationPolicy: Merge and have its owner annotate it managedsecrets.io/allow-merge: db"
+            );
+        }
+        // Merge only into a Secret that lets this ManagedSecret in.
         assert_eq!(
-            check_target(&ms(CreationPolicy::Owner), Some(&foreign))
-                .unwrap_err()
-                .reason(),
-            "SecretConflict"
+            check_target(&ms(CreationPolicy::Merge), Some(&foreign), None).unwrap_err().to_string(),
+            "SecretConflict: Secret db does not let this ManagedSecret merge into it: its owner must annotate it managedsecrets.io/allow-merge: db"
         );
-        assert_eq!(
-            check_target(&ms(CreationPolicy::Orphan), Some(&foreign))
-                .unwrap_err()
-                .reason(),
-            "SecretConflict"
+        let opted_in = secret(
+            json!({"metadata": {"name": "db", "annotations": {ALLOW_MERGE_ANNOTATION: "other, db"}}}),
         );
-        assert!(check_target(&ms(CreationPolicy::Merge), Some(&foreign)).is_ok());
+        assert!(check_target(&ms(CreationPolicy::Merge), Some(&opted_in), None).is_ok());
         assert_eq!(
-            check_target(&ms(CreationPolicy::Merge), None)
+            check_target(&ms(CreationPolicy::Merge), None, None)
                 .unwrap_err()
                 .reason(),
             "TargetMissing"
         );
+        // A Secret merged into never becomes ours: the old name annotation means nothing.
+        let merged = secret(
+            json!({"metadata": {"name": "db", "annotations": {"managedsecrets.io/managed-secret": "db", ALLOW_MERGE_ANNOTATION: "db"}}}),
+        );
+        assert!(check_target(&ms(CreationPolicy::Owner), Some(&merged), None).is_err());
         let ours = secret_from(&desired_secret(&ms(CreationPolicy::Owner), &data(), "v1"));
-        assert!(check_target(&ms(CreationPolicy::Owner), Some(&ours)).is_ok());
-        assert!(check_target(&ms(CreationPolicy::Owner), None).is_ok());
+        assert!(check_target(&ms(CreationPolicy::Owner), Some(&ours), None).is_ok());
+        let orphan = secret_from(&desired_secret(&ms(CreationPolicy::Orphan), &data(), "v1"));
+        assert!(check_target(&ms(CreationPolicy::Orphan), Some(&orphan), None).is_ok());
+        assert!(check_target(&ms(CreationPolicy::Owner), None, None).is_ok());
+        // Another ManagedSecret of the same name (recreated: a new UID) is not the owner.
+        let mut twin = ms(CreationPolicy::Owner);
+        twin.metadata.uid = Some("uid-2".into());
+        assert_eq!(
+            check_target(&twin, Some(&ours), Some("db")).unwrap_err().to_string(),
+            "SecretConflict: Secret db is managed by ManagedSecret db; two ManagedSecrets cannot own one Secret"
+        );
+        assert!(
+            check_target(&ms(CreationPolicy::Merge), Some(&ours), None).is_err(),
+            "no merging into an owned Secret"
+        );
+    }
+
+    #[test]
+    fn protected_secret_types_are_never_written() {
+        for t in PROTECTED_TYPES {
+            let s = secret(
+                json!({"metadata": {"name": "db", "annotations": {ALLOW_MERGE_ANNOTATION: "db"}}, "type": t}),
+            );
+            for p in [
+                CreationPolicy::Owner,
+                CreationPolicy::Merge,
+                CreationPolicy::Orphan,
+            ] {
+                assert!(
+                    check_target(&ms(p), Some(&s), None)
+                        .unwrap_err()
+                        .to_string()
+                        .contains("never writes into"),
+                    "{t}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn merge_writes_no_ownership_and_each_managed_secret_has_its_field_manager() {
+        let d = desired_secret(&ms(CreationPolicy::Merge), &data(), "v1");
+        assert!(d["metadata"]["annotations"]
+            .get(OWNER_UID_ANNOTATION)
+            .is_none());
+        assert!(d["metadata"]["annotations"]
+            .get(VERSION_ID_ANNOTATION)
+            .is_none());
+        let d = desired_secret(&ms(CreationPolicy::Orphan), &data(), "v1");
+        assert_eq!(d["metadata"]["annotations"][OWNER_UID_ANNOTATION], "uid-1");
+        assert_eq!(
+            field_manager(&ms(CreationPolicy::Owner)),
+            "managed-secrets/uid-1"
+        );
+        assert_eq!(manager_uid("managed-secrets/uid-1"), Some("uid-1"));
+        assert_eq!(manager_uid("kubectl"), None);
+        assert_eq!(
+            our_managers_in("keys another writer owns (kubectl, managed-secrets/ab-12)"),
+            vec!["ab-12".to_string()]
+        );
+        assert_eq!(
+            conflicting_managers("Apply failed with 2 conflicts: conflict with \"managed-secrets/a\": .data.x\nconflict with \"kubectl\": .data.y"),
+            vec!["kubectl".to_string(), "managed-secrets/a".to_string()]
+        );
     }
 
     #[test]
@@ -399,18 +576,19 @@ mod tests {
         let m = ms(CreationPolicy::Owner);
         let d = desired_secret(&m, &data(), "v1");
         let s = secret_from(&d);
-        assert!(in_sync(&s, &d));
+        let fm = field_manager(&m);
+        assert!(in_sync(&s, &d, &fm));
         let changed = desired_secret(
             &m,
             &SecretData(BTreeMap::from([("password".to_string(), b"y".to_vec())])),
             "v1",
         );
-        assert!(!in_sync(&s, &changed));
+        assert!(!in_sync(&s, &changed, &fm));
         let new_version = desired_secret(&m, &data(), "v2");
-        assert!(!in_sync(&s, &new_version));
+        assert!(!in_sync(&s, &new_version, &fm));
         let mut no_owner = s.clone();
         no_owner.metadata.owner_references = None;
-        assert!(!in_sync(&no_owner, &d));
+        assert!(!in_sync(&no_owner, &d, &fm));
     }
 
     #[test]
@@ -452,7 +630,7 @@ mod tests {
     fn current_hash_matches_the_rendered_hash() {
         let d = data();
         let s = secret_from(&desired_secret(&ms(CreationPolicy::Owner), &d, "v1"));
-        assert_eq!(current_hash(&s, &d.keys()), Some(d.hash()));
-        assert_eq!(current_hash(&s, &["missing".to_string()]), None);
+        assert_eq!(current_hash(&s, &d.keys(), b"k"), Some(d.hash(b"k")));
+        assert_eq!(current_hash(&s, &["missing".to_string()], b"k"), None);
     }
 }

@@ -7,7 +7,7 @@ pub mod template;
 use crate::crd::{DataMapping, ManagedSecretSpec, SecretType};
 use crate::error::{Error, Result};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::collections::BTreeMap;
 use template::Templates;
 
@@ -86,20 +86,24 @@ impl SecretData {
         self.0.keys().cloned().collect()
     }
     /// SHA-256 over keys and values, for status and change detection (the data itself is never stored).
-    pub fn hash(&self) -> String {
-        hash_data(self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+    /// HMAC-SHA256 over keys and values with the installation's key (for status and change
+    /// detection; the data itself is never stored, and without the key a guess cannot be tested).
+    pub fn hash(&self, key: &[u8]) -> String {
+        hash_data(key, self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
     }
 }
 
-pub fn hash_data<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
-    let mut h = Sha256::new();
+pub fn hash_data<'a>(key: &[u8], items: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+    use hmac::Mac;
+    let mut h = hmac::Hmac::<Sha256>::new_from_slice(key)
+        .unwrap_or_else(|_| hmac::Hmac::<Sha256>::new_from_slice(&[0u8; 32]).expect("fixed key"));
     for (k, v) in items {
-        h.update((k.len() as u64).to_be_bytes());
+        h.update(&(k.len() as u64).to_be_bytes());
         h.update(k.as_bytes());
-        h.update((v.len() as u64).to_be_bytes());
+        h.update(&(v.len() as u64).to_be_bytes());
         h.update(v);
     }
-    format!("sha256:{}", hex::encode(h.finalize()))
+    format!("hmac-sha256:{}", hex::encode(h.finalize().into_bytes()))
 }
 
 /// AWS Secrets Manager stores at most this many bytes in a secret value; anything larger did not
@@ -393,6 +397,7 @@ mod tests {
             secret_id: "prod/db/credentials".into(),
             region: None,
             version_stage: None,
+            service_account_name: None,
             version_id: None,
             refresh_interval: None,
             data,
@@ -705,7 +710,9 @@ mod tests {
         assert!(dbg.contains("username=<7 bytes>") && !dbg.contains("dbadmin"));
         let mut d2 = d.clone();
         d2.0.insert("username".into(), b"other".to_vec());
-        assert_ne!(d.hash(), d2.hash());
-        assert_eq!(d.hash(), d.clone().hash());
+        assert_ne!(d.hash(b"k"), d2.hash(b"k"));
+        assert_eq!(d.hash(b"k"), d.clone().hash(b"k"));
+        assert_ne!(d.hash(b"k"), d.hash(b"another key"), "keyed");
+        assert!(d.hash(b"k").starts_with("hmac-sha256:"));
     }
 }

@@ -624,10 +624,17 @@ mod tests {
     fn multibyte_text_next_to_tags_is_not_split() {
         // Found by make fuzz: a scan for '}}' that indexed into the middle of a character.
         let v = creds();
-        for src in ["{{{{{{{HHHH7\n\n\n\u{708}{6~7", "{{ 'ä' }}ö{{ username }}", "é{% if tls %}ü{% endif %}"] {
+        for src in [
+            "{{{{{{{HHHH7\n\n\n\u{708}{6~7",
+            "{{ 'ä' }}ö{{ username }}",
+            "é{% if tls %}ü{% endif %}",
+        ] {
             let _ = render_one(src, &v);
         }
-        assert_eq!(render_one("ä{{ 'ö' }}ü{{ username }}", &v).unwrap(), "äöüdbadmin");
+        assert_eq!(
+            render_one("ä{{ 'ö' }}ü{{ username }}", &v).unwrap(),
+            "äöüdbadmin"
+        );
     }
 
     #[test]

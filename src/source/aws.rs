@@ -1,65 +1,105 @@
 //! AWS Secrets Manager through the official SDK. Credentials come from the standard aws-config
 //! chain (env, profile, IRSA web identity, EKS Pod Identity, IMDS); `AWS_ENDPOINT_URL` is honoured.
 
+use super::identity::{Identities, TokenIssuer};
 use super::{Fetched, SecretRef, SecretsBackend, VersionSelector, Versions};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::policy::Identity;
 use crate::render::SecretValue;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::Client;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-/// Most per-region clients kept (AWS has about 35 regions).
-pub const MAX_REGIONS: usize = 64;
+/// Most clients kept, one per (region, identity): a spec cannot make the operator hold a client
+/// per made-up region.
+pub const MAX_CLIENTS: usize = 256;
+
+type ClientKey = (String, Identity);
 
 pub struct AwsBackend {
     base: aws_config::SdkConfig,
-    clients: Mutex<HashMap<String, Client>>,
+    /// (client, the expiry of the credentials it was built with).
+    clients: Mutex<HashMap<ClientKey, (Client, Option<SystemTime>)>>,
     metrics: Arc<Metrics>,
+    identities: Identities,
 }
 
 impl AwsBackend {
-    /// Loads the default credential chain and region.
-    pub async fn from_env(metrics: Arc<Metrics>) -> AwsBackend {
+    /// Loads the default credential chain and region; ServiceAccount identities use `tokens`.
+    pub async fn from_env(
+        metrics: Arc<Metrics>,
+        tokens: Option<Arc<dyn TokenIssuer>>,
+    ) -> AwsBackend {
         let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
-        Self::new(base, metrics)
+        Self::new(base, metrics).with_tokens(tokens)
     }
 
     pub fn new(base: aws_config::SdkConfig, metrics: Arc<Metrics>) -> AwsBackend {
         AwsBackend {
+            identities: Identities::new(&base, None, metrics.clone()),
             base,
             clients: Mutex::new(HashMap::new()),
             metrics,
         }
     }
 
-    fn client(&self, secret: &SecretRef) -> Client {
+    /// Lets ServiceAccount identities get their tokens from `tokens`.
+    pub fn with_tokens(mut self, tokens: Option<Arc<dyn TokenIssuer>>) -> AwsBackend {
+        self.identities = Identities::new(&self.base, tokens, self.metrics.clone());
+        self
+    }
+
+    /// The region secrets are read in when neither the spec nor an ARN says.
+    pub fn default_region(&self) -> Option<String> {
+        self.base.region().map(|r| r.to_string())
+    }
+
+    /// The client for the secret's region and identity (credentials fetched, or refreshed, first).
+    async fn client(&self, secret: &SecretRef) -> Result<Client> {
         let region = secret
             .region
             .clone()
             .or_else(|| region_of_arn(&secret.secret_id))
             .unwrap_or_default();
+        let creds = self.identities.credentials(&secret.identity).await?;
+        let expiry = creds.as_ref().and_then(|c| c.expiry());
+        let key = (region.clone(), secret.identity.clone());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if clients.len() >= MAX_REGIONS && !clients.contains_key(&region) {
-            // Bounded: a spec cannot make the operator hold a client per made-up region.
+        if let Some((c, e)) = clients.get(&key) {
+            if *e == expiry {
+                return Ok(c.clone());
+            }
+        }
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
             if let Some(k) = clients.keys().next().cloned() {
                 clients.remove(&k);
             }
         }
-        clients
-            .entry(region.clone())
-            .or_insert_with(|| {
-                let mut b = aws_sdk_secretsmanager::config::Builder::from(&self.base);
-                if !region.is_empty() {
-                    b = b.region(aws_sdk_secretsmanager::config::Region::new(region));
-                }
-                Client::from_conf(b.build())
-            })
-            .clone()
+        let mut b = aws_sdk_secretsmanager::config::Builder::from(&self.base);
+        if !region.is_empty() {
+            b = b.region(aws_sdk_secretsmanager::config::Region::new(region));
+        }
+        if let Some(c) = creds {
+            b = b.credentials_provider(
+                aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(c),
+            );
+        }
+        let client = Client::from_conf(b.build());
+        clients.insert(key, (client.clone(), expiry));
+        Ok(client)
+    }
+
+    /// AWS refused the credentials of an identity: fetch new ones next time.
+    fn refused(&self, secret: &SecretRef, err: &Error) {
+        if matches!(err, Error::AccessDenied(_)) {
+            self.identities.forget(&secret.identity);
+        }
     }
 }
 
@@ -125,6 +165,7 @@ impl SecretsBackend for AwsBackend {
         Box::pin(async move {
             let mut req = self
                 .client(secret)
+                .await?
                 .get_secret_value()
                 .secret_id(&secret.secret_id);
             req = match &secret.version {
@@ -138,7 +179,9 @@ impl SecretsBackend for AwsBackend {
                     .map(|_| "ok")
                     .unwrap_or_else(|e| e.code().unwrap_or("error")),
             );
-            let out = res.map_err(|e| map_error(&secret.secret_id, &e))?;
+            let out = res
+                .map_err(|e| map_error(&secret.secret_id, &e))
+                .inspect_err(|e| self.refused(secret, e))?;
             let value = if let Some(s) = out.secret_string() {
                 SecretValue::String(s.to_string())
             } else if let Some(b) = out.secret_binary() {
@@ -159,6 +202,7 @@ impl SecretsBackend for AwsBackend {
         Box::pin(async move {
             let res = self
                 .client(secret)
+                .await?
                 .describe_secret()
                 .secret_id(&secret.secret_id)
                 .send()
@@ -169,7 +213,9 @@ impl SecretsBackend for AwsBackend {
                     .map(|_| "ok")
                     .unwrap_or_else(|e| e.code().unwrap_or("error")),
             );
-            let out = res.map_err(|e| map_error(&secret.secret_id, &e))?;
+            let out = res
+                .map_err(|e| map_error(&secret.secret_id, &e))
+                .inspect_err(|e| self.refused(secret, e))?;
             if out.deleted_date().is_some() {
                 return Err(Error::SecretNotFound(secret.secret_id.clone()));
             }
@@ -187,20 +233,23 @@ impl SecretsBackend for AwsBackend {
 mod tests {
     use super::*;
 
-    #[test]
-    fn clients_per_region_are_bounded() {
+    #[tokio::test]
+    async fn clients_per_region_are_bounded() {
         let base = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .build();
         let b = AwsBackend::new(base, Arc::new(Metrics::default()));
-        for i in 0..200 {
+        for i in 0..300 {
             b.client(&SecretRef {
                 secret_id: "x".into(),
                 region: Some(format!("xx-made-up-{i}")),
                 version: VersionSelector::Stage("AWSCURRENT".into()),
-            });
+                identity: Identity::Operator,
+            })
+            .await
+            .unwrap();
         }
-        assert_eq!(b.clients.lock().unwrap().len(), MAX_REGIONS);
+        assert_eq!(b.clients.lock().unwrap().len(), MAX_CLIENTS);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod cache;
+pub mod identity;
 
 use crate::error::Result;
 use crate::render::SecretValue;
@@ -17,11 +18,14 @@ pub enum VersionSelector {
     Id(String),
 }
 
+/// One secret as one identity reads it: the cache key (a value read as one identity is never
+/// served to another).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SecretRef {
     pub secret_id: String,
     pub region: Option<String>,
     pub version: VersionSelector,
+    pub identity: crate::policy::Identity,
 }
 
 #[derive(Debug, Clone)]

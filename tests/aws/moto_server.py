@@ -10,7 +10,11 @@ tests/aws_emulator.rs proves the correction.
 """
 
 import argparse
+import base64
+import io
 import json
+import re
+import urllib.parse
 import signal
 import sys
 import threading
@@ -41,6 +45,9 @@ class TestControl:
     POST /__faults {"action": "GetSecretValue", "secret_id": "prod/db/x", "code": "ThrottlingException",
                     "status": 400, "count": 1}  -> the next matching calls answer that AWS error
     GET  /__calls -> {"GetSecretValue": 3, ...};  DELETE /__calls resets.
+    GET  /__requests -> every call: action, secret_id, the signing access key and region, and for
+         STS the role, session name, external id, session tags and the web identity token's
+         audience and subject.
     The SDK under test receives real HTTP error responses in the AWS JSON protocol.
     """
 
@@ -49,6 +56,36 @@ class TestControl:
         self.lock = threading.Lock()
         self.faults = []
         self.calls = Counter()
+        self.requests = []
+
+    @staticmethod
+    def _describe(environ, action, secret_id, form):
+        """What a test may ask of one call: who signed it, and for STS what was asked."""
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        m = re.search(r"Credential=([^/]+)/[^/]+/([^/]+)/", auth)
+        entry = {"action": action, "secret_id": secret_id,
+                 "access_key": m.group(1) if m else None, "region": m.group(2) if m else None}
+        if form:
+            entry["role_arn"] = form.get("RoleArn")
+            entry["session_name"] = form.get("RoleSessionName")
+            entry["external_id"] = form.get("ExternalId")
+            tags = {}
+            i = 1
+            while f"Tags.member.{i}.Key" in form:
+                tags[form[f"Tags.member.{i}.Key"]] = form.get(f"Tags.member.{i}.Value")
+                i += 1
+            entry["tags"] = tags
+            token = form.get("WebIdentityToken")
+            if token:
+                # The claims of the JWT (never its signature): audience and subject.
+                try:
+                    payload = token.split(".")[1]
+                    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+                    entry["token_aud"] = claims.get("aud")
+                    entry["token_sub"] = claims.get("sub")
+                except (IndexError, ValueError):
+                    entry["token_aud"] = None
+        return entry
 
     def _reply(self, start_response, status, body):
         data = json.dumps(body).encode()
@@ -74,19 +111,29 @@ class TestControl:
                 if method == "DELETE":
                     self.calls.clear()
                 return self._reply(start_response, 200, dict(self.calls))
+        if path == "/__requests":
+            with self.lock:
+                if method == "DELETE":
+                    self.requests.clear()
+                return self._reply(start_response, 200, list(self.requests))
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         action = target.split(".")[-1] if target else ""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(raw)
+        form = {}
+        if not action and "x-www-form-urlencoded" in environ.get("CONTENT_TYPE", ""):
+            # STS speaks the query protocol: Action=AssumeRole&RoleArn=...
+            form = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("utf-8", "replace")).items()}
+            action = form.get("Action", "")
         if action:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            raw = environ["wsgi.input"].read(length) if length else b""
-            import io
-            environ["wsgi.input"] = io.BytesIO(raw)
             try:
-                secret_id = json.loads(raw or b"{}").get("SecretId", "")
+                secret_id = json.loads(raw or b"{}").get("SecretId", "") if not form else ""
             except ValueError:
                 secret_id = ""
             with self.lock:
                 self.calls[action] += 1
+                self.requests.append(self._describe(environ, action, secret_id, form))
                 for f in self.faults:
                     if f["count"] > 0 and f.get("action", action) == action and f.get("secret_id", secret_id) == secret_id:
                         f["count"] -= 1

@@ -113,6 +113,34 @@ impl Moto {
             .expect("CreateSecret");
         out.version_id().unwrap().to_string()
     }
+    /// A client acting in the account of `role_arn` (moto keeps one store per account, as AWS
+    /// does: an assumed role in another account sees that account's secrets).
+    pub async fn client_as(&self, role_arn: &str) -> Client {
+        let sts = aws_sdk_sts::Client::new(&self.sdk_config());
+        let c = sts
+            .assume_role()
+            .role_arn(role_arn)
+            .role_session_name("e2e-setup")
+            .send()
+            .await
+            .expect("AssumeRole")
+            .credentials
+            .expect("credentials");
+        let creds = aws_sdk_secretsmanager::config::Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            None,
+            "e2e",
+        );
+        let conf = aws_sdk_secretsmanager::config::Builder::from(&self.sdk_config())
+            .credentials_provider(
+                aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(creds),
+            )
+            .build();
+        Client::from_conf(conf)
+    }
+
     /// PutSecretValue: a new AWSCURRENT version (as a person updating the secret does).
     pub async fn put_json(&self, name: &str, value: &Value) -> String {
         let out = self
@@ -198,6 +226,28 @@ impl Moto {
             .send()
             .await
             .expect("clear faults");
+    }
+
+    /// Every call moto answered: action, secret_id, access_key, region; for STS also role_arn,
+    /// session_name, external_id, tags, token_aud, token_sub.
+    pub async fn requests(&self) -> Vec<Value> {
+        self.http
+            .get(format!("{}/__requests", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Calls of `action` for `secret_id`.
+    pub async fn calls_for(&self, action: &str, secret_id: &str) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r["action"] == action && r["secret_id"] == secret_id)
+            .count()
     }
 
     pub async fn calls(&self, action: &str) -> u64 {

@@ -49,6 +49,8 @@ pub struct Cluster {
     pub client: Client,
     pub namespace: String,
     http: reqwest::Client,
+    /// Cluster-scoped objects this test made (removed on a real cluster when it ends).
+    policies: std::sync::Mutex<Vec<String>>,
 }
 
 fn unique(prefix: &str) -> String {
@@ -97,6 +99,7 @@ impl Cluster {
             client,
             namespace,
             http: reqwest::Client::new(),
+            policies: std::sync::Mutex::new(vec![]),
         };
         c.install_crd().await;
         c
@@ -145,25 +148,15 @@ impl Cluster {
         }
     }
 
-    /// Applies crds/ (the generated CRD) and waits until it is Established.
+    /// Applies crds/ (the generated CRDs) and waits until they are Established.
     pub async fn install_crd(&self) {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-        let yaml = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/crds/managedsecrets.io_managedsecrets.yaml"
-        ))
-        .unwrap();
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        api.patch(
-            "managedsecrets.managedsecrets.io",
-            &PatchParams::apply("e2e-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("CRD applies");
-        self.wait_crd_established("managedsecrets.managedsecrets.io")
-            .await;
+        for (file, _) in managed_secrets::crd::all_crds() {
+            let yaml =
+                std::fs::read_to_string(format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR")))
+                    .unwrap();
+            let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+            self.apply_crd(&crd).await;
+        }
     }
 
     /// Writes a kubeconfig for this cluster (the emulator's, or a copy of the real cluster's).
@@ -196,9 +189,18 @@ impl Cluster {
             .create(&PostParams::default(), &sa)
             .await
             .unwrap();
+        // The hash key Secret exists already and is the one Secret it may read.
+        managed_secrets::k8s::hash_key::load_or_create(
+            &self.client,
+            ns,
+            "managed-secrets-hash-key",
+        )
+        .await
+        .unwrap();
         let role: Role = serde_json::from_value(json!({"metadata": {"name": "no-secrets"}, "rules": [
             {"apiGroups": ["managedsecrets.io"], "resources": ["managedsecrets", "managedsecrets/status"], "verbs": ["get", "list", "watch", "patch", "update"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["managed-secrets-hash-key"], "verbs": ["get"]}
         ]}))
         .unwrap();
         Api::<Role>::namespaced(self.client.clone(), ns)
@@ -239,6 +241,61 @@ impl Cluster {
             .create(&PostParams::default(), &ms)
             .await
             .expect("create ManagedSecret")
+    }
+
+    /// Applies a SecretAccessPolicy named `<namespace>-<suffix>` (cluster-scoped: the test's
+    /// namespace in its name keeps parallel tests on a real cluster apart); returns its name.
+    pub async fn apply_policy(&self, suffix: &str, spec: Value) -> String {
+        use managed_secrets::crd::SecretAccessPolicy;
+        let name = format!("{}-{suffix}", self.namespace);
+        let api: Api<SecretAccessPolicy> = Api::all(self.client.clone());
+        let body = json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "SecretAccessPolicy", "metadata": {"name": name}, "spec": spec});
+        api.patch(
+            &name,
+            &PatchParams::apply("e2e-tests").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("policy applies");
+        let mut p = self.policies.lock().unwrap();
+        if !p.contains(&name) {
+            p.push(name.clone());
+        }
+        name
+    }
+
+    /// Deletes a SecretAccessPolicy.
+    pub async fn delete_policy(&self, name: &str) {
+        use managed_secrets::crd::SecretAccessPolicy;
+        let api: Api<SecretAccessPolicy> = Api::all(self.client.clone());
+        api.delete(name, &Default::default())
+            .await
+            .expect("policy deleted");
+    }
+
+    /// Merge-patches the test namespace's labels.
+    pub async fn label_namespace(&self, labels: Value) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.patch(
+            &self.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .expect("namespace labels");
+    }
+
+    /// A ServiceAccount in the test namespace naming an IAM role (IRSA's annotation).
+    pub async fn service_account(&self, name: &str, role_arn: Option<&str>) {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let mut sa = json!({"metadata": {"name": name}});
+        if let Some(r) = role_arn {
+            sa["metadata"]["annotations"] = json!({"eks.amazonaws.com/role-arn": r});
+        }
+        Api::<ServiceAccount>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &serde_json::from_value(sa).unwrap())
+            .await
+            .expect("service account");
     }
 
     /// Merge-patches a ManagedSecret (spec or metadata).
@@ -489,12 +546,18 @@ impl Drop for Cluster {
             // Best effort: remove the test namespace on the real cluster.
             let client = self.client.clone();
             let ns = self.namespace.clone();
+            let policies = std::mem::take(&mut *self.policies.lock().unwrap());
             let _ = std::thread::spawn(move || {
                 if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                 {
                     rt.block_on(async move {
+                        use managed_secrets::crd::SecretAccessPolicy;
+                        let sap: Api<SecretAccessPolicy> = Api::all(client.clone());
+                        for p in policies {
+                            let _ = sap.delete(&p, &Default::default()).await;
+                        }
                         let api: Api<Namespace> = Api::all(client);
                         let _ = api.delete(&ns, &Default::default()).await;
                     });
@@ -514,7 +577,25 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The operator with access policies off (single-tenant), as most tests want it.
     pub async fn start(cluster: &Cluster, aws: &aws::Moto) -> Operator {
+        Self::start_with(cluster, aws, |_| {}).await
+    }
+
+    /// The operator with access policies enforced.
+    pub async fn start_enforcing(cluster: &Cluster, aws: &aws::Moto) -> Operator {
+        Self::start_with(cluster, aws, |s| {
+            s.access_policy = controller::AccessPolicy::Enforce
+        })
+        .await
+    }
+
+    /// The operator under test, with settings adjusted by `tune`.
+    pub async fn start_with(
+        cluster: &Cluster,
+        aws: &aws::Moto,
+        tune: impl FnOnce(&mut controller::Settings),
+    ) -> Operator {
         // E2E_LOG=managed_secrets=debug shows the operator's logs in test output.
         if std::env::var("E2E_LOG").is_ok() {
             let _ = tracing_subscriber::fmt()
@@ -523,18 +604,36 @@ impl Operator {
                 .try_init();
         }
         let metrics = Arc::new(Metrics::default());
-        let backend = source::aws::AwsBackend::new(aws.sdk_config(), metrics.clone());
+        let tokens: Arc<dyn source::identity::TokenIssuer> =
+            Arc::new(managed_secrets::k8s::tokens::KubeTokens {
+                client: cluster.client.clone(),
+            });
+        let backend = source::aws::AwsBackend::new(aws.sdk_config(), metrics.clone())
+            .with_tokens(Some(tokens));
+        let default_region = backend.default_region();
         let src: source::DynSourceRef =
             Arc::new(source::cache::CachedSource::new(backend).with_metrics(metrics.clone()));
         let health = Arc::new(managed_secrets::health::Health::default());
-        let settings = controller::Settings {
-            namespace: Some(cluster.namespace.clone()),
+        // The hash key lives in the test namespace, as it would in the operator's.
+        let key = managed_secrets::k8s::hash_key::load_or_create(
+            &cluster.client,
+            &cluster.namespace,
+            "managed-secrets-hash-key",
+        )
+        .await
+        .expect("hash key");
+        let mut settings = controller::Settings {
+            namespaces: vec![cluster.namespace.clone()],
             concurrency: 4,
             // Tests use short refresh intervals; production keeps the 10s minimum.
             min_refresh: Duration::from_secs(1),
             reporter: "managed-secrets".into(),
             rollout_debounce: Duration::from_secs(1),
+            access_policy: controller::AccessPolicy::Off,
+            default_region,
+            hash_key: controller::HashKey(Arc::from(key)),
         };
+        tune(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(
             cluster.client.clone(),

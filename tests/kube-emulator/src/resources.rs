@@ -526,6 +526,17 @@ pub fn api_resources(types: &[&ResourceType], version: &str) -> Vec<Value> {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if t.group.is_empty() && t.plural == "serviceaccounts" {
+            out.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if t.scale_subresource {
             out.push(json!({
                 "name": format!("{}/scale", t.plural),

@@ -258,6 +258,17 @@ pub async fn handle(
     if let Some(code) = fault_code {
         return fault_response(code, verb, &t, &res_name);
     }
+    if t.group.is_empty() && t.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") {
+        return match verb {
+            "create" => token_request(&state, &t, &body),
+            _ => ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+            .into_response(),
+        };
+    }
     let rt = {
         let inner = state.lock();
         inner.find_type(&t.group, &t.version, &t.plural)
@@ -282,6 +293,8 @@ pub async fn handle(
         .unwrap_or("")
         .to_string();
     let want_table = accept.contains("as=Table");
+    // Metadata-only clients (kube's metadata watcher, kubectl's PartialObjectMetadata requests).
+    let want_meta = accept.contains("as=PartialObjectMetadata");
     let ctype = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -298,13 +311,15 @@ pub async fn handle(
     let dry_run = q.get("dryRun").map(|v| v == "All").unwrap_or(false);
     let ns = t.namespace.clone().unwrap_or_default();
     let result = match verb {
-        "watch" => return watch_stream(state.clone(), rt, t, q, want_table),
+        "watch" => return watch_stream(state.clone(), rt, t, q, want_table, want_meta),
         "get" => {
             let inner = state.lock();
             match inner.get(&rt, &ns, t.name.as_deref().unwrap_or("")) {
                 Some(o) => {
                     let view = events::to_view(&rt, &t.version, o);
-                    if want_table {
+                    if want_meta {
+                        Ok((StatusCode::OK, partial(&view)))
+                    } else if want_table {
                         Ok((
                             StatusCode::OK,
                             table::render(&rt, &t.version, &[view], inner.rv, &q),
@@ -316,7 +331,7 @@ pub async fn handle(
                 None => Err(ApiError::not_found(&rt, t.name.as_deref().unwrap_or(""))),
             }
         }
-        "list" => list(&state, &rt, &t, &q, want_table).map(|v| (StatusCode::OK, v)),
+        "list" => list(&state, &rt, &t, &q, want_table, want_meta).map(|v| (StatusCode::OK, v)),
         "create" => create(&state, &rt, &t, &body, &ctype, &manager, dry_run)
             .map(|(v, _)| (StatusCode::CREATED, v)),
         "update" => update(&state, &rt, &t, sub, &body, &manager, dry_run),
@@ -941,6 +956,7 @@ fn list(
     t: &Target,
     q: &HashMap<String, String>,
     want_table: bool,
+    want_meta: bool,
 ) -> Result<Value, ApiError> {
     let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
         .map_err(ApiError::bad_request)?;
@@ -1002,6 +1018,12 @@ fn list(
         meta["continue"] = json!("");
     }
     let items: Vec<Value> = page.into_iter().map(|(_, o)| o).collect();
+    if want_meta {
+        let items: Vec<Value> = items.iter().map(partial).collect();
+        return Ok(
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": meta, "items": items}),
+        );
+    }
     if want_table {
         let mut tbl = table::render(rt, &t.version, &items, rv, q);
         tbl["metadata"] = meta;
@@ -1026,12 +1048,96 @@ fn list(
     )
 }
 
+/// `POST .../serviceaccounts/NAME/token`: a TokenRequest answered with a JWT-shaped token for the
+/// ServiceAccount (audiences and expiry as asked; 10 minutes at least, one hour by default), as the
+/// API server's TokenRequest API answers. The token is not signed by a key anyone can check: the
+/// emulator has no authenticator that would read it back.
+fn token_request(state: &AppState, t: &Target, body: &Bytes) -> Response {
+    let (Some(ns), Some(name)) = (t.namespace.as_deref(), t.name.as_deref()) else {
+        return ApiError::path_not_found().into_response();
+    };
+    let sa = {
+        let inner = state.lock();
+        inner
+            .find_type("", "v1", "serviceaccounts")
+            .and_then(|rt| inner.get(&rt, ns, name).cloned())
+    };
+    let Some(sa) = sa else {
+        return ApiError::new(
+            404,
+            "NotFound",
+            format!("serviceaccounts {name:?} not found"),
+        )
+        .into_response();
+    };
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return ApiError::bad_request(format!("bad TokenRequest: {e}")).into_response(),
+    };
+    let audiences = req
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .unwrap_or_else(|| vec![json!("https://kubernetes.default.svc.cluster.local")]);
+    let exp = req
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
+    if exp < 600 {
+        let mut e = ApiError::new(
+            422,
+            "Invalid",
+            format!("TokenRequest.authentication.k8s.io {name:?} is invalid: spec.expirationSeconds: Invalid value: {exp}: may not specify a duration less than 10 minutes"),
+        );
+        e.details = Some(
+            json!({"name": name, "group": "authentication.k8s.io", "kind": "TokenRequest",
+            "causes": [{"reason": "FieldValueInvalid", "message": format!("Invalid value: {exp}: may not specify a duration less than 10 minutes"), "field": "spec.expirationSeconds"}]}),
+        );
+        return e.into_response();
+    }
+    let now = chrono::Utc::now().timestamp();
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let header = json!({"alg": "RS256", "kid": "kube-emulator"});
+    let claims = json!({
+        "aud": audiences, "exp": now + exp, "iat": now, "nbf": now,
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "sub": format!("system:serviceaccount:{ns}:{name}"),
+        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": md_str(&sa, "uid")}}
+    });
+    let signing_input = format!("{}.{}", b64(&header), b64(&claims));
+    let signature = {
+        use sha2::Digest;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(signing_input.as_bytes()))
+    };
+    let expires = chrono::DateTime::from_timestamp(now + exp, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    json_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+            "spec": {"audiences": audiences, "expirationSeconds": exp, "boundObjectRef": null},
+            "status": {"token": format!("{signing_input}.{signature}"), "expirationTimestamp": expires}
+        }),
+    )
+}
+
+/// An object as a PartialObjectMetadata (metadata only), as the server answers
+/// `Accept: application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1`.
+fn partial(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
 fn watch_stream(
     state: Arc<AppState>,
     rt: ResourceType,
     t: Target,
     q: HashMap<String, String>,
     want_table: bool,
+    want_meta: bool,
 ) -> Response {
     let ls = match LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")) {
         Ok(l) => l,
@@ -1103,7 +1209,9 @@ fn watch_stream(
     tokio::spawn(async move {
         let render = |ty: &str, o: &Value| -> Bytes {
             let view = events::to_view(&rt, &version, o);
-            let obj = if want_table && ty != "BOOKMARK" && ty != "ERROR" {
+            let obj = if want_meta && ty != "ERROR" {
+                partial(&view)
+            } else if want_table && ty != "BOOKMARK" && ty != "ERROR" {
                 table::render(&rt, &version, &[view], 0, &q2)
             } else {
                 view

@@ -932,3 +932,95 @@ async fn table_output_uses_printer_columns() {
     assert_eq!(t["rows"][0]["cells"][2], "True");
     assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
 }
+
+#[tokio::test]
+async fn serviceaccount_tokens_come_from_the_token_request_api() {
+    let api = start().await;
+    let (_, v) = api.get("/api/v1").await;
+    let token_res = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "serviceaccounts/token")
+        .cloned()
+        .unwrap();
+    assert_eq!(token_res["kind"], "TokenRequest");
+    assert_eq!(token_res["group"], "authentication.k8s.io");
+    assert_eq!(token_res["verbs"], json!(["create"]));
+    let p = "/api/v1/namespaces/ref/serviceaccounts/reader/token";
+    let req = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                     "spec": {"audiences": ["sts.amazonaws.com"], "expirationSeconds": 600}});
+    let (c, e) = api.post(p, req.clone()).await;
+    assert_eq!((c, e["reason"].as_str()), (404, Some("NotFound")));
+    api.post(
+        "/api/v1/namespaces/ref/serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}),
+    )
+    .await;
+    let (c, tr) = api.post(p, req).await;
+    assert_eq!(c, 201);
+    assert_eq!(tr["kind"], "TokenRequest");
+    assert_eq!(tr["apiVersion"], "authentication.k8s.io/v1");
+    assert_eq!(tr["spec"]["audiences"], json!(["sts.amazonaws.com"]));
+    assert_eq!(tr["spec"]["expirationSeconds"], 600);
+    assert!(tr["status"]["expirationTimestamp"].is_string());
+    let token = tr["status"]["token"].as_str().unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT: header.claims.signature");
+    use base64::Engine;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], json!(["sts.amazonaws.com"]));
+    assert_eq!(claims["sub"], "system:serviceaccount:ref:reader");
+    assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], "reader");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        600
+    );
+    let (c, e) = api
+        .post(
+            p,
+            json!({"spec": {"audiences": ["x"], "expirationSeconds": 60}}),
+        )
+        .await;
+    assert_eq!(c, 422);
+    assert_eq!(e["details"]["causes"][0]["field"], "spec.expirationSeconds");
+}
+
+#[tokio::test]
+async fn metadata_only_lists_and_watches_answer_partial_object_metadata() {
+    let api = start().await;
+    let meta = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let get = |path: &str| api.http.get(api.url(path)).header("accept", meta).send();
+    let list: Value = get("/api/v1/namespaces")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert_eq!(list["apiVersion"], "meta.k8s.io/v1");
+    let item = &list["items"][0];
+    assert_eq!(item["kind"], "PartialObjectMetadata");
+    assert!(item["metadata"]["name"].is_string());
+    assert!(item.get("spec").is_none() && item.get("status").is_none());
+    let one: Value = get("/api/v1/namespaces/ref")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["kind"], "PartialObjectMetadata");
+    assert_eq!(one["metadata"]["name"], "ref");
+    let resp = get("/api/v1/namespaces?watch=1&timeoutSeconds=1")
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "ADDED");
+    assert_eq!(first["object"]["kind"], "PartialObjectMetadata");
+}

@@ -1,4 +1,8 @@
-//! The `ManagedSecret` custom resource (`managedsecrets.io/v1alpha1`).
+//! The custom resources: `ManagedSecret` (namespaced) and, in `policy`, `SecretAccessPolicy`
+//! (cluster-scoped), both `managedsecrets.io/v1alpha1`.
+
+pub mod policy;
+pub use policy::{AccessRule, SecretAccessPolicy, SecretAccessPolicySpec};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -9,8 +13,14 @@ use std::collections::BTreeMap;
 pub const GROUP: &str = "managedsecrets.io";
 /// Annotation whose new value forces an immediate re-read from AWS, bypassing every cache.
 pub const FORCE_SYNC_ANNOTATION: &str = "managedsecrets.io/force-sync";
-/// Annotation on the target Secret naming the ManagedSecret that manages it.
-pub const MANAGED_BY_ANNOTATION: &str = "managedsecrets.io/managed-secret";
+/// Annotation on a Secret that an Owner or Orphan ManagedSecret manages: that ManagedSecret's UID.
+/// Merge never writes it, so merging can never turn into ownership.
+pub const OWNER_UID_ANNOTATION: &str = "managedsecrets.io/owner-uid";
+/// Annotation with the AWS VersionId an owned Secret holds.
+pub const VERSION_ID_ANNOTATION: &str = "managedsecrets.io/aws-version-id";
+/// Annotation a Secret's owner sets to let ManagedSecrets (comma-separated names, same namespace)
+/// merge keys into it.
+pub const ALLOW_MERGE_ANNOTATION: &str = "managedsecrets.io/allow-merge";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const FIELD_MANAGER: &str = "managed-secrets";
 pub const FINALIZER: &str = "managedsecrets.io/cleanup";
@@ -46,6 +56,15 @@ pub struct ManagedSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9_+=.@-]+$"))]
     pub version_stage: Option<String>,
+    /// Read the secret as this ServiceAccount of the ManagedSecret's namespace (its
+    /// `eks.amazonaws.com/role-arn` role, through a token the operator requests for it), instead of
+    /// the operator's own AWS identity. A SecretAccessPolicy rule may require another identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub service_account_name: Option<String>,
     /// Pin one version by its VersionId instead of following a staging label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+=.@-]+$"))]
@@ -318,12 +337,29 @@ impl ManagedSecret {
     }
 }
 
-/// The CRD as YAML (what `managed-secrets crdgen` prints and `crds/` holds). Keys are sorted, so
-/// the output does not depend on whether serde_json's `preserve_order` is unified into the build
-/// (it is when the whole workspace builds, not when the operator builds alone).
+/// The ManagedSecret CRD as YAML (`crds/managedsecrets.io_managedsecrets.yaml`). Keys are
+/// sorted, so the output does not depend on whether serde_json's `preserve_order` is unified into
+/// the build (it is when the whole workspace builds, not when the operator builds alone).
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     sorted_yaml(&ManagedSecret::crd())
+}
+
+/// The SecretAccessPolicy CRD as YAML (`crds/managedsecrets.io_secretaccesspolicies.yaml`).
+pub fn policy_crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    sorted_yaml(&SecretAccessPolicy::crd())
+}
+
+/// Every CRD with the file name it has in `crds/`.
+pub fn all_crds() -> Vec<(&'static str, String)> {
+    vec![
+        ("managedsecrets.io_managedsecrets.yaml", crd_yaml()),
+        (
+            "managedsecrets.io_secretaccesspolicies.yaml",
+            policy_crd_yaml(),
+        ),
+    ]
 }
 
 /// YAML of `v` with every mapping's keys in sorted order.
