@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod k8s;
+pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;

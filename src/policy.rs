@@ -2,7 +2,7 @@
 //! The SecretAccessPolicies are the grants; nothing outside them is read.
 
 use crate::crd::{AccessRule, SecretAccessPolicySpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use crate::labels::selector_matches;
 use std::collections::BTreeMap;
 
 /// What a namespace looks like to the policies.
@@ -206,27 +206,6 @@ fn grants(rule: &AccessRule, req: &Request) -> bool {
                 .map(|pat| glob(&pat, req.secret_id))
                 .unwrap_or(false)
     })
-}
-
-/// Label selector semantics (matchLabels and matchExpressions); an empty selector matches all.
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let eq = sel
-        .match_labels
-        .as_ref()
-        .map(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
-        .unwrap_or(true);
-    let exprs = sel.match_expressions.iter().flatten().all(|e| {
-        let have = labels.get(&e.key);
-        let vals = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => have.map(|h| vals.contains(h)).unwrap_or(false),
-            "NotIn" => have.map(|h| !vals.contains(h)).unwrap_or(true),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    eq && exprs
 }
 
 /// Only `$(namespace)` and `$(labels.<key>)` are variables.

@@ -2,6 +2,7 @@
 //! whether a rollout is due, and the pod-template annotation that triggers it.
 
 use crate::crd::{RolloutRecord, RolloutSpec, WorkloadKind};
+use crate::labels::selector_matches;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -71,29 +72,6 @@ pub fn opted_in(w: &Workload, secret: &str) -> bool {
         .iter()
         .filter_map(|a| w.annotations.get(*a))
         .any(|v| v.split(',').any(|s| s.trim() == secret))
-}
-
-fn selector_matches(
-    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let eq = sel
-        .match_labels
-        .as_ref()
-        .map(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
-        .unwrap_or(true);
-    let exprs = sel.match_expressions.iter().flatten().all(|e| {
-        let have = labels.get(&e.key);
-        let vals = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => have.map(|h| vals.contains(h)).unwrap_or(false),
-            "NotIn" => have.map(|h| !vals.contains(h)).unwrap_or(true),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    eq && exprs
 }
 
 /// A workload by kind and name.
