@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (ManagedSecret, SecretAccessPolicy) as YAML documents.
     Crdgen,
 }
@@ -95,6 +95,23 @@ pub struct RunArgs {
     /// Most AWS secret values held in memory at once.
     #[arg(long, env = "MANAGED_SECRETS_CACHE_MAX_ENTRIES", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
     pub cache_max_entries: u32,
+    /// Check an identity's secrets in a region with one ListSecrets sweep (100 a page) instead of
+    /// a DescribeSecret each, once this many of them are cached (0: never sweep).
+    #[arg(long, env = "MANAGED_SECRETS_SWEEP_THRESHOLD", default_value_t = 100)]
+    pub sweep_threshold: u32,
+    /// Read every value again at least this often, whatever the metadata says.
+    #[arg(long, env = "MANAGED_SECRETS_FULL_REREAD_INTERVAL", default_value = "24h", value_parser = parse_interval)]
+    pub full_reread_interval: Duration,
+    /// The share of AWS Secrets Manager's documented request quotas the operator allows itself
+    /// (per API and region; 0.5 = half).
+    #[arg(long, env = "MANAGED_SECRETS_AWS_QUOTA_SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    pub aws_quota_share: f64,
+    /// Kubernetes API requests per second (sustained) the operator allows itself.
+    #[arg(long, env = "MANAGED_SECRETS_KUBE_QPS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub kube_qps: u32,
+    /// Kubernetes API requests the operator may make in a burst.
+    #[arg(long, env = "MANAGED_SECRETS_KUBE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub kube_burst: u32,
     /// Most bytes of AWS secret values held in memory at once (`64Mi`, `1Gi`, or bytes).
     #[arg(long, env = "MANAGED_SECRETS_CACHE_MAX_BYTES", default_value = "64Mi", value_parser = parse_bytes)]
     pub cache_max_bytes: usize,
@@ -107,6 +124,13 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 fn parse_debounce(s: &str) -> Result<Duration, String> {
     let d = parse_interval(s)?;
     crate::schedule::debounce(Some(s), d).map_err(|e| e.to_string())
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0 && *v <= 1.0)
+        .ok_or_else(|| format!("{s:?} is not a share between 0 (excluded) and 1"))
 }
 
 /// `1024`, `64Ki`, `64Mi`, `1Gi`.

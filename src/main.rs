@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => args,
     };
     telemetry::init(args.log_format);
-    let code = match run(args).await {
+    let code = match run(*args).await {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "managed-secrets failed to start");
@@ -35,14 +35,17 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+    let client =
+        managed_secrets::k8s::client::client(args.kube_qps, args.kube_burst, metrics.clone())
+            .await
+            .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
     let tokens: Arc<dyn source::identity::TokenIssuer> =
         Arc::new(managed_secrets::k8s::tokens::KubeTokens {
             client: client.clone(),
         });
-    let backend = source::aws::AwsBackend::from_env(metrics.clone(), Some(tokens)).await;
+    let backend = source::aws::AwsBackend::from_env(metrics.clone(), Some(tokens))
+        .await
+        .with_quota_share(args.aws_quota_share);
     let default_region = backend.default_region();
     let hash_key = managed_secrets::k8s::hash_key::load_or_create(
         &client,
@@ -61,6 +64,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .with_limits(Limits {
                 max_entries: args.cache_max_entries as usize,
                 max_bytes: args.cache_max_bytes,
+                sweep_threshold: args.sweep_threshold as usize,
+                full_reread: args.full_reread_interval,
             })
             .with_metrics(metrics.clone()),
     );

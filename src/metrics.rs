@@ -27,6 +27,16 @@ pub struct WatchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AwsLabels {
     pub api: String,
     pub outcome: String,
@@ -44,6 +54,12 @@ pub struct Metrics {
     pub rollouts: Family<RolloutLabels, Counter>,
     pub watch_errors: Family<WatchLabels, Counter>,
     pub sts_calls: Family<AwsLabels, Counter>,
+    pub cache_lookups: Family<ResultLabels, Counter>,
+    /// AWS Secrets Manager's price: $0.05 per 10,000 API calls.
+    pub aws_cost: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds from the operator first seeing a new AWS version to the Secret holding it.
+    pub sync_lag: Histogram,
+    pub kube_requests: Family<VerbLabels, Counter>,
     pub oldest_value_age: Gauge,
     pub stale_objects: Gauge,
     pub cache_entries: Gauge,
@@ -65,6 +81,30 @@ impl Default for Metrics {
         let rollouts = Family::<RolloutLabels, Counter>::default();
         let watch_errors = Family::<WatchLabels, Counter>::default();
         let sts_calls = Family::<AwsLabels, Counter>::default();
+        let cache_lookups = Family::<ResultLabels, Counter>::default();
+        let aws_cost = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let sync_lag = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        let kube_requests = Family::<VerbLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Source cache lookups: hit (fresh), revalidated (DescribeSecret said the same version), swept (a ListSecrets sweep said so), miss (the value was read)",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "aws_estimated_cost_dollars",
+            "Estimated AWS Secrets Manager API cost of the calls made ($0.05 per 10,000)",
+            aws_cost.clone(),
+        );
+        registry.register(
+            "sync_lag_seconds",
+            "From the operator seeing a new AWS version to the Secret holding it",
+            sync_lag.clone(),
+        );
+        registry.register(
+            "kube_requests",
+            "Kubernetes API requests by verb",
+            kube_requests.clone(),
+        );
         registry.register(
             "sts_calls",
             "AWS STS calls (AssumeRole, AssumeRoleWithWebIdentity) by API and outcome",
@@ -139,6 +179,10 @@ impl Default for Metrics {
             rollouts,
             watch_errors,
             sts_calls,
+            cache_lookups,
+            aws_cost,
+            sync_lag,
+            kube_requests,
             oldest_value_age,
             stale_objects,
             cache_entries,
@@ -149,7 +193,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn cache_lookup(&self, result: &str) {
+        self.cache_lookups
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+    pub fn kube_request(&self, verb: &str) {
+        self.kube_requests
+            .get_or_create(&VerbLabels { verb: verb.into() })
+            .inc();
+    }
     pub fn aws_call(&self, api: &str, outcome: &str) {
+        self.aws_cost.inc_by(0.05 / 10_000.0);
         self.aws_calls
             .get_or_create(&AwsLabels {
                 api: api.into(),

@@ -65,6 +65,18 @@ pub fn is_true(conds: &[Condition], type_: &str) -> bool {
     conds.iter().any(|c| c.type_ == type_ && c.status == "True")
 }
 
+/// Whether two statuses differ only in the per-refresh bookkeeping (lastSyncTime,
+/// lastAttemptTime, nextRefreshTime): then there is nothing worth an etcd write.
+pub fn same_apart_from_times(a: &ManagedSecretStatus, b: &ManagedSecretStatus) -> bool {
+    let strip = |s: &ManagedSecretStatus| ManagedSecretStatus {
+        last_sync_time: None,
+        last_attempt_time: None,
+        next_refresh_time: None,
+        ..s.clone()
+    };
+    strip(a) == strip(b)
+}
+
 /// What a successful sync wrote.
 #[derive(Debug, Clone)]
 pub struct Synced {
@@ -296,6 +308,18 @@ mod tests {
         );
         assert_eq!(s.next_refresh_time.as_deref(), Some("2026-11-29T10:05:00Z"));
         assert_eq!(s.failures, 0);
+    }
+
+    #[test]
+    fn a_refresh_that_finds_nothing_new_has_nothing_to_write() {
+        let a = good();
+        let mut b = a.clone();
+        b.last_attempt_time = Some("2026-11-29T11:00:00Z".into());
+        b.next_refresh_time = Some("2026-11-29T11:05:00Z".into());
+        b.last_sync_time = Some("2026-11-29T11:00:00Z".into());
+        assert!(same_apart_from_times(&a, &b));
+        b.synced_version_id = Some("v2".into());
+        assert!(!same_apart_from_times(&a, &b));
     }
 
     #[test]

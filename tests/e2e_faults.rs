@@ -68,7 +68,7 @@ async fn aws_unreachable_keeps_the_secret_stale_appears_then_clears() {
         "the Secret is still good: Ready stays True"
     );
     // Several refresh intervals pass without AWS.
-    c.wait_attempts("db", 1).await;
+    c.wait_attempts(&moto, "db", 1).await;
     let m = op.metrics.render();
     assert_eq!(
         metric(&m, "managed_secrets_stale_objects"),
@@ -176,7 +176,7 @@ async fn kubernetes_errors_and_dropped_watches_lose_nothing_and_roll_out_once() 
     wait_rollouts_recorded(&c, "db", &v2, 1).await;
     assert_eq!(revision(&c, "api").await.as_deref(), Some("2"));
     c.close_watches().await;
-    c.wait_attempts("db", 3).await;
+    c.wait_attempts(&moto, "db", 3).await;
     assert_eq!(
         revision(&c, "api").await.as_deref(),
         Some("2"),
@@ -214,14 +214,14 @@ async fn killed_after_the_secret_write_and_before_the_rollout_the_rollout_happen
     );
     let mut op = Operator::start(&c, &moto).await;
     wait_rollouts_recorded(&c, "db", &v2, 1).await;
-    c.wait_attempts("db", 2).await;
+    c.wait_attempts(&moto, "db", 2).await;
     assert_eq!(revision(&c, "api").await.as_deref(), Some("2"), "once");
 
     // Killed while the rollout patch itself is in flight (the emulator holds it for 3s).
     let v3 = if c.is_emulator() {
         c.patch_ms("db", json!({"spec": {"rollout": {"debounce": "0s"}}}))
             .await;
-        c.wait_attempts("db", 1).await;
+        c.wait_attempts(&moto, "db", 1).await;
         c.kube_latency("patch", "deployments", 3000, 1).await;
         let v3 = moto
             .rotate_like_lambda("prod/db/credentials", &creds("three"))
@@ -232,7 +232,7 @@ async fn killed_after_the_secret_write_and_before_the_rollout_the_rollout_happen
         wait_rollouts_recorded(&c, "db", &v3, 1).await;
         // Outlive the held patch, then look again.
         tokio::time::sleep(Duration::from_secs(4)).await;
-        c.wait_attempts("db", 2).await;
+        c.wait_attempts(&moto, "db", 2).await;
         assert_eq!(revision(&c, "api").await.as_deref(), Some("3"), "once");
         Some(v3)
     } else {

@@ -61,7 +61,7 @@ async fn a_lambda_rotation_restarts_the_declared_targets_once() {
         "{metrics}"
     );
     // Refreshes that find the same version restart nothing.
-    c.wait_attempts("db", 3).await;
+    c.wait_attempts(&moto, "db", 3).await;
     assert_eq!(state(&c, "Deployment", "api").await.0, 2);
     assert_eq!(revision(&c, "api").await.as_deref(), Some("2"));
 }
@@ -144,7 +144,7 @@ async fn restarts_and_downtime_roll_out_once_and_never_spuriously() {
         (op2.metrics.reconciles_completed.get() >= 1).then_some(())
     })
     .await;
-    c.wait_attempts("db", 1).await;
+    c.wait_attempts(&moto, "db", 1).await;
     assert_eq!(state(&c, "Deployment", "api").await, (1, None));
     // A rotation while the operator is down is rolled out once when it is back.
     let mut op2 = op2;
@@ -155,7 +155,7 @@ async fn restarts_and_downtime_roll_out_once_and_never_spuriously() {
     let op3 = Operator::start(&c, &moto).await;
     wait_rollouts_recorded(&c, "db", &v2, 1).await;
     assert_eq!(state(&c, "Deployment", "api").await, (2, Some(v2.clone())));
-    c.wait_attempts("db", 2).await;
+    c.wait_attempts(&moto, "db", 2).await;
     assert_eq!(state(&c, "Deployment", "api").await.0, 2, "exactly once");
     drop(op3);
 }
@@ -316,5 +316,25 @@ async fn argo_rollouts_are_restarted_when_their_crd_exists() {
             .rollouts[0]
             .kind,
         managed_secrets::crd::WorkloadKind::Rollout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_created_later_is_recorded_at_once_not_at_the_next_refresh() {
+    let (c, moto, _op) = setup().await;
+    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    // An hour between refreshes: only the workload watch can bring the new target in.
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true},
+                             "rollout": {"auto": true, "debounce": "1s"}})).await;
+    c.wait_secret_value("db", "password", "one").await;
+    c.wait_ready("db", "True", "Synced").await;
+    deployment_using(&c, "late", "db").await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+    let st = c.managed().get("db").await.unwrap().status.unwrap();
+    assert_eq!(st.rollouts[0].name, "late");
+    assert_eq!(
+        state(&c, "Deployment", "late").await.1,
+        None,
+        "recorded, not restarted"
     );
 }

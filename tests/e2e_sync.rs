@@ -471,7 +471,7 @@ async fn refreshes_that_find_nothing_new_write_nothing_and_reread_nothing() {
     );
     let gets = moto.calls("GetSecretValue").await;
     let describes = moto.calls("DescribeSecret").await;
-    c.wait_attempts("db", 3).await;
+    c.wait_attempts(&moto, "db", 3).await;
     assert_eq!(
         c.secrets()
             .get("db")
@@ -597,7 +597,7 @@ async fn pending_values_are_never_synced_until_the_rotation_finishes() {
     let pending = moto
         .put_pending("prod/db/credentials", &creds("pending"))
         .await;
-    c.wait_attempts("db", 2).await;
+    c.wait_attempts(&moto, "db", 2).await;
     assert_eq!(c.secret_data("db").await.unwrap()["password"], "current");
     moto.finish_rotation("prod/db/credentials", &pending).await;
     c.wait_secret_value("db", "password", "pending").await;
@@ -795,4 +795,142 @@ async fn status_writes_trigger_no_reconcile() {
         settled + 1,
         "only the force-sync reconciled: neither the status patch nor the operator's own status write did"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_finds_nothing_new_makes_no_kubernetes_request() {
+    let (c, moto, _op) = setup().await;
+    let v1 = moto.create_json("prod/db/credentials", &creds("pw")).await;
+    support::workloads::deployment_using(&c, "api", "db").await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true},
+                             "rollout": {"auto": true, "debounce": "1s"}})).await;
+    c.wait_secret_value("db", "password", "pw").await;
+    support::workloads::wait_rollouts_recorded(&c, "db", &v1, 1).await;
+    c.wait_ready("db", "True", "Synced").await;
+    c.wait_attempts(&moto, "db", 1).await;
+    let secret_rv = c
+        .secrets()
+        .get("db")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let ms_rv = c
+        .managed()
+        .get("db")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let requests = [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("patch", "secrets"),
+        ("create", "secrets"),
+        ("patch", "managedsecrets/status"),
+        ("list", "managedsecrets"),
+        ("list", "deployments"),
+        ("list", "statefulsets"),
+        ("list", "daemonsets"),
+        ("patch", "deployments"),
+    ];
+    let count = || async {
+        let mut out = vec![];
+        for (verb, res) in requests {
+            out.push(c.count(verb, res).await);
+        }
+        out
+    };
+    let before = count().await;
+    // Three refreshes: each checks AWS (DescribeSecret) and finds the same version.
+    c.wait_attempts(&moto, "db", 3).await;
+    assert_eq!(
+        count().await,
+        before,
+        "no read, no list, no write: {requests:?}"
+    );
+    assert_eq!(
+        c.secrets()
+            .get("db")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        secret_rv
+    );
+    assert_eq!(
+        c.managed()
+            .get("db")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        ms_rv,
+        "no status write for a refresh that found nothing new"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_secrets_are_checked_by_list_secrets_sweeps_and_moved_values_read_in_batches() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    // Sweep once ten secrets of an identity and region are cached (production: 100).
+    let _op = Operator::start_tuned(
+        &c,
+        &moto,
+        |_| {},
+        managed_secrets::source::cache::Limits {
+            sweep_threshold: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    for i in 0..12 {
+        moto.create_json(&format!("prod/fleet/s{i:02}"), &creds("one"))
+            .await;
+        c.create_ms(
+            &format!("ms{i:02}"),
+            json!({"secretId": format!("prod/fleet/s{i:02}"), "refreshInterval": "2s", "data": {"allKeys": true}}),
+        )
+        .await;
+    }
+    for i in 0..12 {
+        c.wait_secret_value(&format!("ms{i:02}"), "password", "one")
+            .await;
+    }
+    // Sweeping: refreshes are answered by ListSecrets, not a DescribeSecret per secret.
+    let lists = moto.calls("ListSecrets").await;
+    wait_for("a sweep", DEADLINE, || async {
+        (moto.calls("ListSecrets").await > lists).then_some(())
+    })
+    .await;
+    let describes = moto.calls("DescribeSecret").await;
+    let lists = moto.calls("ListSecrets").await;
+    wait_for("another sweep", DEADLINE, || async {
+        (moto.calls("ListSecrets").await > lists).then_some(())
+    })
+    .await;
+    assert_eq!(
+        moto.calls("DescribeSecret").await,
+        describes,
+        "no DescribeSecret while sweeps answer"
+    );
+    // Three rotations: one sweep sees them, one BatchGetSecretValue reads the three values.
+    let gets = moto.calls("GetSecretValue").await;
+    let batches = moto.calls("BatchGetSecretValue").await;
+    for i in 0..3 {
+        moto.rotate_like_lambda(&format!("prod/fleet/s{i:02}"), &creds("two"))
+            .await;
+    }
+    for i in 0..3 {
+        c.wait_secret_value(&format!("ms{i:02}"), "password", "two")
+            .await;
+    }
+    assert!(moto.calls("BatchGetSecretValue").await > batches);
+    assert_eq!(
+        moto.calls("GetSecretValue").await,
+        gets,
+        "the moved values came in a batch, not one by one"
+    );
+    assert_eq!(c.secret_data("ms05").await.unwrap()["password"], "one");
 }

@@ -446,8 +446,8 @@ async fn two_managed_secrets_on_one_secret_give_one_stable_conflict() {
         .unwrap()
         .metadata
         .resource_version;
-    c.wait_attempts("first", 3).await;
-    c.wait_attempts("second", 1).await;
+    c.wait_attempts(&moto, "first", 3).await;
+    c.wait_attempts(&moto, "second", 1).await;
     assert_eq!(
         c.secrets()
             .get("shared")

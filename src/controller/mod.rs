@@ -5,6 +5,7 @@
 mod cleanup;
 mod policies;
 mod rollout;
+mod stores;
 mod sync;
 mod watches;
 
@@ -21,7 +22,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FEvent};
-use kube::runtime::reflector::{self, Store};
+
 use kube::{Client, Resource, ResourceExt};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -85,6 +86,8 @@ struct ObjectState {
     confirmed_at: Option<DateTime<Utc>>,
     /// The compiled mapping and the generation it was compiled for.
     mapping: Option<(Option<i64>, Arc<Mapping>)>,
+    /// The next refresh (kept here; the status has it only as of its last change).
+    next_refresh: Option<DateTime<Utc>>,
 }
 
 pub struct Context {
@@ -95,8 +98,8 @@ pub struct Context {
     pub settings: Settings,
     pub health: Arc<Health>,
     objects: Mutex<HashMap<String, ObjectState>>,
-    /// The ManagedSecrets of every watched scope.
-    stores: Vec<Store<ManagedSecret>>,
+    /// The watch caches of every watched scope.
+    scopes: Vec<stores::ScopeStores>,
     /// The grants (None when access policies are off).
     policy: Option<policies::PolicyView>,
 }
@@ -142,6 +145,14 @@ impl Context {
             st.key.clone()
         });
         self.metrics.freshness(&key, at.timestamp(), false);
+    }
+
+    fn schedule(&self, ms: &ManagedSecret, at: DateTime<Utc>) {
+        self.with_state(ms, |st| st.next_refresh = Some(at));
+    }
+
+    fn next_refresh(&self, ms: &ManagedSecret) -> Option<DateTime<Utc>> {
+        self.with_state(ms, |st| st.next_refresh)
     }
 
     fn confirmed_at(&self, ms: &ManagedSecret) -> Option<DateTime<Utc>> {
@@ -191,9 +202,10 @@ impl Context {
 
     /// Every ManagedSecret of a namespace, from the watch caches (no API request).
     fn managed_in(&self, ns: &str) -> Vec<Arc<ManagedSecret>> {
-        self.stores
+        self.scopes
             .iter()
-            .flat_map(|s| s.state())
+            .filter(|s| s.covers(ns))
+            .flat_map(|s| s.managed.state())
             .filter(|m| m.namespace().as_deref() == Some(ns))
             .collect()
     }
@@ -323,13 +335,7 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let scopes: Vec<_> = scopes
-        .into_iter()
-        .map(|s| {
-            let (store, writer) = reflector::store::<ManagedSecret>();
-            (s, store, writer)
-        })
-        .collect();
+    let scopes: Vec<_> = scopes.into_iter().map(stores::scope).collect();
     let (view, watches) = match settings.access_policy {
         AccessPolicy::Enforce => {
             let (v, w) = policies::stores();
@@ -345,7 +351,7 @@ pub async fn run(
         settings,
         health,
         objects: Mutex::new(HashMap::new()),
-        stores: scopes.iter().map(|(_, s, _)| s.clone()).collect(),
+        scopes: scopes.iter().map(|(s, _, _)| s.clone()).collect(),
         policy: view,
     });
     watches::run_all(ctx, scopes, watches, Box::pin(shutdown)).await;

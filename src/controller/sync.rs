@@ -159,7 +159,11 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let hash_key = ctx.settings.hash_key.0.clone();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = ms.target_name();
-    let current = secrets.get_opt(&target).await.map_err(Error::Kube)?;
+    // From the watch cache; only a Secret the cache does not hold (not ours, or not there) is read.
+    let current = match super::stores::secret(&ctx.scopes, &ns, &target) {
+        Some(s) => Some((*s).clone()),
+        None => secrets.get_opt(&target).await.map_err(Error::Kube)?,
+    };
     let intact = match &status.data_hash {
         None => true,
         Some(h) => {
@@ -177,7 +181,10 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         observed_generation: status.observed_generation,
         force_sync: force.clone(),
         last_force_sync: status.last_force_sync.clone(),
-        next_refresh: status::parse_ts(status.next_refresh_time.as_deref()),
+        // The schedule lives in memory; the status has it as of the last change (after a restart).
+        next_refresh: ctx
+            .next_refresh(ms)
+            .or_else(|| status::parse_ts(status.next_refresh_time.as_deref())),
         ready: status::is_true(&status.conditions, READY),
         secret_intact: intact,
         access_granted: status
@@ -188,8 +195,9 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let bypass_cache = match plan {
         Plan::Rest { until } => {
             let mut wait = (until - now).to_std().unwrap_or(ctx.settings.min_refresh);
-            if status.rollout_pending_since.is_some() {
-                // A rollout waits for its debounce window: no AWS call needed for it.
+            if ms.spec.rollout.is_some() {
+                // A rollout waiting for its debounce window, or a workload that appeared or
+                // changed: the rollout step needs no AWS call (and no API read: the caches).
                 let mut st = status.clone();
                 let step = rollout::step(ms, ctx, &mut st, now, crate::rollout::Sync::Same).await?;
                 if let Some(hint) = step.hint {
@@ -299,7 +307,17 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     if let Some(hint) = step.hint {
         wait = wait.min(hint);
     }
-    write_status(ctx, ms, &new_status).await?;
+    ctx.schedule(ms, next);
+    if changed || !status::same_apart_from_times(&status, &new_status) {
+        write_status(ctx, ms, &new_status).await?;
+    } else {
+        debug!("nothing new: no status write");
+    }
+    if changed && sync_kind == crate::rollout::Sync::NewVersion {
+        ctx.metrics
+            .sync_lag
+            .observe(fetched.seen_at.elapsed().as_secs_f64());
+    }
     if let Some(e) = step.failed {
         known.status = Some(new_status);
         return Err(e);
@@ -346,6 +364,7 @@ pub(super) async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, known: K
         schedule::jittered(interval, rand::random::<f64>())
     };
     let next_attempt = schedule::after(now, wait).unwrap_or(now);
+    ctx.schedule(ms, next_attempt);
     let confirmed_at = ctx
         .confirmed_at(ms)
         .or_else(|| status::parse_ts(prev.last_sync_time.as_deref()));

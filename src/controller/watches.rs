@@ -4,14 +4,18 @@
 //! change. Watch failures are reported here (a 403 loudly) and readiness follows the initial lists.
 
 use super::policies::{self, Change};
+use super::stores::{self, ScopeStores, ScopeWriters};
 use super::{error_policy, reconcile, sync_relevant, uid, Context};
 use crate::crd::{ManagedSecret, FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::source::Changed;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
+use kube::api::DynamicObject;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -20,6 +24,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 type Shutdown = Shared<BoxFuture<'static, ()>>;
@@ -102,23 +107,87 @@ fn owners_of(store: &Store<ManagedSecret>, s: &Secret) -> Vec<ObjectRef<ManagedS
         .collect()
 }
 
+/// The ManagedSecrets that read an AWS secret a sweep saw move.
+fn readers_of(store: &Store<ManagedSecret>, c: &Changed) -> Vec<ObjectRef<ManagedSecret>> {
+    store
+        .state()
+        .iter()
+        .filter(|m| m.spec.secret_id == c.secret_id)
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+/// A watch of one workload kind: fills its cache and turns changes that matter to a rollout
+/// (labels, annotations, pod template) into reconciles of the namespace's rolling-out
+/// ManagedSecrets.
+fn workload_triggers<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    key: String,
+    kind: &'static str,
+    ctx: &Context,
+    managed: Store<ManagedSecret>,
+) -> impl Stream<Item = ObjectRef<ManagedSecret>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .inspect(watch_report(
+            kind,
+            key,
+            ctx.health.clone(),
+            ctx.metrics.clone(),
+        ))
+        .modify(stores::trim_workload)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(stores::workload_relevant, Default::default())
+        .filter_map(|w| async move { w.ok() })
+        .flat_map(move |w| {
+            let ns = w.namespace().unwrap_or_default();
+            let refs = managed
+                .state()
+                .iter()
+                .filter(|m| {
+                    m.namespace().as_deref() == Some(ns.as_str()) && m.spec.rollout.is_some()
+                })
+                .map(|m| ObjectRef::from_obj(m.as_ref()))
+                .collect::<Vec<_>>();
+            futures::stream::iter(refs)
+        })
+}
+
+fn api_for<K>(client: &kube::Client, scope: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// One scope's controller: runs until shutdown.
 async fn scope_controller(
     ctx: Arc<Context>,
-    scope: Option<String>,
-    store: Store<ManagedSecret>,
-    writer: reflector::store::Writer<ManagedSecret>,
+    stores: ScopeStores,
+    writers: ScopeWriters,
     policy_changes: Option<broadcast::Receiver<Change>>,
+    rollout_triggers: mpsc::UnboundedReceiver<ObjectRef<ManagedSecret>>,
     shutdown: Shutdown,
 ) {
     let client = ctx.client.clone();
-    let (mss, secrets): (Api<ManagedSecret>, Api<Secret>) = match &scope {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let scope = stores.scope.clone();
+    let mss: Api<ManagedSecret> = api_for(&client, &scope);
+    let secrets: Api<Secret> = api_for(&client, &scope);
     let (health, metrics) = (ctx.health.clone(), ctx.metrics.clone());
     let forget = ctx.clone();
     let ms_events = watcher(mss, watcher::Config::default())
@@ -129,7 +198,7 @@ async fn scope_controller(
             health.clone(),
             metrics.clone(),
         ))
-        .reflect(writer)
+        .reflect(writers.managed)
         .inspect(move |ev| {
             if let Ok(watcher::Event::Delete(o)) = ev {
                 forget.forget(&uid(o));
@@ -148,15 +217,64 @@ async fn scope_controller(
         health,
         metrics,
     ))
+    .modify(stores::trim_secret)
+    .reflect(writers.secrets)
     .touched_objects();
-    let mapper_store = store.clone();
-    let mut controller = Controller::for_stream(ms_events, store.clone())
+    let workloads = futures::stream::select_all(vec![
+        workload_triggers::<Deployment>(
+            api_for(&client, &scope),
+            writers.deployments,
+            kind_key("deployments", &scope),
+            "deployments",
+            &ctx,
+            stores.managed.clone(),
+        )
+        .boxed(),
+        workload_triggers::<StatefulSet>(
+            api_for(&client, &scope),
+            writers.statefulsets,
+            kind_key("statefulsets", &scope),
+            "statefulsets",
+            &ctx,
+            stores.managed.clone(),
+        )
+        .boxed(),
+        workload_triggers::<DaemonSet>(
+            api_for(&client, &scope),
+            writers.daemonsets,
+            kind_key("daemonsets", &scope),
+            "daemonsets",
+            &ctx,
+            stores.managed.clone(),
+        )
+        .boxed(),
+        futures::stream::unfold(rollout_triggers, |mut rx| async move {
+            rx.recv().await.map(|r| (r, rx))
+        })
+        .boxed(),
+    ]);
+    let sweep_store = stores.managed.clone();
+    let swept = futures::stream::unfold(ctx.source.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(c) => return Some((c, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .flat_map(move |c| futures::stream::iter(readers_of(&sweep_store, &c)));
+    let mapper_store = stores.managed.clone();
+    let mut controller = Controller::for_stream(ms_events, stores.managed.clone())
         .watches_stream(secret_events, move |s: Secret| owners_of(&mapper_store, &s))
+        .reconcile_on(workloads)
+        .reconcile_on(swept)
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
         );
     if let Some(rx) = policy_changes {
         let (all_rx, ns_rx) = (rx.resubscribe(), rx);
+        let store = stores.managed.clone();
         controller = controller
             .reconcile_all_on(
                 changes(all_rx)
@@ -190,22 +308,107 @@ async fn scope_controller(
         .await;
 }
 
+/// What a scope's Rollout watch needs: its scope, cache writer, trigger channel, ManagedSecrets.
+type RolloutScope = (
+    Option<String>,
+    reflector::store::Writer<DynamicObject>,
+    mpsc::UnboundedSender<ObjectRef<ManagedSecret>>,
+    Store<ManagedSecret>,
+);
+
+/// Argo Rollouts are watched once their CRD is served (checked every 10 seconds until then).
+struct PendingRollouts {
+    scopes: Vec<RolloutScope>,
+    last_check: Option<Instant>,
+}
+
+impl PendingRollouts {
+    async fn start_if_served(&mut self, ctx: &Arc<Context>, shutdown: &Shutdown) {
+        if self.scopes.is_empty()
+            || self
+                .last_check
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last_check = Some(Instant::now());
+        let served = ctx
+            .client
+            .list_api_group_resources("argoproj.io/v1alpha1")
+            .await
+            .map(|l| l.resources.iter().any(|r| r.name == "rollouts"))
+            .unwrap_or(false);
+        if !served {
+            return;
+        }
+        info!("Argo Rollouts are served: watching them");
+        let ar = crate::k8s::workloads::argo_rollout();
+        for (scope, writer, tx, managed) in self.scopes.drain(..) {
+            let api: Api<DynamicObject> = match &scope {
+                Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
+                None => Api::all_with(ctx.client.clone(), &ar),
+            };
+            let c = ctx.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let stream = watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .inspect(watch_report(
+                        "rollouts",
+                        kind_key("rollouts", &scope),
+                        c.health.clone(),
+                        c.metrics.clone(),
+                    ))
+                    .modify(stores::trim_dynamic)
+                    .reflect(writer)
+                    .applied_objects()
+                    .filter_map(|w| async move { w.ok() })
+                    .for_each(move |w| {
+                        let ns = w.namespace().unwrap_or_default();
+                        for m in managed.state() {
+                            if m.namespace().as_deref() == Some(ns.as_str())
+                                && m.spec.rollout.is_some()
+                            {
+                                let _ = tx.send(ObjectRef::from_obj(m.as_ref()));
+                            }
+                        }
+                        async {}
+                    });
+                tokio::select! {
+                    _ = stream => {},
+                    _ = stop => {},
+                }
+            });
+        }
+    }
+}
+
 /// Runs every pipeline until `shutdown`; returns early only if one of them stops by itself.
 pub(super) async fn run_all(
     ctx: Arc<Context>,
     scopes: Vec<(
-        Option<String>,
-        Store<ManagedSecret>,
-        reflector::store::Writer<ManagedSecret>,
+        ScopeStores,
+        ScopeWriters,
+        reflector::store::Writer<DynamicObject>,
     )>,
     policy: Option<policies::Watches>,
     shutdown: BoxFuture<'static, ()>,
 ) {
     let shutdown: Shutdown = shutdown.shared();
     let health = ctx.health.clone();
-    for (scope, _, _) in &scopes {
-        health.watching(&kind_key("managedsecrets", scope));
-        health.watching(&kind_key("secrets", scope));
+    let mut keys = vec![];
+    for (s, _, _) in &scopes {
+        for kind in [
+            "managedsecrets",
+            "secrets",
+            "deployments",
+            "statefulsets",
+            "daemonsets",
+        ] {
+            let k = kind_key(kind, &s.scope);
+            health.watching(&k);
+            keys.push(k);
+        }
     }
     let (tx, _) = broadcast::channel::<Change>(4096);
     let mut tasks: Vec<BoxFuture<'static, &'static str>> = vec![];
@@ -224,13 +427,36 @@ pub(super) async fn run_all(
             .boxed(),
         );
     }
-    let stores: Vec<Store<ManagedSecret>> = scopes.iter().map(|(_, s, _)| s.clone()).collect();
-    for (scope, store, writer) in scopes {
+    {
+        let (src, s) = (ctx.source.clone(), shutdown.clone());
+        tasks.push(
+            async move {
+                tokio::select! {
+                    _ = src.background() => {},
+                    _ = s => {},
+                }
+                "the source's sweeps"
+            }
+            .boxed(),
+        );
+    }
+    let mut pending = PendingRollouts {
+        scopes: vec![],
+        last_check: None,
+    };
+    for (stores, writers, rollouts_writer) in scopes {
         let rx = ctx.policy.is_some().then(|| tx.subscribe());
+        let (rtx, rrx) = mpsc::unbounded_channel();
+        pending.scopes.push((
+            stores.scope.clone(),
+            rollouts_writer,
+            rtx,
+            stores.managed.clone(),
+        ));
         let (c, s) = (ctx.clone(), shutdown.clone());
         tasks.push(
             async move {
-                scope_controller(c, scope, store, writer, rx, s).await;
+                scope_controller(c, stores, writers, rx, rrx, s).await;
                 "a controller"
             }
             .boxed(),
@@ -254,11 +480,16 @@ pub(super) async fn run_all(
             }
             _ = tick.tick() => {
                 health.beat();
-                let listed = stores.len() == 1 || health.is_listed("managedsecrets");
+                pending.start_if_served(&ctx, &shutdown).await;
+                let listed = keys.iter().all(|k| health.is_listed(k));
                 if last_sweep.elapsed() >= Duration::from_secs(60) && listed {
                     last_sweep = Instant::now();
-                    let live: HashSet<String> =
-                        stores.iter().flat_map(|s| s.state()).map(|o| uid(&o)).collect();
+                    let live: HashSet<String> = ctx
+                        .scopes
+                        .iter()
+                        .flat_map(|s| s.managed.state())
+                        .map(|o| uid(&o))
+                        .collect();
                     ctx.sweep(&live);
                 }
             }

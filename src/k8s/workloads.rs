@@ -1,67 +1,15 @@
-//! Reading Deployments, StatefulSets and DaemonSets, and triggering a rollout by server-side
-//! applying one pod-template annotation under our field manager (a normal, revertible rollout).
+//! Triggering a rollout by server-side applying one pod-template annotation under our field
+//! manager (a normal, revertible rollout). The workloads themselves come from the watch caches.
 
 use crate::crd::{WorkloadKind, FIELD_MANAGER};
 use crate::error::{Error, Result};
-use crate::rollout::{Workload, VERSION_ANNOTATION};
+use crate::rollout::VERSION_ANNOTATION;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde_json::json;
 
-fn to_workload<K: Resource + serde::Serialize>(kind: WorkloadKind, obj: &K) -> Workload {
-    let v = serde_json::to_value(obj).unwrap_or_default();
-    Workload {
-        kind,
-        name: obj.meta().name.clone().unwrap_or_default(),
-        labels: obj.meta().labels.clone().unwrap_or_default(),
-        annotations: obj.meta().annotations.clone().unwrap_or_default(),
-        template: v.pointer("/spec/template").cloned().unwrap_or_default(),
-    }
-}
-
-/// Every Deployment, StatefulSet and DaemonSet in the namespace.
-pub async fn list(client: &Client, ns: &str) -> Result<Vec<Workload>> {
-    let lp = ListParams::default();
-    let mut out = vec![];
-    for d in Api::<Deployment>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .map_err(Error::Kube)?
-    {
-        out.push(to_workload(WorkloadKind::Deployment, &d));
-    }
-    for s in Api::<StatefulSet>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .map_err(Error::Kube)?
-    {
-        out.push(to_workload(WorkloadKind::StatefulSet, &s));
-    }
-    for d in Api::<DaemonSet>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .map_err(Error::Kube)?
-    {
-        out.push(to_workload(WorkloadKind::DaemonSet, &d));
-    }
-    // Argo Rollouts, when its CRD is installed (404 otherwise).
-    match Api::<DynamicObject>::namespaced_with(client.clone(), ns, &argo_rollout())
-        .list(&lp)
-        .await
-    {
-        Ok(list) => {
-            for r in list {
-                out.push(to_workload(WorkloadKind::Rollout, &r));
-            }
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(Error::Kube(e)),
-    }
-    Ok(out)
-}
-
-fn argo_rollout() -> ApiResource {
+pub fn argo_rollout() -> ApiResource {
     ApiResource {
         group: "argoproj.io".into(),
         version: "v1alpha1".into(),

@@ -2,7 +2,8 @@
 //! chain (env, profile, IRSA web identity, EKS Pod Identity, IMDS); `AWS_ENDPOINT_URL` is honoured.
 
 use super::identity::{Identities, TokenIssuer};
-use super::{Fetched, SecretRef, SecretsBackend, VersionSelector, Versions};
+use super::limits::ApiLimits;
+use super::{Fetched, Group, Listed, SecretRef, SecretsBackend, VersionSelector, Versions};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::policy::Identity;
@@ -26,6 +27,7 @@ pub struct AwsBackend {
     clients: Mutex<HashMap<ClientKey, (Client, Option<SystemTime>)>>,
     metrics: Arc<Metrics>,
     identities: Identities,
+    limits: ApiLimits,
 }
 
 impl AwsBackend {
@@ -46,7 +48,14 @@ impl AwsBackend {
             base,
             clients: Mutex::new(HashMap::new()),
             metrics,
+            limits: ApiLimits::new(0.5),
         }
+    }
+
+    /// Client-side rate limits: `share` of each API's documented quota (0.5: half).
+    pub fn with_quota_share(mut self, share: f64) -> AwsBackend {
+        self.limits = ApiLimits::new(share);
+        self
     }
 
     /// Lets ServiceAccount identities get their tokens from `tokens`.
@@ -163,6 +172,9 @@ pub fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
 impl SecretsBackend for AwsBackend {
     fn get_value<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Fetched>> {
         Box::pin(async move {
+            self.limits
+                .wait("GetSecretValue", &self.region_of(secret))
+                .await;
             let mut req = self
                 .client(secret)
                 .await?
@@ -194,12 +206,16 @@ impl SecretsBackend for AwsBackend {
                 version_id: out.version_id().unwrap_or_default().to_string(),
                 version_stages: out.version_stages().to_vec(),
                 from_cache: false,
+                seen_at: std::time::Instant::now(),
             })
         })
     }
 
     fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Versions>> {
         Box::pin(async move {
+            self.limits
+                .wait("DescribeSecret", &self.region_of(secret))
+                .await;
             let res = self
                 .client(secret)
                 .await?
@@ -226,6 +242,122 @@ impl SecretsBackend for AwsBackend {
             v.sort();
             Ok(v)
         })
+    }
+
+    fn list<'a>(&'a self, group: &'a Group) -> BoxFuture<'a, Result<Vec<Listed>>> {
+        Box::pin(async move {
+            let probe = SecretRef {
+                secret_id: String::new(),
+                region: Some(group.region.clone()).filter(|r| !r.is_empty()),
+                version: VersionSelector::Stage("AWSCURRENT".into()),
+                identity: group.identity.clone(),
+            };
+            let client = self.client(&probe).await?;
+            let mut out = vec![];
+            let mut token: Option<String> = None;
+            loop {
+                self.limits.wait("ListSecrets", &group.region).await;
+                let res = client
+                    .list_secrets()
+                    .max_results(100)
+                    .set_next_token(token.clone())
+                    .send()
+                    .await;
+                self.metrics.aws_call(
+                    "ListSecrets",
+                    res.as_ref()
+                        .map(|_| "ok")
+                        .unwrap_or_else(|e| e.code().unwrap_or("error")),
+                );
+                let page = res.map_err(|e| map_error("ListSecrets", &e))?;
+                for e in page.secret_list() {
+                    if e.deleted_date().is_some() {
+                        continue;
+                    }
+                    let mut versions: Versions = e
+                        .secret_versions_to_stages()
+                        .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
+                        .unwrap_or_default();
+                    versions.sort();
+                    out.push(Listed {
+                        name: e.name().unwrap_or_default().to_string(),
+                        arn: e.arn().unwrap_or_default().to_string(),
+                        versions,
+                    });
+                }
+                token = page.next_token().map(String::from);
+                if token.is_none() {
+                    return Ok(out);
+                }
+            }
+        })
+    }
+
+    fn batch_current<'a>(
+        &'a self,
+        group: &'a Group,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, Fetched)>>> {
+        Box::pin(async move {
+            let probe = SecretRef {
+                secret_id: String::new(),
+                region: Some(group.region.clone()).filter(|r| !r.is_empty()),
+                version: VersionSelector::Stage("AWSCURRENT".into()),
+                identity: group.identity.clone(),
+            };
+            let client = self.client(&probe).await?;
+            let mut out = vec![];
+            for chunk in ids.chunks(20) {
+                self.limits.wait("BatchGetSecretValue", &group.region).await;
+                let res = client
+                    .batch_get_secret_value()
+                    .set_secret_id_list(Some(chunk.to_vec()))
+                    .send()
+                    .await;
+                self.metrics.aws_call(
+                    "BatchGetSecretValue",
+                    res.as_ref()
+                        .map(|_| "ok")
+                        .unwrap_or_else(|e| e.code().unwrap_or("error")),
+                );
+                let got = res.map_err(|e| map_error("BatchGetSecretValue", &e))?;
+                for v in got.secret_values() {
+                    let value = match (v.secret_string(), v.secret_binary()) {
+                        (Some(s), _) => SecretValue::String(s.to_string()),
+                        (None, Some(b)) => SecretValue::Binary(b.as_ref().to_vec()),
+                        _ => continue,
+                    };
+                    // Which id was asked for this answer (a name or an ARN, as the spec says).
+                    let asked = chunk.iter().find(|id| {
+                        Some(id.as_str()) == v.name()
+                            || Some(id.as_str()) == v.arn()
+                            || v.arn().is_some_and(|a| a.starts_with(id.as_str()))
+                    });
+                    if let Some(id) = asked {
+                        out.push((
+                            id.clone(),
+                            Fetched {
+                                value: Arc::new(value),
+                                version_id: v.version_id().unwrap_or_default().to_string(),
+                                version_stages: v.version_stages().to_vec(),
+                                from_cache: false,
+                                seen_at: std::time::Instant::now(),
+                            },
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn region_of(&self, secret: &SecretRef) -> String {
+        secret
+            .region
+            .clone()
+            .or_else(|| region_of_arn(&secret.secret_id))
+            .or_else(|| self.default_region())
+            .unwrap_or_default()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod cache;
 pub mod identity;
+pub mod limits;
 
 use crate::error::Result;
 use crate::render::SecretValue;
@@ -47,6 +48,42 @@ pub struct Fetched {
     pub version_stages: Vec<String>,
     /// Served from the cache without any AWS call.
     pub from_cache: bool,
+    /// When the operator first saw this version (for the sync-lag metric).
+    pub seen_at: std::time::Instant,
+}
+
+/// An identity in a region: what one ListSecrets sweep covers (AWS quotas are per account and
+/// region; an identity stands for an account).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Group {
+    pub identity: crate::policy::Identity,
+    pub region: String,
+}
+
+/// One secret as ListSecrets describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub arn: String,
+    pub versions: Versions,
+}
+
+impl Listed {
+    /// Does `id` (a name, a full ARN, or an ARN without its random suffix) name this secret?
+    pub fn is(&self, id: &str) -> bool {
+        id == self.name
+            || id == self.arn
+            || (id.starts_with("arn:")
+                && self.arn.len() == id.len() + 7
+                && self.arn.starts_with(id))
+    }
+}
+
+/// A secret whose watched version a sweep saw move (its ManagedSecrets should look again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub secret_id: String,
+    pub region: String,
 }
 
 /// Shared handle to a source, as the controller holds it.
@@ -59,6 +96,10 @@ pub trait SecretSource: Send + Sync {
     fn release(&self, owner: &str);
     /// Only these owners still exist; values needed by no one else are dropped.
     fn retain(&self, live: &std::collections::HashSet<String>);
+    /// Secrets whose version the source saw move by itself (a ListSecrets sweep).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Changed>;
+    /// Background work (sweeps) until the future is dropped.
+    fn background(&self) -> BoxFuture<'_, ()>;
 }
 
 /// DescribeSecret's answer: each version id with its staging labels.
@@ -70,6 +111,17 @@ pub trait SecretsBackend: Send + Sync {
     fn get_value<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Fetched>>;
     /// DescribeSecret: the version ids and their stages.
     fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Versions>>;
+    /// ListSecrets, every page: each secret of the group's account and region with its versions.
+    fn list<'a>(&'a self, group: &'a Group) -> BoxFuture<'a, Result<Vec<Listed>>>;
+    /// BatchGetSecretValue of the AWSCURRENT values of `ids` (at most 20 a call; more are split).
+    /// Returns (the id as asked, the value); ids that fail are left out.
+    fn batch_current<'a>(
+        &'a self,
+        group: &'a Group,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, Fetched)>>>;
+    /// The region a secret is read in (spec, ARN, or the default).
+    fn region_of(&self, secret: &SecretRef) -> String;
 }
 
 /// The version id a selector points at, per a DescribeSecret answer.

@@ -130,21 +130,22 @@ impl Cluster {
             .last_attempt_time
     }
 
-    /// Waits until the operator has made `n` more sync attempts for `name` (refreshes).
-    pub async fn wait_attempts(&self, name: &str, n: usize) {
-        let mut seen = self.last_attempt(name).await;
+    /// Waits until the operator has made `n` more attempts for `name`: each seen as AWS calls for
+    /// its secret (a refresh that finds nothing new writes nothing) or a new lastAttemptTime (a
+    /// failure is recorded in status).
+    pub async fn wait_attempts(&self, moto: &aws::Moto, name: &str, n: usize) {
+        let id = self.managed().get(name).await.unwrap().spec.secret_id;
+        let calls = || async {
+            moto.calls_for("DescribeSecret", &id).await
+                + moto.calls_for("GetSecretValue", &id).await
+        };
         for _ in 0..n {
-            seen = Some(
-                wait_for("another refresh", DEADLINE, || {
-                    let prev = seen.clone();
-                    async move {
-                        self.last_attempt(name)
-                            .await
-                            .filter(|t| Some(t) != prev.as_ref())
-                    }
-                })
-                .await,
-            );
+            let (before_calls, before_attempt) = (calls().await, self.last_attempt(name).await);
+            wait_for("another refresh", DEADLINE, || async {
+                (calls().await > before_calls || self.last_attempt(name).await != before_attempt)
+                    .then_some(())
+            })
+            .await;
         }
     }
 
@@ -596,6 +597,16 @@ impl Operator {
         aws: &aws::Moto,
         tune: impl FnOnce(&mut controller::Settings),
     ) -> Operator {
+        Self::start_tuned(cluster, aws, tune, Default::default()).await
+    }
+
+    /// The operator under test, with settings and source cache limits of the test's choosing.
+    pub async fn start_tuned(
+        cluster: &Cluster,
+        aws: &aws::Moto,
+        tune: impl FnOnce(&mut controller::Settings),
+        limits: source::cache::Limits,
+    ) -> Operator {
         // E2E_LOG=managed_secrets=debug shows the operator's logs in test output.
         if std::env::var("E2E_LOG").is_ok() {
             let _ = tracing_subscriber::fmt()
@@ -611,8 +622,11 @@ impl Operator {
         let backend = source::aws::AwsBackend::new(aws.sdk_config(), metrics.clone())
             .with_tokens(Some(tokens));
         let default_region = backend.default_region();
-        let src: source::DynSourceRef =
-            Arc::new(source::cache::CachedSource::new(backend).with_metrics(metrics.clone()));
+        let src: source::DynSourceRef = Arc::new(
+            source::cache::CachedSource::new(backend)
+                .with_limits(limits)
+                .with_metrics(metrics.clone()),
+        );
         let health = Arc::new(managed_secrets::health::Health::default());
         // The hash key lives in the test namespace, as it would in the operator's.
         let key = managed_secrets::k8s::hash_key::load_or_create(

@@ -53,6 +53,8 @@ pub struct AppState {
     pub watch_epoch: watch::Sender<u64>,
     pub controllers: Notify,
     pub bookmark_interval: Duration,
+    /// Most Events kept (the oldest go first; older than an hour go anyway).
+    pub max_events: usize,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
             watch_epoch: we,
             controllers: Notify::new(),
             bookmark_interval,
+            max_events: 10_000,
         })
     }
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -1481,6 +1484,7 @@ fn admin(state: &AppState, method: &Method, rest: &[&str], body: &Bytes) -> Resp
 /// Runs the built-in controllers (workloads, CRD status, garbage collection, namespaces).
 pub async fn run_controllers(state: Arc<AppState>) {
     let mut rx = state.tx.subscribe();
+    let mut last_expiry = std::time::Instant::now();
     loop {
         let mut work: Vec<Arc<Change>> = vec![];
         tokio::select! {
@@ -1515,6 +1519,10 @@ pub async fn run_controllers(state: Arc<AppState>) {
         let mut passes = 0;
         while inner.collect_garbage() && passes < 20 {
             passes += 1;
+        }
+        if last_expiry.elapsed() >= Duration::from_secs(10) {
+            last_expiry = std::time::Instant::now();
+            inner.expire_events(chrono::Duration::hours(1), state.max_events);
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::fields::{self, FieldSet, Schema};
 use crate::resources::{self, ResourceType};
 use crate::validate;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -63,7 +63,16 @@ pub struct Inner {
     /// Watches may start from any resourceVersion >= floor.
     pub floor: u64,
     pub tx: broadcast::Sender<Arc<Change>>,
+    /// uid -> where the object lives (type key, namespace, name).
+    uids: HashMap<String, ObjKey>,
+    /// owner uid -> the objects naming it in their ownerReferences.
+    dependents: HashMap<String, BTreeSet<ObjKey>>,
+    /// Objects the garbage collector must look at (a change made them candidates).
+    gc_queue: BTreeSet<ObjKey>,
 }
+
+/// (type key, namespace, name).
+pub type ObjKey = (String, String, String);
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -108,6 +117,9 @@ impl Inner {
             history: VecDeque::new(),
             floor: 100,
             tx,
+            uids: HashMap::new(),
+            dependents: HashMap::new(),
+            gc_queue: BTreeSet::new(),
         };
         for t in resources::builtins() {
             inner.types.insert(t.type_key(), t);
@@ -144,16 +156,59 @@ impl Inner {
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
     }
 
+    /// The objects of a type, in one namespace (a range of the type's index, not a scan) or all.
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<&Value> {
-        self.objects
-            .get(&rt.key())
+        let Some(m) = self.objects.get(&rt.key()) else {
+            return vec![];
+        };
+        match ns {
+            None => m.values().collect(),
+            Some(ns) => m
+                .range((ns.to_string(), String::new())..)
+                .take_while(|((n, _), _)| n == ns)
+                .map(|(_, v)| v)
+                .collect(),
+        }
+    }
+
+    /// Expires Events as the API server's TTL does (default one hour), and keeps at most `cap` of
+    /// them, oldest first out; returns how many went.
+    pub fn expire_events(&mut self, ttl: chrono::Duration, cap: usize) -> usize {
+        let Some(rt) = self.types.get("/events").cloned() else {
+            return 0;
+        };
+        let cutoff = chrono::Utc::now() - ttl;
+        let mut all: Vec<(String, String, String, Value)> = self
+            .objects
+            .get("/events")
             .map(|m| {
                 m.iter()
-                    .filter(|((n, _), _)| ns.map(|x| x == n).unwrap_or(true))
-                    .map(|(_, v)| v)
+                    .map(|((ns, n), v)| {
+                        (
+                            md_str(v, "creationTimestamp").to_string(),
+                            ns.clone(),
+                            n.clone(),
+                            v.clone(),
+                        )
+                    })
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let over = all.len().saturating_sub(cap);
+        let mut gone = 0;
+        for (i, (created, ns, n, v)) in all.into_iter().enumerate() {
+            let old = chrono::DateTime::parse_from_rfc3339(&created)
+                .map(|t| t < cutoff)
+                .unwrap_or(false);
+            if i < over || old {
+                self.remove_now(&rt, &ns, &n, v);
+                gone += 1;
+            } else {
+                break;
+            }
+        }
+        gone
     }
 
     fn record(
@@ -359,10 +414,7 @@ impl Inner {
         }
         self.rv += 1;
         md_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        self.objects
-            .entry(rt.key())
-            .or_default()
-            .insert((ns.to_string(), name.to_string()), new.clone());
+        self.put(rt, ns, name, new.clone());
         let ev = if created { "ADDED" } else { "MODIFIED" };
         self.record(rt, ns, ev, new.clone(), old);
         if rt.plural == "customresourcedefinitions" {
@@ -377,8 +429,24 @@ impl Inner {
             .objects
             .get_mut(&rt.key())
             .and_then(|m| m.remove(&(ns.to_string(), name.to_string())));
-        if old.is_none() {
+        let Some(gone) = &old else {
             return;
+        };
+        self.unindex(rt, ns, name, gone);
+        // Its dependents may now be garbage; a terminating namespace may now be empty.
+        let uid = md_str(gone, "uid").to_string();
+        if let Some(deps) = self.dependents.get(&uid) {
+            self.gc_queue.extend(deps.iter().cloned());
+        }
+        let terminating = !ns.is_empty()
+            && self
+                .objects
+                .get("/namespaces")
+                .and_then(|m| m.get(&(String::new(), ns.to_string())))
+                .is_some_and(|n| md(n, "deletionTimestamp").is_some());
+        if terminating {
+            self.gc_queue
+                .insert(("/namespaces".into(), String::new(), ns.to_string()));
         }
         self.rv += 1;
         md_mut(&mut last).insert("resourceVersion".into(), json!(self.rv.to_string()));
@@ -739,10 +807,7 @@ impl Inner {
                 new["status"] = json!({"phase": "Terminating"});
                 self.rv += 1;
                 md_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
-                self.objects
-                    .entry(rt.key())
-                    .or_default()
-                    .insert((ns.to_string(), name.to_string()), new.clone());
+                self.put(rt, ns, name, new.clone());
                 self.record(rt, ns, "MODIFIED", new.clone(), Some(old));
             }
             return Ok(new);
@@ -767,61 +832,114 @@ impl Inner {
         }
         self.rv += 1;
         md_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        self.objects
-            .entry(rt.key())
-            .or_default()
-            .insert((ns.to_string(), name.to_string()), new.clone());
+        self.put(rt, ns, name, new.clone());
         self.record(rt, ns, "MODIFIED", new.clone(), Some(old));
         Ok(new)
     }
 
     pub fn has_dependents(&self, uid: &str) -> bool {
-        self.objects
-            .values()
-            .flat_map(|m| m.values())
-            .any(|o| owner_uids(o).iter().any(|u| u == uid))
+        self.dependents.get(uid).is_some_and(|d| !d.is_empty())
+    }
+
+    /// The objects of a namespace (every namespaced type), without scanning other namespaces.
+    fn namespace_contents(&self, ns: &str) -> Vec<ObjKey> {
+        let lo = (ns.to_string(), String::new());
+        let mut out = vec![];
+        for (k, m) in &self.objects {
+            if k == "/namespaces" {
+                continue;
+            }
+            for ((n, name), _) in m.range(lo.clone()..) {
+                if n != ns {
+                    break;
+                }
+                out.push((k.clone(), n.clone(), name.clone()));
+            }
+        }
+        out
     }
 
     fn namespace_empty(&self, ns: &str) -> bool {
-        !self
-            .objects
-            .iter()
-            .any(|(k, m)| k != "/namespaces" && m.keys().any(|(n, _)| n == ns))
+        self.namespace_contents(ns).is_empty()
     }
 
-    /// One pass of the garbage collector and namespace finalizer; returns whether it changed anything.
-    pub fn collect_garbage(&mut self) -> bool {
-        let mut changed = false;
-        let live: std::collections::HashSet<String> = self
+    /// Stores an object and keeps the garbage collector's indexes (uids, dependents) current.
+    fn put(&mut self, rt: &ResourceType, ns: &str, name: &str, obj: Value) {
+        let prev = self
             .objects
-            .values()
-            .flat_map(|m| m.values())
-            .map(|o| md_str(o, "uid").to_string())
-            .collect();
-        let mut all: Vec<(String, String, String, Value)> = vec![];
-        for (k, m) in &self.objects {
-            for ((ns, n), v) in m {
-                all.push((k.clone(), ns.clone(), n.clone(), v.clone()));
+            .entry(rt.key())
+            .or_default()
+            .insert((ns.to_string(), name.to_string()), obj);
+        if let Some(p) = prev {
+            self.unindex(rt, ns, name, &p);
+        }
+        let key: ObjKey = (rt.key(), ns.to_string(), name.to_string());
+        let Some(obj) = self.get(rt, ns, name).cloned() else {
+            return;
+        };
+        self.uids
+            .insert(md_str(&obj, "uid").to_string(), key.clone());
+        let owners = owner_uids(&obj);
+        for o in &owners {
+            self.dependents
+                .entry(o.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        // A candidate when an owner may be gone or it is being deleted.
+        if md(&obj, "deletionTimestamp").is_some()
+            || owners.iter().any(|o| !self.uids.contains_key(o))
+        {
+            self.gc_queue.insert(key);
+        }
+    }
+
+    fn unindex(&mut self, rt: &ResourceType, ns: &str, name: &str, obj: &Value) {
+        let key: ObjKey = (rt.key(), ns.to_string(), name.to_string());
+        let uid = md_str(obj, "uid");
+        if self.uids.get(uid) == Some(&key) {
+            self.uids.remove(uid);
+        }
+        for o in owner_uids(obj) {
+            if let Some(d) = self.dependents.get_mut(&o) {
+                d.remove(&key);
+                if d.is_empty() {
+                    self.dependents.remove(&o);
+                }
             }
         }
-        for (key, ns, name, obj) in &all {
-            let Some(rt) = self.types.get(key).cloned() else {
+    }
+
+    /// Objects the collector still has to look at (for tests and the micro-benchmark).
+    pub fn gc_pending(&self) -> usize {
+        self.gc_queue.len()
+    }
+
+    /// One pass of the garbage collector and namespace finalizer over the objects that changes made
+    /// candidates (not the whole store); returns whether it changed anything.
+    pub fn collect_garbage(&mut self) -> bool {
+        let mut changed = false;
+        let queue = std::mem::take(&mut self.gc_queue);
+        for (key, ns, name) in queue {
+            let Some(rt) = self.types.get(&key).cloned() else {
                 continue;
             };
-            if self.get(&rt, ns, name).is_none() {
+            let Some(obj) = self.get(&rt, &ns, &name).cloned() else {
                 continue;
-            }
-            let uid = md_str(obj, "uid").to_string();
-            let owners = owner_uids(obj);
-            if !owners.is_empty()
-                && owners.iter().all(|u| !live.contains(u))
-                && md(obj, "deletionTimestamp").is_none()
+            };
+            let uid = md_str(&obj, "uid").to_string();
+            let owners = owner_uids(&obj);
+            let deleting = md(&obj, "deletionTimestamp").is_some();
+            if !owners.is_empty() && owners.iter().all(|u| !self.uids.contains_key(u)) && !deleting
             {
-                let _ = self.delete(&rt, ns, name, Some("Background"), &Value::Null);
+                let _ = self.delete(&rt, &ns, &name, Some("Background"), &Value::Null);
                 changed = true;
                 continue;
             }
-            let fins: Vec<String> = md(obj, "finalizers")
+            if !deleting {
+                continue;
+            }
+            let fins: Vec<String> = md(&obj, "finalizers")
                 .and_then(Value::as_array)
                 .map(|a| {
                     a.iter()
@@ -829,85 +947,81 @@ impl Inner {
                         .collect()
                 })
                 .unwrap_or_default();
-            if md(obj, "deletionTimestamp").is_some() {
-                if fins.iter().any(|f| f == "foregroundDeletion") {
-                    let deps: Vec<(String, String, String)> = all
-                        .iter()
-                        .filter(|(_, _, _, o)| owner_uids(o).contains(&uid))
-                        .map(|(k, n, nm, _)| (k.clone(), n.clone(), nm.clone()))
-                        .collect();
-                    let mut remaining = false;
-                    for (dk, dns, dn) in deps {
-                        if let Some(drt) = self.types.get(&dk).cloned() {
-                            if self.get(&drt, &dns, &dn).is_some() {
-                                remaining = true;
-                                let _ =
-                                    self.delete(&drt, &dns, &dn, Some("Foreground"), &Value::Null);
-                                changed = true;
-                            }
+            let deps: Vec<ObjKey> = self
+                .dependents
+                .get(&uid)
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default();
+            if fins.iter().any(|f| f == "foregroundDeletion") {
+                let mut remaining = false;
+                for (dk, dns, dn) in &deps {
+                    if let Some(drt) = self.types.get(dk).cloned() {
+                        if self.get(&drt, dns, dn).is_some() {
+                            remaining = true;
+                            let _ = self.delete(&drt, dns, dn, Some("Foreground"), &Value::Null);
+                            changed = true;
                         }
                     }
-                    if !remaining {
-                        self.drop_finalizer(&rt, ns, name, "foregroundDeletion");
-                        changed = true;
-                    }
                 }
-                if fins.iter().any(|f| f == "orphan") {
-                    for (dk, dns, dn, d) in all
-                        .iter()
-                        .filter(|(_, _, _, o)| owner_uids(o).contains(&uid))
+                if remaining {
+                    // Look again once the dependents are gone (their removal queues us too).
+                    self.gc_queue
+                        .insert((key.clone(), ns.clone(), name.clone()));
+                } else {
+                    self.drop_finalizer(&rt, &ns, &name, "foregroundDeletion");
+                    changed = true;
+                }
+            }
+            if fins.iter().any(|f| f == "orphan") {
+                for (dk, dns, dn) in &deps {
+                    let (Some(drt), Some(d)) = (
+                        self.types.get(dk).cloned(),
+                        self.types
+                            .get(dk)
+                            .and_then(|t| self.get(t, dns, dn))
+                            .cloned(),
+                    ) else {
+                        continue;
+                    };
+                    let mut nd = d.clone();
+                    if let Some(refs) = md_mut(&mut nd)
+                        .get_mut("ownerReferences")
+                        .and_then(Value::as_array_mut)
                     {
-                        if let Some(drt) = self.types.get(dk).cloned() {
-                            let mut nd = d.clone();
-                            if let Some(refs) = md_mut(&mut nd)
-                                .get_mut("ownerReferences")
-                                .and_then(Value::as_array_mut)
+                        refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(&uid));
+                    }
+                    let _ = self.write(
+                        &drt,
+                        &drt.version.clone(),
+                        dns,
+                        dn,
+                        Some(d),
+                        nd,
+                        WriteCtx::update("kube-controller-manager", Sub::Main),
+                    );
+                }
+                self.drop_finalizer(&rt, &ns, &name, "orphan");
+                changed = true;
+            }
+            if rt.plural == "namespaces" {
+                let contents = self.namespace_contents(&name);
+                if contents.is_empty() {
+                    self.remove_now(&rt, "", &name, obj.clone());
+                } else {
+                    for (dk, dns, dn) in contents {
+                        if let Some(drt) = self.types.get(&dk).cloned() {
+                            if self
+                                .get(&drt, &dns, &dn)
+                                .map(|o| md(o, "deletionTimestamp").is_none())
+                                .unwrap_or(false)
                             {
-                                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(&uid));
-                            }
-                            let _ = self.write(
-                                &drt,
-                                &drt.version.clone(),
-                                dns,
-                                dn,
-                                Some(d.clone()),
-                                nd,
-                                WriteCtx::update("kube-controller-manager", Sub::Main),
-                            );
-                        }
-                    }
-                    self.drop_finalizer(&rt, ns, name, "orphan");
-                    changed = true;
-                }
-                if rt.plural == "namespaces" {
-                    let contents: Vec<(String, String, String)> = all
-                        .iter()
-                        .filter(|(k, n, _, _)| k != "/namespaces" && n == name)
-                        .map(|(k, n, nm, _)| (k.clone(), n.clone(), nm.clone()))
-                        .collect();
-                    if contents.is_empty() {
-                        self.remove_now(&rt, "", name, obj.clone());
-                    } else {
-                        for (dk, dns, dn) in contents {
-                            if let Some(drt) = self.types.get(&dk).cloned() {
-                                if self
-                                    .get(&drt, &dns, &dn)
-                                    .map(|o| md(o, "deletionTimestamp").is_none())
-                                    .unwrap_or(false)
-                                {
-                                    let _ = self.delete(
-                                        &drt,
-                                        &dns,
-                                        &dn,
-                                        Some("Background"),
-                                        &Value::Null,
-                                    );
-                                }
+                                let _ =
+                                    self.delete(&drt, &dns, &dn, Some("Background"), &Value::Null);
                             }
                         }
                     }
-                    changed = true;
                 }
+                changed = true;
             }
         }
         changed
@@ -970,5 +1084,89 @@ impl WriteCtx<'_> {
             apply_fields: None,
             forced: vec![],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner() -> Inner {
+        let (tx, _) = broadcast::channel(1024);
+        Inner::new(tx)
+    }
+
+    fn cm(inner: &mut Inner, ns: &str, name: &str, owner: Option<&str>) -> Value {
+        let rt = inner.types["/configmaps"].clone();
+        let mut obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}});
+        if let Some(o) = owner {
+            obj["metadata"]["ownerReferences"] =
+                json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": o}]);
+        }
+        inner
+            .write(
+                &rt,
+                "v1",
+                ns,
+                name,
+                None,
+                obj,
+                WriteCtx::update("test", Sub::Main),
+            )
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn garbage_collection_looks_only_at_what_changes_made_candidates() {
+        let mut s = inner();
+        let owner = cm(&mut s, "default", "owner", None);
+        let uid = md_str(&owner, "uid").to_string();
+        cm(&mut s, "default", "dependent", Some(&uid));
+        for i in 0..500 {
+            cm(&mut s, "default", &format!("unrelated-{i}"), None);
+        }
+        assert_eq!(s.gc_pending(), 0, "writes with live owners queue nothing");
+        assert!(s.has_dependents(&uid));
+        let rt = s.types["/configmaps"].clone();
+        s.delete(&rt, "default", "owner", None, &Value::Null)
+            .unwrap();
+        assert_eq!(
+            s.gc_pending(),
+            1,
+            "only the owner's dependent is a candidate"
+        );
+        assert!(s.collect_garbage());
+        assert!(s.get(&rt, "default", "dependent").is_none());
+        assert!(!s.collect_garbage(), "nothing left to look at");
+        assert_eq!(s.list(&rt, Some("default")).len(), 500);
+        assert_eq!(s.list(&rt, Some("kube-system")).len(), 0);
+    }
+
+    #[test]
+    fn events_expire_like_the_api_servers_ttl_and_are_capped() {
+        let mut s = inner();
+        let rt = s.types["/events"].clone();
+        for i in 0..30 {
+            let ev = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": format!("e{i:02}"), "namespace": "default"},
+                            "involvedObject": {"kind": "ConfigMap", "name": "x"}, "reason": "R", "message": "m"});
+            s.write(
+                &rt,
+                "v1",
+                "default",
+                &format!("e{i:02}"),
+                None,
+                ev,
+                WriteCtx::update("test", Sub::Main),
+            )
+            .unwrap();
+        }
+        assert_eq!(s.expire_events(chrono::Duration::hours(1), 20), 10);
+        assert_eq!(s.list(&rt, None).len(), 20);
+        assert_eq!(
+            s.expire_events(chrono::Duration::zero() - chrono::Duration::seconds(5), 100),
+            20,
+            "older than the TTL"
+        );
     }
 }
