@@ -246,12 +246,35 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
     let api: Api<ManagedSecret> =
         Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
     let obj = ms.clone();
-    let work = finalizer(&api, FINALIZER, ms, |event| async {
-        match event {
-            FEvent::Apply(ms) => sync::apply(&ms, &ctx).await,
-            FEvent::Cleanup(ms) => cleanup::cleanup(&ms, &ctx).await,
+    let has_finalizer = ms.finalizers().iter().any(|f| f == FINALIZER);
+    let work = async {
+        if crate::k8s::needs_finalizer(&ms)
+            || (has_finalizer && ms.metadata.deletion_timestamp.is_some())
+        {
+            finalizer(&api, FINALIZER, ms, |event| async {
+                match event {
+                    FEvent::Apply(ms) => sync::apply(&ms, &ctx).await,
+                    FEvent::Cleanup(ms) => cleanup::cleanup(&ms, &ctx).await,
+                }
+            })
+            .await
+        } else {
+            // Deletion needs nothing of the operator (ownerReferences and the garbage collector
+            // do it, or the Secret stays): no finalizer, so nothing hangs without the operator.
+            if has_finalizer {
+                release_finalizer(&api, &ms)
+                    .await
+                    .map_err(kube::runtime::finalizer::Error::RemoveFinalizer)?;
+            }
+            if ms.metadata.deletion_timestamp.is_some() {
+                ctx.forget(&uid(&ms));
+                return Ok(Action::await_change());
+            }
+            sync::apply(&ms, &ctx)
+                .await
+                .map_err(kube::runtime::finalizer::Error::ApplyFailed)
         }
-    });
+    };
     // A panic is a bug; it must cost one object a retry, never the operator.
     let res = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(r) => r.map_err(|e| match e {
@@ -280,6 +303,29 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
         .observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconciles_completed.inc();
     res
+}
+
+/// Removes our finalizer (a JSON patch that tests it is still where it was).
+async fn release_finalizer(
+    api: &Api<ManagedSecret>,
+    ms: &ManagedSecret,
+) -> Result<(), kube::Error> {
+    let fins = ms.finalizers();
+    let Some(i) = fins.iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")}
+    ]))
+    .map_err(kube::Error::SerdeError)?;
+    api.patch::<ManagedSecret>(
+        &ms.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Json(patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Errors of a deletion's cleanup: logged and retried with back-off (the cleanup sends its Event).

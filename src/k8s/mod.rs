@@ -348,6 +348,19 @@ pub fn deletion_policy(ms: &ManagedSecret) -> DeletionPolicy {
     }
 }
 
+/// Does deleting this ManagedSecret need the operator? Only to give back merged keys (Merge with
+/// Delete), to drop an ownerReference (Owner with Retain) or to delete a Secret nothing else would
+/// (Orphan with Delete). Otherwise the garbage collector (Owner with Delete) or nothing (the
+/// Secret stays) does it, and no finalizer holds the deletion.
+pub fn needs_finalizer(ms: &ManagedSecret) -> bool {
+    !matches!(
+        (ms.spec.target.creation_policy, deletion_policy(ms)),
+        (CreationPolicy::Owner, DeletionPolicy::Delete)
+            | (CreationPolicy::Orphan, DeletionPolicy::Retain)
+            | (CreationPolicy::Merge, DeletionPolicy::Retain)
+    )
+}
+
 /// A Secret's type cannot change: an existing Secret of ours with another type is reported
 /// instead of being retried forever against the API server's refusal.
 pub fn check_type_change(ms: &ManagedSecret, current: Option<&Secret>) -> Result<()> {
@@ -606,6 +619,30 @@ mod tests {
             deletion_policy(&ms(CreationPolicy::Merge)),
             DeletionPolicy::Delete
         );
+    }
+
+    #[test]
+    fn a_finalizer_only_where_deletion_needs_the_operator() {
+        let with = |c, d: Option<DeletionPolicy>| {
+            let mut m = ms(c);
+            m.spec.target.deletion_policy = d;
+            needs_finalizer(&m)
+        };
+        assert!(
+            !with(CreationPolicy::Owner, None),
+            "the garbage collector deletes it"
+        );
+        assert!(
+            with(CreationPolicy::Owner, Some(DeletionPolicy::Retain)),
+            "drop the ownerReference"
+        );
+        assert!(
+            with(CreationPolicy::Merge, None),
+            "give back the merged keys"
+        );
+        assert!(!with(CreationPolicy::Merge, Some(DeletionPolicy::Retain)));
+        assert!(!with(CreationPolicy::Orphan, None), "an orphan stays");
+        assert!(with(CreationPolicy::Orphan, Some(DeletionPolicy::Delete)));
     }
 
     #[test]
