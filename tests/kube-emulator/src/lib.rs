@@ -10,6 +10,7 @@
 pub mod error;
 pub mod events;
 pub mod fields;
+pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod server;

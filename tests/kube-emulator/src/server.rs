@@ -298,13 +298,26 @@ pub async fn handle(
     let want_table = accept.contains("as=Table");
     // Metadata-only clients (kube's metadata watcher, kubectl's PartialObjectMetadata requests).
     let want_meta = accept.contains("as=PartialObjectMetadata");
-    let ctype = headers
+    let mut ctype = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    let mut body = body;
+    if ctype.contains("protobuf") && matches!(method, Method::POST | Method::PUT | Method::DELETE) {
+        // A typed client's create or update of a built-in kind (see protobuf.rs).
+        match crate::protobuf::decode(&body) {
+            Ok(v) => {
+                body = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+                ctype = "application/json".into();
+            }
+            Err(e) => {
+                return ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({e})")).into_response();
+            }
+        }
+    }
     if ctype.contains("protobuf") || ctype.contains("cbor") {
-        // Only JSON (and YAML for apply) is spoken; clients fall back to JSON on 415.
+        // Only JSON (and YAML for apply) is spoken for the rest; clients fall back to JSON on 415.
         return ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ctype})")).into_response();
     }
     let manager = q
@@ -1155,7 +1168,14 @@ fn watch_stream(
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(1800);
-    let from: Option<u64> = q.get("resourceVersion").and_then(|s| s.parse().ok());
+    // Streaming lists (WatchList, Kubernetes 1.27+; client-go 1.35 asks for them by default): the
+    // current state as synthetic ADDED events, then a bookmark marking the end of them. A 1.24
+    // server predates this; the emulator serves it as newer servers do (see the README).
+    let initial_events = qbool(&q, "sendInitialEvents");
+    let from: Option<u64> = q
+        .get("resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .filter(|_| !initial_events);
     let srt = storage(&state, &rt);
     let key = srt.key();
     let ns_filter = t.namespace.clone();
@@ -1233,6 +1253,14 @@ fn watch_stream(
         for (ty, o) in &initial {
             last_rv = last_rv.max(md_str(o, "resourceVersion").parse().unwrap_or(0));
             if tx.send(Ok(render(ty, o))).await.is_err() {
+                return;
+            }
+        }
+        if initial_events && bookmarks {
+            let end = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version_for(&version),
+                "metadata": {"resourceVersion": last_rv.to_string(), "creationTimestamp": null,
+                             "annotations": {"k8s.io/initial-events-end": "true"}}}});
+            if tx.send(Ok(Bytes::from(format!("{end}\n")))).await.is_err() {
                 return;
             }
         }
