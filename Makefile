@@ -8,9 +8,9 @@ export KUBE_EMULATOR_BIN ?= $(CARGO_TARGET_DIR)/debug/kube-emulator
 export PATH := $(PATH):$(CURDIR)/.tools/bin
 HELM := $(CURDIR)/.tools/bin/helm
 
-.PHONY: test tools lint build unit python-tests chart crds check-crds demo demo-check fuzz clean
+.PHONY: test tools lint build unit python-tests chart chart-docs crds check-crds operator image-lint workflows demo demo-check fuzz bench clean
 
-test: tools lint build unit python-tests chart check-crds demo-check
+test: tools lint image-lint workflows build unit python-tests chart check-crds demo-check
 	@echo "make test: all checks passed"
 
 tools:
@@ -19,6 +19,20 @@ tools:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# The Dockerfile, linted (no Docker engine is needed; the image's build stage runs `make operator`).
+image-lint: tools
+	$(CURDIR)/.venv/bin/hadolint Dockerfile
+
+# The GitHub workflows against their JSON schema (bundled with check-jsonschema), and the chart's
+# default image and the documented chart reference against what the release workflow publishes.
+workflows: tools
+	$(CURDIR)/.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(MANAGED_SECRETS_PYTHON) scripts/check-release.py
+
+# The operator alone, as the image builds it (Dockerfile): release, --locked, only this package.
+operator:
+	cargo build --release --locked -p managed-secrets
 
 build:
 	cargo build --workspace --bins
@@ -30,26 +44,47 @@ unit:
 python-tests: build
 	$(MANAGED_SECRETS_PYTHON) -m unittest discover -s tests/python -v
 
+# The chart: lint, the values table in its README, renders (validated against the Kubernetes
+# schemas), a misspelt value refused by values.schema.json; installed, upgraded and uninstalled
+# by the real helm against the API emulator in python-tests (tests/python/test_chart.py).
 chart:
 	$(HELM) lint charts/managed-secrets
+	$(MANAGED_SECRETS_PYTHON) scripts/chart-docs.py charts/managed-secrets --check
+	! $(HELM) template ms charts/managed-secrets --set replicaCont=3 >/dev/null 2>&1
+	$(HELM) template ms charts/managed-secrets --namespace managed-secrets \
+	  --set metrics.serviceMonitor.enabled=true --set networkPolicy.enabled=true --set grafanaDashboard.enabled=true \
+	  --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
+	  --set-json 'imagePullSecrets=[{"name":"regcred"}]' --set-json 'extraEnv=[{"name":"RUST_LOG","value":"info"}]' \
+	  > $(CARGO_TARGET_DIR)/chart-render-all.yaml
 	$(HELM) template ms charts/managed-secrets --namespace managed-secrets > $(CARGO_TARGET_DIR)/chart-render.yaml
 	$(HELM) template ms charts/managed-secrets --namespace managed-secrets --set 'watchNamespaces={apps,payments}' \
 	  --set serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/managed-secrets \
 	  --set-json 'accessPolicy.rules=[{"namespaceSelector":{"matchExpressions":[{"key":"env","operator":"Exists"}]},"secrets":["$$(labels.env)/$$(namespace)/*"]}]' \
 	  > $(CARGO_TARGET_DIR)/chart-render-ns.yaml
 	$(HELM) template ms charts/managed-secrets --namespace managed-secrets --set accessPolicy.enforce=false > $(CARGO_TARGET_DIR)/chart-render-off.yaml
+	$(HELM) template ms charts/managed-secrets --namespace managed-secrets --set replicaCount=1 --set leaderElection.enabled=false \
+	  --set crds.install=false > $(CARGO_TARGET_DIR)/chart-render-single.yaml
 	$(MANAGED_SECRETS_PYTHON) scripts/validate-rendered.py 1.33.0 $(CARGO_TARGET_DIR)/chart-render.yaml \
-	  $(CARGO_TARGET_DIR)/chart-render-ns.yaml $(CARGO_TARGET_DIR)/chart-render-off.yaml charts/managed-secrets/crds/*.yaml
+	  $(CARGO_TARGET_DIR)/chart-render-ns.yaml $(CARGO_TARGET_DIR)/chart-render-off.yaml \
+	  $(CARGO_TARGET_DIR)/chart-render-all.yaml $(CARGO_TARGET_DIR)/chart-render-single.yaml
 
-# crdgen prints every CRD (YAML documents separated by ---); crds/ holds one file per CRD.
+chart-docs:
+	$(MANAGED_SECRETS_PYTHON) scripts/chart-docs.py charts/managed-secrets
+
+# crdgen prints every CRD (YAML documents separated by ---); crds/ holds one file per CRD, and the
+# chart a copy it renders as templates (so helm upgrade upgrades them).
+CHART_CRDS := charts/managed-secrets/files/crds
 crds: build
 	$(CARGO_TARGET_DIR)/debug/managed-secrets crdgen | scripts/split-crds.py crds
-	rm -f charts/managed-secrets/crds/*.yaml && cp crds/*.yaml charts/managed-secrets/crds/
+	rm -f $(CHART_CRDS)/*.yaml && cp crds/*.yaml $(CHART_CRDS)/
 
-check-crds: build
-	@$(CARGO_TARGET_DIR)/debug/managed-secrets crdgen | diff -u <(cat crds/managedsecrets.io_managedsecrets.yaml; echo ---; cat crds/managedsecrets.io_secretaccesspolicies.yaml) - \
+# Checked the way the image builds them (the operator package alone, `make operator`), and the
+# chart's copy both as files and as rendered by helm.
+check-crds: operator
+	@$(CARGO_TARGET_DIR)/release/managed-secrets crdgen | diff -u <(cat crds/managedsecrets.io_managedsecrets.yaml; echo ---; cat crds/managedsecrets.io_secretaccesspolicies.yaml) - \
 	  || { echo "crds/ is out of date with src/crd/: run 'make crds'"; exit 1; }
-	@diff -ru crds charts/managed-secrets/crds
+	@diff -ru crds $(CHART_CRDS) || { echo "the chart's CRDs differ from crds/: run 'make crds'"; exit 1; }
+	@$(HELM) template ms charts/managed-secrets | $(MANAGED_SECRETS_PYTHON) scripts/check-chart-crds.py crds
 
 demo: tools build
 	scripts/demo.sh
@@ -70,3 +105,10 @@ fuzz:
 
 clean:
 	rm -rf .venv .tools
+
+# The benchmark (not part of make test): release builds, then every scenario in both modes.
+# Results: bench/results/*.json, results.md and calls-per-minute.png.
+BENCH_ARGS ?=
+bench: tools
+	cargo build --release -p managed-secrets -p kube-emulator -p managed-secrets-bench
+	BENCH_BIN_DIR=$(CARGO_TARGET_DIR)/release $(CARGO_TARGET_DIR)/release/managed-secrets-bench run $(BENCH_ARGS)

@@ -36,8 +36,7 @@ cat examples/access-policy.yaml
 k apply -f examples/access-policy.yaml
 
 say "Creating prod/db/credentials in AWS Secrets Manager"
-"$py" scripts/aws_demo.py create prod/db/credentials \
-  '{"username":"dbadmin","password":"SuperSecure123","host":"prod-db.cluster-abc123.us-east-1.rds.amazonaws.com","port":5432,"database":"myapp"}'
+"$py" scripts/aws_demo.py create prod/db/credentials "$(cat examples/aws-values/prod/db/credentials.json)"
 
 say "Starting the operator (managed-secrets run)"
 KUBECONFIG="$work/kubeconfig" POD_NAMESPACE=default "$target/debug/managed-secrets" run --metrics-addr 127.0.0.1:0 > "$work/operator.log" 2>&1 & pids+=($!)

@@ -21,6 +21,62 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (ManagedSecret, SecretAccessPolicy) as YAML documents.
     Crdgen,
+    /// Check ManagedSecret and SecretAccessPolicy manifests offline (schema, unknown fields, the
+    /// controller's own spec checks); prints `file:line: message` and exits 1 on any finding.
+    Check(CheckArgs),
+    /// Print the keys a ManagedSecret would put in its Secret for a sample AWS value (values
+    /// redacted unless --show-values), rendered by the controller's own code.
+    Render(RenderArgs),
+    /// For a cluster whose operator is gone: give back the Secrets of ManagedSecrets that carry
+    /// the cleanup finalizer (per their deletion policy) and remove the finalizer, so that they
+    /// and their namespaces do not hang in Terminating.
+    ReleaseFinalizers(ReleaseArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Files or directories (YAML files in them, recursively); other kinds are skipped.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub paths: Vec<std::path::PathBuf>,
+    /// The operator's --min-refresh-interval, which refreshInterval must not be under.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub min_refresh_interval: Duration,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RenderArgs {
+    /// The file holding the ManagedSecret.
+    #[arg(short = 'f', long = "filename")]
+    pub file: std::path::PathBuf,
+    /// Which ManagedSecret of the file (needed when it holds several).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A sample AWS value: its contents are the SecretString.
+    #[arg(long)]
+    pub value_file: std::path::PathBuf,
+    /// Treat the sample as a SecretBinary instead.
+    #[arg(long)]
+    pub binary: bool,
+    /// Print the values too (never do this with a real secret in a CI log).
+    #[arg(long)]
+    pub show_values: bool,
+    /// The operator's --min-refresh-interval.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub min_refresh_interval: Duration,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReleaseArgs {
+    /// Only this namespace (default: every namespace).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Also ManagedSecrets that are not being deleted (before uninstalling the operator for good);
+    /// by default only those stuck in Terminating.
+    #[arg(long)]
+    pub all: bool,
+    /// Say what would be done, and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -112,6 +168,27 @@ pub struct RunArgs {
     /// Kubernetes API requests the operator may make in a burst.
     #[arg(long, env = "MANAGED_SECRETS_KUBE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub kube_burst: u32,
+    /// Leader election: only the replica holding the Lease reconciles (run two or more replicas for
+    /// high availability). `false` for a single replica that needs no Lease.
+    #[arg(long, env = "MANAGED_SECRETS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// The leader Lease's name.
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_LEASE_NAME",
+        default_value = "managed-secrets"
+    )]
+    pub lease_name: String,
+    /// The leader Lease's namespace (default: the operator's namespace).
+    #[arg(long, env = "MANAGED_SECRETS_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the lease lasts without renewal: a standby takes over this long after a leader dies
+    /// (at once after a leader's SIGTERM).
+    #[arg(long, env = "MANAGED_SECRETS_LEASE_DURATION", default_value = "15s", value_parser = parse_interval)]
+    pub lease_duration: Duration,
+    /// The leader renews its lease this long before it expires.
+    #[arg(long, env = "MANAGED_SECRETS_LEASE_GRACE", default_value = "5s", value_parser = parse_interval)]
+    pub lease_grace: Duration,
     /// Most bytes of AWS secret values held in memory at once (`64Mi`, `1Gi`, or bytes).
     #[arg(long, env = "MANAGED_SECRETS_CACHE_MAX_BYTES", default_value = "64Mi", value_parser = parse_bytes)]
     pub cache_max_bytes: usize,

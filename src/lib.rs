@@ -1,6 +1,7 @@
 //! managed-secrets: keeps Kubernetes Secrets in sync with AWS Secrets Manager.
 #![forbid(unsafe_code)]
 
+pub mod cmd;
 pub mod config;
 pub mod controller;
 pub mod crd;
@@ -9,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod k8s;
 pub mod labels;
+pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;

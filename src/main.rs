@@ -1,9 +1,11 @@
 use anyhow::Context as _;
 use clap::Parser;
-use managed_secrets::config::{AccessPolicyArg, Cli, Command, RunArgs};
+use managed_secrets::config::{AccessPolicyArg, CheckArgs, Cli, Command, RenderArgs, RunArgs};
 use managed_secrets::health::Health;
 use managed_secrets::source::cache::{CachedSource, Limits};
-use managed_secrets::{controller, crd, http, lifecycle, metrics::Metrics, source, telemetry};
+use managed_secrets::{
+    cmd, controller, crd, http, leader, lifecycle, metrics::Metrics, source, telemetry,
+};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -14,6 +16,26 @@ async fn main() -> anyhow::Result<()> {
         Command::Crdgen => {
             let docs: Vec<String> = crd::all_crds().into_iter().map(|(_, y)| y).collect();
             print!("{}", docs.join("---\n"));
+            return Ok(());
+        }
+        Command::Check(a) => std::process::exit(check(&a)),
+        Command::Render(a) => std::process::exit(render(&a)),
+        Command::ReleaseFinalizers(a) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+            let scope = if a.all {
+                cmd::release::Scope::All
+            } else {
+                cmd::release::Scope::Terminating
+            };
+            let lines = cmd::release::run(client, a.namespace.as_deref(), scope, a.dry_run).await?;
+            if lines.is_empty() {
+                println!("no ManagedSecret to release");
+            }
+            for l in lines {
+                println!("{l}");
+            }
             return Ok(());
         }
         Command::Run(args) => args,
@@ -30,11 +52,113 @@ async fn main() -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
+/// `check`: every finding on stdout, a summary on stderr; 1 when anything was found.
+fn check(a: &CheckArgs) -> i32 {
+    let checker = match cmd::check::Checker::new(a.min_refresh_interval) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let files = match cmd::check::files(&a.paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let mut summary = cmd::check::Summary::default();
+    for f in &files {
+        match std::fs::read_to_string(f) {
+            Ok(text) => checker.check_text(&f.display().to_string(), &text, &mut summary),
+            Err(e) => summary.findings.push(cmd::check::Finding {
+                file: f.display().to_string(),
+                line: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    for finding in &summary.findings {
+        println!("{finding}");
+    }
+    eprintln!(
+        "checked {} ManagedSecret(s) and {} SecretAccessPolicy(ies) in {} file(s) ({} other document(s) skipped): {} problem(s)",
+        summary.managed_secrets,
+        summary.policies,
+        files.len(),
+        summary.skipped,
+        summary.findings.len()
+    );
+    i32::from(!summary.findings.is_empty())
+}
+
+/// `render`: the Secret's keys on stdout; an error (never echoing the value) and 1 otherwise.
+fn render(a: &RenderArgs) -> i32 {
+    let run = || -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(&a.file)
+            .with_context(|| format!("reading {}", a.file.display()))?;
+        let mut found = cmd::preview::managed_secrets(&text, a.name.as_deref())?;
+        let ms = match found.len() {
+            1 => found.remove(0),
+            0 => anyhow::bail!(
+                "{} holds no ManagedSecret{}",
+                a.file.display(),
+                a.name
+                    .as_ref()
+                    .map(|n| format!(" named {n}"))
+                    .unwrap_or_default()
+            ),
+            n => anyhow::bail!(
+                "{} holds {n} ManagedSecrets: pick one with --name",
+                a.file.display()
+            ),
+        };
+        let bytes = std::fs::read(&a.value_file)
+            .with_context(|| format!("reading {}", a.value_file.display()))?;
+        let value = if a.binary {
+            managed_secrets::render::SecretValue::Binary(bytes)
+        } else {
+            managed_secrets::render::SecretValue::String(String::from_utf8(bytes).map_err(
+                |_| {
+                    anyhow::anyhow!(
+                        "{} is not UTF-8: use --binary for a SecretBinary",
+                        a.value_file.display()
+                    )
+                },
+            )?)
+        };
+        let data = cmd::preview::render(&ms, &value, a.min_refresh_interval)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", e.reason()))?;
+        Ok(cmd::preview::describe(&ms, &data, a.show_values))
+    };
+    match run() {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
 /// Runs until SIGTERM/SIGINT (exit 0) or until the controller stops by itself (exit 1: the pod
 /// restarts instead of looking healthy while nothing syncs).
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
+    if args.leader_election && args.lease_grace >= args.lease_duration {
+        anyhow::bail!("--lease-grace must be shorter than --lease-duration");
+    }
+    let leadership = if args.leader_election {
+        leader::Leadership::new()
+    } else {
+        leader::Leadership::alone()
+    };
+    let src_gate = leadership.flag();
+
     let client =
         managed_secrets::k8s::client::client(args.kube_qps, args.kube_burst, metrics.clone())
             .await
@@ -67,7 +191,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 sweep_threshold: args.sweep_threshold as usize,
                 full_reread: args.full_reread_interval,
             })
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_gate(src_gate),
     );
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -93,8 +218,33 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         },
         default_region,
         hash_key: controller::HashKey(Arc::from(hash_key)),
+        leadership: leadership.clone(),
         ..Default::default()
     };
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("managed-secrets-{:08x}", rand::random::<u32>()));
+    let election = tokio::spawn(leader::run(
+        client.clone(),
+        leader::Settings {
+            enabled: args.leader_election,
+            lease_name: args.lease_name.clone(),
+            lease_namespace: args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| args.operator_namespace.clone()),
+            duration: args.lease_duration,
+            grace: args.lease_grace,
+            identity,
+        },
+        leadership,
+        metrics.clone(),
+        {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.changed().await;
+            }
+        },
+    ));
     tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %args.metrics_addr, "managed-secrets starting");
     let mut ctrl_stop = stop_rx.clone();
     let shutdown = async move {
@@ -118,6 +268,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         args.shutdown_timeout,
     )
     .await;
+    // The lease goes back at once, so that a standby takes over without waiting for it to expire.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(6), election).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     Ok(code)
 }

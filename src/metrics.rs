@@ -60,6 +60,8 @@ pub struct Metrics {
     /// Seconds from the operator first seeing a new AWS version to the Secret holding it.
     pub sync_lag: Histogram,
     pub kube_requests: Family<VerbLabels, Counter>,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
     pub oldest_value_age: Gauge,
     pub stale_objects: Gauge,
     pub cache_entries: Gauge,
@@ -85,6 +87,12 @@ impl Default for Metrics {
         let aws_cost = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let sync_lag = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         let kube_requests = Family::<VerbLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (only the leader reconciles)",
+            leader.clone(),
+        );
         registry.register(
             "cache_lookups",
             "Source cache lookups: hit (fresh), revalidated (DescribeSecret said the same version), swept (a ListSecrets sweep said so), miss (the value was read)",
@@ -183,6 +191,7 @@ impl Default for Metrics {
             aws_cost,
             sync_lag,
             kube_requests,
+            leader,
             oldest_value_age,
             stale_objects,
             cache_entries,

@@ -147,6 +147,8 @@ pub struct Observed {
     pub secret_intact: bool,
     /// The last attempt was refused by the access policies, and now they grant it.
     pub access_granted: bool,
+    /// The source has seen another AWS version than the one synced (a sweep saw it move).
+    pub source_moved: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +187,12 @@ pub fn plan(o: &Observed) -> Plan {
         return Plan::Sync {
             bypass_cache: false,
             why: "an access policy grants it now",
+        };
+    }
+    if o.source_moved && o.ready {
+        return Plan::Sync {
+            bypass_cache: false,
+            why: "AWS has a new version",
         };
     }
     match o.next_refresh {
@@ -302,6 +310,7 @@ mod tests {
             ready: true,
             secret_intact: true,
             access_granted: false,
+            source_moved: false,
         }
     }
 
@@ -313,6 +322,27 @@ mod tests {
             Plan::Rest {
                 until: o.next_refresh.unwrap()
             }
+        );
+    }
+
+    #[test]
+    fn a_version_the_source_saw_move_syncs_now_unless_backing_off() {
+        let mut o = base();
+        o.source_moved = true;
+        assert_eq!(
+            plan(&o),
+            Plan::Sync {
+                bypass_cache: false,
+                why: "AWS has a new version"
+            }
+        );
+        o.ready = false;
+        assert_eq!(
+            plan(&o),
+            Plan::Rest {
+                until: o.next_refresh.unwrap()
+            },
+            "a failing object keeps its back-off"
         );
     }
 

@@ -30,8 +30,20 @@ struct Proc {
 
 impl Proc {
     fn start(c: &Cluster, moto: &Moto, kubeconfig: &Path, dir: &Path, rust_log: &str) -> Proc {
+        Self::start_with(c, moto, kubeconfig, dir, rust_log, "operator", &[])
+    }
+
+    fn start_with(
+        c: &Cluster,
+        moto: &Moto,
+        kubeconfig: &Path,
+        dir: &Path,
+        rust_log: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> Proc {
         let port = free_port();
-        let log = dir.join("operator.log");
+        let log = dir.join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_managed-secrets"))
             .args([
                 "run",
@@ -50,6 +62,7 @@ impl Proc {
                 "--operator-namespace",
                 &c.namespace,
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("AWS_ENDPOINT_URL", &moto.url)
             .env("AWS_ACCESS_KEY_ID", "testing")
@@ -89,6 +102,29 @@ impl Proc {
             (c == code).then_some(body)
         })
         .await
+    }
+
+    /// A gauge or counter from /metrics.
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, m) = self.get("/metrics").await;
+        m.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    async fn wait_leader(&self, want: bool) {
+        let v = if want { 1.0 } else { 0.0 };
+        wait_for(
+            &format!("leader = {want}"),
+            Duration::from_secs(40),
+            || async { (self.metric("managed_secrets_leader").await == Some(v)).then_some(()) },
+        )
+        .await;
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn logs(&self) -> String {
@@ -224,6 +260,120 @@ async fn without_rbac_for_secrets_it_is_not_ready_says_so_loudly_and_sigterm_sti
         t.elapsed() < Duration::from_secs(10),
         "SIGTERM ends it within the shutdown timeout"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leader_fail_over_after_a_kill_and_hand_over_at_once_on_sigterm() {
+    use support::workloads::{deployment_using, revision, wait_rollouts_recorded};
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    c.write_kubeconfig(&kubeconfig);
+    let v1 = moto
+        .create_json("prod/db/credentials", &json!({"password": "one"}))
+        .await;
+    deployment_using(&c, "api", "db").await;
+    let lease = |secs: &'static str| -> Vec<&'static str> {
+        vec![
+            "--lease-name",
+            "e2e-leader",
+            "--lease-duration",
+            secs,
+            "--lease-grace",
+            "1s",
+        ]
+    };
+    // A short lease for the first leader: its successor waits for it to expire after a kill.
+    let mut a = Proc::start_with(
+        &c,
+        &moto,
+        &kubeconfig,
+        dir.path(),
+        "info",
+        "a",
+        &lease("4s"),
+    );
+    a.wait_leader(true).await;
+    // A long one for the others: only a release can hand over before it expires.
+    let mut b = Proc::start_with(
+        &c,
+        &moto,
+        &kubeconfig,
+        dir.path(),
+        "info",
+        "b",
+        &lease("60s"),
+    );
+    assert_eq!(
+        b.wait_status("/readyz", 200).await,
+        "ready",
+        "a standby is ready"
+    );
+    b.wait_leader(false).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "2s", "data": {"allKeys": true},
+                             "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
+    c.wait_secret_value("db", "password", "one").await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+    assert_eq!(
+        b.metric("managed_secrets_reconciles_total").await,
+        Some(0.0),
+        "the standby reconciles nothing"
+    );
+    // kill -9 the leader: the standby takes over once the lease expires.
+    a.kill();
+    b.wait_leader(true).await;
+    let writes = c.count("patch", "secrets").await;
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &json!({"password": "two"}))
+        .await;
+    c.wait_secret_value("db", "password", "two").await;
+    wait_rollouts_recorded(&c, "db", &v2, 1).await;
+    assert_eq!(revision(&c, "api").await.as_deref(), Some("2"));
+    c.wait_attempts(&moto, "db", 2).await;
+    assert_eq!(
+        revision(&c, "api").await.as_deref(),
+        Some("2"),
+        "no duplicate rollout"
+    );
+    if let (Some(before), Some(after)) = (writes, c.count("patch", "secrets").await) {
+        assert!(
+            after - before <= 2,
+            "no Secret write storm: {} writes",
+            after - before
+        );
+    }
+    // SIGTERM the leader: it releases the lease, and a standby leads long before it would expire.
+    let cc = Proc::start_with(
+        &c,
+        &moto,
+        &kubeconfig,
+        dir.path(),
+        "info",
+        "c",
+        &lease("60s"),
+    );
+    cc.wait_status("/readyz", 200).await;
+    cc.wait_leader(false).await;
+    let status = b.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        b.logs().contains("released the leader Lease"),
+        "{}",
+        b.logs()
+    );
+    wait_for(
+        "the standby to lead (well before a 60s lease expires)",
+        DEADLINE,
+        || async { (cc.metric("managed_secrets_leader").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    let v3 = moto
+        .rotate_like_lambda("prod/db/credentials", &json!({"password": "three"}))
+        .await;
+    c.wait_secret_value("db", "password", "three").await;
+    wait_rollouts_recorded(&c, "db", &v3, 1).await;
+    assert_eq!(revision(&c, "api").await.as_deref(), Some("3"));
 }
 
 const CANARY: &str = "Cnry7f3a9c-never-print-me";

@@ -58,6 +58,8 @@ pub struct Settings {
     /// The region a secret is read in when neither its spec nor its ARN says (for policies).
     pub default_region: Option<String>,
     pub hash_key: HashKey,
+    /// Only the leader reconciles (always, without leader election).
+    pub leadership: crate::leader::Leadership,
 }
 
 impl Default for Settings {
@@ -71,6 +73,7 @@ impl Default for Settings {
             access_policy: AccessPolicy::Enforce,
             default_region: None,
             hash_key: HashKey(Arc::from(rand::random::<[u8; 32]>().to_vec())),
+            leadership: crate::leader::Leadership::alone(),
         }
     }
 }
@@ -241,6 +244,10 @@ fn retry_wait(err: &Error, failures: u32) -> Duration {
 
 #[instrument(skip_all, fields(namespace = %ms.namespace().unwrap_or_default(), name = %ms.name_any()))]
 async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.settings.leadership.is_leader() {
+        // A standby keeps its caches warm and waits; taking the lead reconciles everything.
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let api: Api<ManagedSecret> =
@@ -262,7 +269,7 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
             // Deletion needs nothing of the operator (ownerReferences and the garbage collector
             // do it, or the Secret stays): no finalizer, so nothing hangs without the operator.
             if has_finalizer {
-                release_finalizer(&api, &ms)
+                crate::k8s::remove_finalizer(&api, &ms)
                     .await
                     .map_err(kube::runtime::finalizer::Error::RemoveFinalizer)?;
             }
@@ -303,29 +310,6 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
         .observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconciles_completed.inc();
     res
-}
-
-/// Removes our finalizer (a JSON patch that tests it is still where it was).
-async fn release_finalizer(
-    api: &Api<ManagedSecret>,
-    ms: &ManagedSecret,
-) -> Result<(), kube::Error> {
-    let fins = ms.finalizers();
-    let Some(i) = fins.iter().position(|f| f == FINALIZER) else {
-        return Ok(());
-    };
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
-        {"op": "remove", "path": format!("/metadata/finalizers/{i}")}
-    ]))
-    .map_err(kube::Error::SerdeError)?;
-    api.patch::<ManagedSecret>(
-        &ms.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Json(patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Errors of a deletion's cleanup: logged and retried with back-off (the cleanup sends its Event).

@@ -146,6 +146,9 @@ pub fn desired_status(
 }
 
 async fn write_status(ctx: &Context, p: &SecretAccessPolicy) {
+    if !ctx.settings.leadership.is_leader() {
+        return;
+    }
     let want = desired_status(p, chrono::Utc::now());
     let same = p
         .status

@@ -155,6 +155,11 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     known.interval = Some(interval);
     // Before anything is read from AWS: may this namespace read this secret, and as whom?
     let identity = policies::authorize(ctx, ms)?;
+    // A sweep that saw a new version makes this sync now, not at the next refresh.
+    let source_moved = ctx
+        .source
+        .known_version(&secret_ref(ms, identity.clone()))
+        .is_some_and(|v| status.synced_version_id.as_deref() != Some(v.as_str()));
     let mapping = ctx.mapping(ms)?;
     let hash_key = ctx.settings.hash_key.0.clone();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -191,6 +196,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
             .conditions
             .iter()
             .any(|c| c.type_ == READY && c.reason == "PolicyDenied"),
+        source_moved,
     });
     let bypass_cache = match plan {
         Plan::Rest { until } => {

@@ -198,6 +198,7 @@ async fn scope_controller(
             health.clone(),
             metrics.clone(),
         ))
+        .modify(|ms: &mut ManagedSecret| ms.metadata.managed_fields = None)
         .reflect(writers.managed)
         .inspect(move |ev| {
             if let Ok(watcher::Event::Delete(o)) = ev {
@@ -265,7 +266,17 @@ async fn scope_controller(
     })
     .flat_map(move |c| futures::stream::iter(readers_of(&sweep_store, &c)));
     let mapper_store = stores.managed.clone();
+    // Taking the lead reconciles everything (a standby did nothing).
+    let led = futures::stream::unfold(ctx.settings.leadership.subscribe(), |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    });
     let mut controller = Controller::for_stream(ms_events, stores.managed.clone())
+        .reconcile_all_on(led)
         .watches_stream(secret_events, move |s: Secret| owners_of(&mapper_store, &s))
         .reconcile_on(workloads)
         .reconcile_on(swept)

@@ -74,7 +74,8 @@ pub struct ManagedSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = r"^([0-9]{1,6}(ms|s|m|h)){1,4}$"))]
     pub refresh_interval: Option<String>,
-    /// How the AWS value maps into the Secret's keys.
+    /// How the AWS value maps into the Secret's keys. Leave it out when `templates` build every key.
+    #[serde(default)]
     pub data: DataMapping,
     /// Extra keys rendered from the JSON fields with `{{ field }}` placeholders (see the README).
     /// At most 32, each at most 16 KiB.

@@ -146,9 +146,10 @@ impl Mapping {
         } = &spec.data;
         let modes =
             usize::from(*all_keys) + usize::from(!keys.is_empty()) + usize::from(raw_key.is_some());
-        if modes != 1 {
+        // Templates alone may build every key (a .dockerconfigjson, say).
+        if modes > 1 || (modes == 0 && spec.templates.is_empty()) {
             return Err(Error::InvalidSpec(format!(
-                "spec.data must set exactly one of allKeys: true, keys, or rawKey (found {modes})"
+                "spec.data must set exactly one of allKeys: true, keys, or rawKey, or be left out when templates build every key (found {modes})"
             )));
         }
         if raw_key.is_some() && !spec.templates.is_empty() {

@@ -65,6 +65,9 @@ struct Entry {
     owners: HashSet<String>,
     /// The refresh interval of the requests using it (the smallest seen).
     max_age: Duration,
+    /// A sweep saw another version than this one (and its value is not read yet): the next fetch
+    /// reads it, fresh or not.
+    moved: Option<String>,
 }
 
 /// What the last sweep of a group saw.
@@ -150,6 +153,8 @@ pub struct CachedSource<B> {
     limits: Limits,
     metrics: Option<Arc<Metrics>>,
     changes: broadcast::Sender<Changed>,
+    /// Sweeps run only while this is set (the leader's flag).
+    gate: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The version a selector points at among a sweep's secrets, if the sweep saw that secret.
@@ -169,7 +174,14 @@ impl<B: SecretsBackend> CachedSource<B> {
             limits: Limits::default(),
             metrics: None,
             changes: broadcast::channel(1024).0,
+            gate: None,
         }
+    }
+
+    /// Sweeps only while `flag` is set (standbys make no AWS calls).
+    pub fn with_gate(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.gate = Some(flag);
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -259,6 +271,7 @@ impl<B: SecretsBackend> CachedSource<B> {
                 used: now,
                 owners,
                 max_age: age,
+                moved: None,
             },
         );
         inner.claim(owner, key);
@@ -335,7 +348,12 @@ impl<B: SecretsBackend> CachedSource<B> {
         if !req.bypass_cache {
             if let Some((cached, checked, read)) = self.cached(key, &req.owner, req.max_age) {
                 let full = read.elapsed() >= self.limits.full_reread;
-                if checked.elapsed() < req.max_age && !full {
+                let moved = self
+                    .lock()
+                    .entries
+                    .get(key)
+                    .is_some_and(|e| e.moved.is_some());
+                if checked.elapsed() < req.max_age && !full && !moved {
                     self.lookup("hit");
                     return Ok(Fetched {
                         from_cache: true,
@@ -467,6 +485,8 @@ impl<B: SecretsBackend> CachedSource<B> {
                     .map(|e| e.max_age)
                     .unwrap_or(Duration::ZERO);
                 self.store(&key, "", f, true, max_age);
+            } else if let Some(e) = self.lock().entries.get_mut(&key) {
+                e.moved = Some(version.clone());
             }
             let c = Changed {
                 secret_id: key.secret_id.clone(),
@@ -487,6 +507,11 @@ impl<B: SecretsBackend> CachedSource<B> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            if let Some(g) = &self.gate {
+                if !g.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+            }
             for g in self.due_sweeps() {
                 if let Err(e) = self.sweep(&g).await {
                     debug!(error = %e, region = %g.region, "sweep failed; DescribeSecret answers until the next");
@@ -542,6 +567,16 @@ impl<B: SecretsBackend> SecretSource for CachedSource<B> {
 
     fn subscribe(&self) -> broadcast::Receiver<Changed> {
         self.changes.subscribe()
+    }
+
+    fn known_version(&self, secret: &SecretRef) -> Option<String> {
+        let inner = self.lock();
+        let e = inner.entries.get(secret)?;
+        Some(
+            e.moved
+                .clone()
+                .unwrap_or_else(|| e.fetched.version_id.clone()),
+        )
     }
 
     fn background(&self) -> BoxFuture<'_, ()> {

@@ -98,6 +98,8 @@ pub trait SecretSource: Send + Sync {
     fn retain(&self, live: &std::collections::HashSet<String>);
     /// Secrets whose version the source saw move by itself (a ListSecrets sweep).
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Changed>;
+    /// The version the source last saw for `secret` (no I/O), if it holds the secret.
+    fn known_version(&self, secret: &SecretRef) -> Option<String>;
     /// Background work (sweeps) until the future is dropped.
     fn background(&self) -> BoxFuture<'_, ()>;
 }

@@ -646,6 +646,7 @@ impl Operator {
             access_policy: controller::AccessPolicy::Off,
             default_region,
             hash_key: controller::HashKey(Arc::from(key)),
+            leadership: managed_secrets::leader::Leadership::alone(),
         };
         tune(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,736 @@
+//! `make bench`: managed-secrets at fleet scale, measured from the outside.
+//!
+//! For each scenario (N ManagedSecrets over M AWS secrets in 10 namespaces, a quarter of them with
+//! `rollout.auto` and a Deployment that reads their Secret) and each mode (the operator as built,
+//! and a naive baseline: one GetSecretValue per ManagedSecret per refresh and a GET/LIST per
+//! reconcile, the common design), it starts the Kubernetes API emulator and moto, lets everything
+//! sync, rotates 1% of the AWS secrets Lambda-style during a fixed window, and measures: AWS calls
+//! by API (moto's own counters), Kubernetes requests by verb (the emulator's counters),
+//! create -> Ready for all, rotation -> Secret and rotation -> rollout latency, reconciles, the
+//! operator's CPU seconds and peak RSS. Results go to bench/results/*.json, a Markdown table and a
+//! PNG chart. Never a test: numbers from this machine, rerunnable by anyone.
+
+mod naive;
+mod report;
+
+use anyhow::{bail, Context as _, Result};
+use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use managed_secrets::crd::ManagedSecret;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "managed-secrets-bench")]
+enum Cli {
+    /// Run the scenarios and write the results.
+    Run(RunArgs),
+    /// The naive baseline controller (started by `run` as a process of its own).
+    Naive(naive::Args),
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Scenarios as NxM (ManagedSecrets x AWS secrets), comma-separated.
+    #[arg(
+        long,
+        default_value = "100x10,1000x100,10000x1000",
+        value_delimiter = ','
+    )]
+    scenarios: Vec<String>,
+    /// Modes to run: built (the operator as built) and naive (the baseline).
+    #[arg(long, default_value = "built,naive", value_delimiter = ',')]
+    modes: Vec<String>,
+    /// The measurement window (rotations happen in its first half).
+    #[arg(long, default_value = "120")]
+    window_seconds: u64,
+    /// refreshInterval of every ManagedSecret.
+    #[arg(long, default_value = "60s")]
+    refresh: String,
+    /// Where results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Release binaries (managed-secrets, kube-emulator, managed-secrets-bench).
+    #[arg(long, env = "BENCH_BIN_DIR")]
+    bin_dir: PathBuf,
+    /// The Python with moto (the project's venv).
+    #[arg(long, env = "MANAGED_SECRETS_PYTHON")]
+    python: PathBuf,
+    /// Seconds to wait for every ManagedSecret to be Ready.
+    #[arg(long, default_value = "600")]
+    ready_timeout: u64,
+}
+
+/// A child process that dies with the bench.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn first_line_url(child: &mut Child) -> Result<String> {
+    let out = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    Ok(line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("unexpected first line")?
+        .to_string())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18080)
+}
+
+/// CPU seconds (user + system) and peak RSS (bytes) of a process, from /proc.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let k: f64 = f.get(12)?.parse().ok()?;
+            Some((u + k) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    (cpu, rss)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+#[derive(Serialize, Default, Clone)]
+pub struct Result1 {
+    pub scenario: String,
+    pub mode: String,
+    pub n: usize,
+    pub m: usize,
+    pub refresh_seconds: u64,
+    pub window_seconds: u64,
+    pub create_to_all_ready_seconds: Option<f64>,
+    pub aws_calls: BTreeMap<String, u64>,
+    pub aws_calls_per_minute: f64,
+    pub kube_requests: BTreeMap<String, u64>,
+    pub kube_requests_per_minute: f64,
+    pub kube_writes_per_minute: f64,
+    /// Leader election (Lease get and renew), apart from the controller's own requests.
+    #[serde(default)]
+    pub lease_requests_per_minute: f64,
+    pub rotations: usize,
+    pub rotation_to_secret_seconds: BTreeMap<String, f64>,
+    pub rotation_to_rollout_seconds: BTreeMap<String, f64>,
+    pub secrets_updated: usize,
+    pub secrets_expected: usize,
+    pub reconciles_in_window: Option<u64>,
+    pub refreshes_due_in_window: u64,
+    pub throttling_errors: u64,
+    pub operator_cpu_seconds: f64,
+    pub operator_peak_rss_mib: f64,
+    pub emulator: EmulatorBench,
+}
+
+#[derive(Serialize, Default, Clone)]
+pub struct EmulatorBench {
+    pub objects_stored: usize,
+    pub create_writes_per_second: f64,
+    pub list_all_managedsecrets_ms: f64,
+}
+
+const NAMESPACES: usize = 10;
+
+fn ns_of(i: usize) -> String {
+    format!("bench-{}", i % NAMESPACES)
+}
+
+/// Watches objects named `<prefix><i>` and records, once per object, the seconds from the rotation
+/// of AWS secret `i % m` to the object carrying its new version (as `version_of` reads it).
+fn watch_arrivals<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    prefix: &'static str,
+    version_of: fn(&K) -> Option<String>,
+    m: usize,
+    rotated_at: Arc<Mutex<HashMap<usize, (Instant, String)>>>,
+    seen: Arc<Mutex<Vec<f64>>>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let done: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    tokio::spawn(async move {
+        let _ = watcher(api, cfg)
+            .applied_objects()
+            .try_for_each(|o| {
+                let idx = o
+                    .name_any()
+                    .strip_prefix(prefix)
+                    .and_then(|x| x.parse::<usize>().ok());
+                if let (Some(v), Some(i)) = (version_of(&o), idx) {
+                    if let Some((t, want)) = rotated_at.lock().unwrap().get(&(i % m)) {
+                        let key = o.name_any() + &o.namespace().unwrap_or_default();
+                        if *want == v && done.lock().unwrap().insert(key) {
+                            seen.lock().unwrap().push(t.elapsed().as_secs_f64());
+                        }
+                    }
+                }
+                async { Ok(()) }
+            })
+            .await;
+    })
+}
+
+/// Whether ManagedSecret `i` of a scenario with `m` AWS secrets rolls out a Deployment.
+fn rolls_out(i: usize, m: usize) -> bool {
+    (i / m.max(1)).is_multiple_of(4)
+}
+
+async fn admin(http: &reqwest::Client, url: &str, method: reqwest::Method) -> Result<Value> {
+    Ok(http.request(method, url).send().await?.json().await?)
+}
+
+async fn kube_counters(http: &reqwest::Client, emu: &str) -> Result<BTreeMap<String, u64>> {
+    let v = admin(
+        http,
+        &format!("{emu}/__admin/counters"),
+        reqwest::Method::GET,
+    )
+    .await?;
+    let mut out = BTreeMap::new();
+    for c in v["counters"].as_array().into_iter().flatten() {
+        // Leader election's Lease renewals are counted apart from the controller's requests.
+        let verb = c["verb"].as_str().unwrap_or("");
+        let key = match c["resource"].as_str() {
+            Some("leases") => format!("lease-{verb}"),
+            _ => verb.to_string(),
+        };
+        *out.entry(key).or_default() += c["count"].as_u64().unwrap_or(0);
+    }
+    Ok(out)
+}
+
+async fn operator_metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
+    let (n, m) = spec
+        .split_once('x')
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .context("scenario NxM")?;
+    eprintln!("== {spec} ({mode})");
+    let dir = std::env::temp_dir().join(format!("ms-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    let mut emu = Command::new(args.bin_dir.join("kube-emulator"))
+        .args(["--write-kubeconfig"])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("kube-emulator (build it in release first)")?;
+    let emu_url = first_line_url(&mut emu)?;
+    let _emu = Proc(emu);
+    let mut moto = Command::new(&args.python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/aws/moto_server.py"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("moto")?;
+    let aws_url = first_line_url(&mut moto)?;
+    let _moto = Proc(moto);
+    let http = reqwest::Client::new();
+
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = Client::try_from(cfg)?;
+    install_crds(&client).await?;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    for i in 0..NAMESPACES {
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": format!("bench-{i}")}}))?,
+        )
+        .await?;
+    }
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&aws_url)
+        .credentials_provider(
+            aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(
+                aws_sdk_secretsmanager::config::Credentials::new(
+                    "bench", "bench", None, None, "bench",
+                ),
+            ),
+        )
+        .build();
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    futures::stream::iter(0..m)
+        .map(|j| {
+            let sm = sm.clone();
+            async move {
+                sm.create_secret()
+                    .name(format!("bench/s{j}"))
+                    .secret_string(
+                        json!({"username": "app", "password": format!("p-{j}-0")}).to_string(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("CreateSecret: {}", DisplayErrorContext(&e)))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    // A quarter of the ManagedSecrets roll out a Deployment that reads their Secret, spread so
+    // that every AWS secret has some (ManagedSecret i reads secret i % m).
+    let t = Instant::now();
+    let rolling: Vec<usize> = (0..n).filter(|i| rolls_out(*i, m)).collect();
+    futures::stream::iter(rolling.iter().copied())
+        .map(|i| {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), &ns_of(i));
+            async move {
+                let d = json!({"metadata": {"name": format!("app-{i}")}, "spec": {"selector": {"matchLabels": {"app": format!("app-{i}")}},
+                    "template": {"metadata": {"labels": {"app": format!("app-{i}")}}, "spec": {"containers": [{"name": "app", "image": "busybox:1.36",
+                        "envFrom": [{"secretRef": {"name": format!("ms-{i}")}}]}]}}}});
+                api.create(&PostParams::default(), &serde_json::from_value(d)?).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let deployment_secs = t.elapsed().as_secs_f64();
+
+    // The operator under test.
+    let port = free_port();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let mut cmd = match mode {
+        "built" => {
+            let mut c = Command::new(args.bin_dir.join("managed-secrets"));
+            c.args([
+                "run",
+                "--access-policy",
+                "off",
+                "--operator-namespace",
+                "default",
+                "--concurrency",
+                "32",
+                "--kube-qps",
+                "2000",
+                "--kube-burst",
+                "4000",
+                "--log-format",
+                "json",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ]);
+            c
+        }
+        "naive" => {
+            let mut c = Command::new(args.bin_dir.join("managed-secrets-bench"));
+            c.args(["naive", "--metrics-port", &port.to_string()]);
+            c
+        }
+        other => bail!("unknown mode {other}"),
+    };
+    let op = cmd
+        .env("KUBECONFIG", &kubeconfig)
+        .env("AWS_ENDPOINT_URL", &aws_url)
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_REGION", "us-east-1")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{mode}.log")))?)
+        .spawn()
+        .context("operator")?;
+    let pid = op.id();
+    let _op = Proc(op);
+
+    // Watch readiness (one watch; the bench reads nothing else of the API while measuring).
+    let ready: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
+    let ready_w = ready.clone();
+    let ms_all: Api<ManagedSecret> = Api::all(client.clone());
+    let readiness = tokio::spawn(async move {
+        let _ = watcher(ms_all, watcher::Config::default())
+            .applied_objects()
+            .try_for_each(|ms| {
+                let ok = ms
+                    .status
+                    .as_ref()
+                    .map(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                    .unwrap_or(false);
+                ready_w.lock().unwrap().insert(
+                    format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()),
+                    ok,
+                );
+                async { Ok(()) }
+            })
+            .await;
+    });
+
+    let created = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api: Api<ManagedSecret> = Api::namespaced(client.clone(), &ns_of(i));
+            let refresh = args.refresh.clone();
+            async move {
+                let mut spec = json!({"secretId": format!("bench/s{}", i % m), "refreshInterval": refresh, "data": {"allKeys": true}});
+                if rolls_out(i, m) {
+                    spec["rollout"] = json!({"auto": true, "debounce": "1s"});
+                }
+                let ms: ManagedSecret = serde_json::from_value(json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret",
+                    "metadata": {"name": format!("ms-{i}")}, "spec": spec}))?;
+                api.create(&PostParams::default(), &ms).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let create_secs = created.elapsed().as_secs_f64();
+    let mut all_ready = None;
+    while created.elapsed() < Duration::from_secs(args.ready_timeout) {
+        let ok = ready.lock().unwrap().values().filter(|v| **v).count();
+        if ok >= n {
+            all_ready = Some(created.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ok = ready.lock().unwrap().values().filter(|v| **v).count();
+    eprintln!(
+        "   ready: {ok}/{n} after {:?}",
+        all_ready.map(Duration::from_secs_f64)
+    );
+    readiness.abort();
+    // Let the first syncs' rollouts and follow-ups settle before the window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The window: counters from zero, rotations in the first half, watches for their effects.
+    admin(
+        &http,
+        &format!("{aws_url}/__calls"),
+        reqwest::Method::DELETE,
+    )
+    .await?;
+    admin(
+        &http,
+        &format!("{emu_url}/__admin/counters"),
+        reqwest::Method::DELETE,
+    )
+    .await?;
+    let reconciles_before =
+        operator_metric(&http, &metrics_url, "managed_secrets_reconciles_total").await;
+    let throttled_before = operator_metric(
+        &http,
+        &metrics_url,
+        "managed_secrets_failures_total{reason=\"Throttled\"}",
+    )
+    .await
+    .unwrap_or(0.0);
+    let window = Duration::from_secs(args.window_seconds);
+    let start = Instant::now();
+    let rotations = (m / 100).max(1);
+    let mut rng_order: Vec<usize> = (0..m).collect();
+    {
+        use rand::seq::SliceRandom;
+        rng_order.shuffle(&mut rand::rng());
+    }
+    let rotated: Vec<usize> = rng_order.into_iter().take(rotations).collect();
+    // secret index -> (rotation instant, new version)
+    let rotated_at: Arc<Mutex<HashMap<usize, (Instant, String)>>> = Arc::default();
+    let secret_seen: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let rollout_seen: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let watch_secrets = watch_arrivals(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=managed-secrets"),
+        "ms-",
+        |s: &Secret| {
+            s.annotations()
+                .get("managedsecrets.io/aws-version-id")
+                .cloned()
+        },
+        m,
+        rotated_at.clone(),
+        secret_seen.clone(),
+    );
+    let watch_rollouts = watch_arrivals(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+        "app-",
+        |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get("managedsecrets.io/secret-version"))
+                .cloned()
+        },
+        m,
+        rotated_at.clone(),
+        rollout_seen.clone(),
+    );
+    // Rotations spread over the first half of the window, as a rotation Lambda does them.
+    let spacing = window / 2 / rotations as u32;
+    for j in &rotated {
+        let name = format!("bench/s{j}");
+        // A ClientRequestToken is 32 to 64 characters, as a rotation Lambda's is.
+        let token = format!("rot-{j}-{:032x}", rand::random::<u128>());
+        sm.put_secret_value()
+            .secret_id(&name)
+            .secret_string(json!({"username": "app", "password": format!("p-{j}-1")}).to_string())
+            .client_request_token(&token)
+            .version_stages("AWSPENDING")
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("PutSecretValue: {}", DisplayErrorContext(&e)))?;
+        let cur = sm
+            .describe_secret()
+            .secret_id(&name)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("DescribeSecret: {}", DisplayErrorContext(&e)))?;
+        let current = cur
+            .version_ids_to_stages()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(_, s)| s.iter().any(|x| x == "AWSCURRENT"))
+                    .map(|(v, _)| v.clone())
+            })
+            .unwrap_or_default();
+        sm.update_secret_version_stage()
+            .secret_id(&name)
+            .version_stage("AWSCURRENT")
+            .move_to_version_id(&token)
+            .remove_from_version_id(current)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("UpdateSecretVersionStage: {}", DisplayErrorContext(&e))
+            })?;
+        rotated_at
+            .lock()
+            .unwrap()
+            .insert(*j, (Instant::now(), token));
+        tokio::time::sleep(spacing).await;
+    }
+    let rest = window.saturating_sub(start.elapsed());
+    tokio::time::sleep(rest).await;
+    let elapsed_min = start.elapsed().as_secs_f64() / 60.0;
+    let mut aws: BTreeMap<String, u64> = serde_json::from_value(
+        admin(&http, &format!("{aws_url}/__calls"), reqwest::Method::GET).await?,
+    )?;
+    // The bench's own rotation calls are not the operator's.
+    for api in ["PutSecretValue", "UpdateSecretVersionStage"] {
+        aws.remove(api);
+    }
+    if let Some(d) = aws.get_mut("DescribeSecret") {
+        *d = d.saturating_sub(rotations as u64);
+    }
+    let kube = kube_counters(&http, &emu_url).await?;
+    let reconciles_after =
+        operator_metric(&http, &metrics_url, "managed_secrets_reconciles_total").await;
+    let throttled_after = operator_metric(
+        &http,
+        &metrics_url,
+        "managed_secrets_failures_total{reason=\"Throttled\"}",
+    )
+    .await
+    .unwrap_or(0.0);
+    watch_secrets.abort();
+    watch_rollouts.abort();
+    let (cpu, rss) = proc_usage(pid);
+    // Emulator micro-benchmark: a full list, and what it stores.
+    let t = Instant::now();
+    let all_ms = Api::<ManagedSecret>::all(client.clone())
+        .list(&Default::default())
+        .await?;
+    let list_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut stored = all_ms.items.len();
+    stored += Api::<Secret>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .len();
+    stored += Api::<Deployment>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .len();
+
+    let mut s_lat = secret_seen.lock().unwrap().clone();
+    let mut r_lat = rollout_seen.lock().unwrap().clone();
+    let pct = |v: &mut Vec<f64>| -> BTreeMap<String, f64> {
+        [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)]
+            .iter()
+            .map(|(k, p)| (k.to_string(), percentile(v, *p)))
+            .collect()
+    };
+    let total_aws: u64 = aws.values().sum();
+    let total_kube: u64 = kube
+        .iter()
+        .filter(|(v, _)| v.as_str() != "watch" && !v.starts_with("lease-"))
+        .map(|(_, c)| c)
+        .sum();
+    let lease: u64 = kube
+        .iter()
+        .filter(|(v, _)| v.starts_with("lease-") && v.as_str() != "lease-watch")
+        .map(|(_, c)| c)
+        .sum();
+    let writes: u64 = kube
+        .iter()
+        .filter(|(v, _)| matches!(v.as_str(), "create" | "update" | "patch" | "delete"))
+        .map(|(_, c)| c)
+        .sum();
+    let refresh = managed_secrets::schedule::parse_duration(&args.refresh)?.as_secs();
+    Ok(Result1 {
+        scenario: spec.to_string(),
+        mode: mode.to_string(),
+        n,
+        m,
+        refresh_seconds: refresh,
+        window_seconds: args.window_seconds,
+        create_to_all_ready_seconds: all_ready,
+        aws_calls_per_minute: total_aws as f64 / elapsed_min,
+        aws_calls: aws,
+        kube_requests_per_minute: total_kube as f64 / elapsed_min,
+        kube_writes_per_minute: writes as f64 / elapsed_min,
+        lease_requests_per_minute: lease as f64 / elapsed_min,
+        kube_requests: kube,
+        rotations,
+        rotation_to_secret_seconds: pct(&mut s_lat),
+        rotation_to_rollout_seconds: pct(&mut r_lat),
+        secrets_updated: s_lat.len(),
+        secrets_expected: rotated
+            .iter()
+            .map(|j| (0..n).filter(|i| i % m == *j).count())
+            .sum(),
+        reconciles_in_window: match (reconciles_before, reconciles_after) {
+            (Some(a), Some(b)) => Some((b - a) as u64),
+            _ => None,
+        },
+        refreshes_due_in_window: (n as u64) * args.window_seconds / refresh.max(1),
+        throttling_errors: (throttled_after - throttled_before).max(0.0) as u64,
+        operator_cpu_seconds: cpu,
+        operator_peak_rss_mib: rss as f64 / (1024.0 * 1024.0),
+        emulator: EmulatorBench {
+            objects_stored: stored,
+            create_writes_per_second: (n + rolling.len()) as f64 / (create_secs + deployment_secs),
+            list_all_managedsecrets_ms: list_ms,
+        },
+    })
+}
+
+async fn install_crds(client: &Client) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, yaml) in managed_secrets::crd::all_crds() {
+        let crd: CustomResourceDefinition = serde_yaml_from(&yaml)?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        for _ in 0..100 {
+            let c = api.get(&name).await?;
+            let ok = c
+                .status
+                .and_then(|s| s.conditions)
+                .map(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+fn serde_yaml_from<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T> {
+    Ok(serde_yaml::from_str(yaml)?)
+}
+
+fn main() -> Result<()> {
+    managed_secrets::install_crypto_provider();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli {
+        Cli::Naive(a) => rt.block_on(naive::run(a)),
+        Cli::Run(args) => rt.block_on(async {
+            std::fs::create_dir_all(&args.out)?;
+            let mut all = vec![];
+            for spec in &args.scenarios {
+                for mode in &args.modes {
+                    let r = scenario(&args, spec, mode).await?;
+                    let path = args.out.join(format!("{spec}-{mode}.json"));
+                    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+                    eprintln!("   wrote {}", path.display());
+                    all.push(r);
+                }
+            }
+            report::write(&args.out, &all)?;
+            Ok(())
+        }),
+    }
+}
