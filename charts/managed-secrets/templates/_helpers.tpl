@@ -14,3 +14,16 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: managed-secrets
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+{{- define "managed-secrets.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+{{- define "managed-secrets.leaseName" -}}
+{{ .Values.leaderElection.leaseName | default (printf "%s-leader" (include "managed-secrets.fullname" .)) }}
+{{- end -}}
+{{- define "managed-secrets.leaseNamespace" -}}
+{{ .Values.leaderElection.namespace | default .Release.Namespace }}
+{{- end -}}
