@@ -8,9 +8,9 @@ export KUBE_EMULATOR_BIN ?= $(CARGO_TARGET_DIR)/debug/kube-emulator
 export PATH := $(PATH):$(CURDIR)/.tools/bin
 HELM := $(CURDIR)/.tools/bin/helm
 
-.PHONY: test tools lint build unit python-tests chart chart-docs crds check-crds operator image-lint workflows demo demo-check fuzz bench clean
+.PHONY: test tools lint build unit python-tests chart chart-docs crds check-crds operator image-lint workflows aws-templates demo demo-check fuzz bench clean
 
-test: tools lint image-lint workflows build unit python-tests chart check-crds demo-check
+test: tools lint image-lint workflows aws-templates build unit python-tests chart check-crds demo-check
 	@echo "make test: all checks passed"
 
 tools:
@@ -29,6 +29,10 @@ image-lint: tools
 workflows: tools
 	$(CURDIR)/.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(MANAGED_SECRETS_PYTHON) scripts/check-release.py
+
+# The AWS side of event-driven refresh (EventBridge rule, SQS queue and policy, IAM), linted.
+aws-templates: tools
+	$(CURDIR)/.venv/bin/cfn-lint examples/events/*.cfn.yaml
 
 # The operator alone, as the image builds it (Dockerfile): release, --locked, only this package.
 operator:
@@ -53,6 +57,7 @@ chart:
 	! $(HELM) template ms charts/managed-secrets --set replicaCont=3 >/dev/null 2>&1
 	$(HELM) template ms charts/managed-secrets --namespace managed-secrets \
 	  --set metrics.serviceMonitor.enabled=true --set networkPolicy.enabled=true --set grafanaDashboard.enabled=true \
+	  --set events.queueUrl=https://sqs.us-east-1.amazonaws.com/123456789012/managed-secrets-events \
 	  --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
 	  --set-json 'imagePullSecrets=[{"name":"regcred"}]' --set-json 'extraEnv=[{"name":"RUST_LOG","value":"info"}]' \
 	  > $(CARGO_TARGET_DIR)/chart-render-all.yaml

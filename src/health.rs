@@ -19,6 +19,8 @@ pub struct Health {
     shutting_down: AtomicBool,
     /// Watched kinds and whether their initial list has succeeded.
     synced: Mutex<BTreeMap<String, bool>>,
+    /// Optional parts that do not decide readiness but are reported with it (the event source).
+    notes: Mutex<BTreeMap<String, String>>,
 }
 
 fn unix_now() -> i64 {
@@ -58,6 +60,14 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(kind.to_string(), true);
+    }
+
+    /// Reports the state of an optional part (`/readyz` lists it after its verdict).
+    pub fn note(&self, part: &str, state: impl Into<String>) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(part.to_string(), state.into());
     }
 
     pub fn is_listed(&self, kind: &str) -> bool {
@@ -126,16 +136,37 @@ impl Health {
                 text: format!("waiting for the initial list of: {}", waiting.join(", ")),
             };
         }
-        Verdict {
-            ok: true,
-            text: "ready".into(),
+        let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = "ready".to_string();
+        for (part, state) in notes.iter() {
+            text.push_str(&format!("; {part}: {state}"));
         }
+        Verdict { ok: true, text }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn optional_parts_are_reported_without_deciding_readiness() {
+        let h = Health::default();
+        h.watching("managedsecrets");
+        h.listed("managedsecrets");
+        h.beat();
+        h.note(
+            "events",
+            "degraded (SQS ReceiveMessage: timed out); polling alone refreshes",
+        );
+        assert_eq!(
+            h.ready(),
+            Verdict {
+                ok: true,
+                text: "ready; events: degraded (SQS ReceiveMessage: timed out); polling alone refreshes".into()
+            }
+        );
+    }
 
     #[test]
     fn ready_only_after_every_initial_list() {

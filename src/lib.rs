@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod k8s;

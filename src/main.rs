@@ -171,6 +171,28 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .await
         .with_quota_share(args.aws_quota_share);
     let default_region = backend.default_region();
+    let events = match &args.events_queue_url {
+        Some(url) => {
+            if args.events_wait.is_zero() || args.events_wait > std::time::Duration::from_secs(20) {
+                anyhow::bail!("--events-wait must be 1s to 20s (SQS's long-poll limit)");
+            }
+            if args.events_visibility_timeout <= args.events_wait {
+                anyhow::bail!("--events-visibility-timeout must be longer than --events-wait");
+            }
+            let queue = managed_secrets::events::queue::SqsQueue::new(
+                backend.sdk_config(),
+                url,
+                args.events_wait,
+            );
+            Some(controller::events::EventSettings {
+                queue: Arc::new(queue),
+                wait: args.events_wait,
+                visibility: args.events_visibility_timeout,
+                backstop: args.events_backstop_interval,
+            })
+        }
+        None => None,
+    };
     let hash_key = managed_secrets::k8s::hash_key::load_or_create(
         &client,
         &args.operator_namespace,
@@ -219,6 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         default_region,
         hash_key: controller::HashKey(Arc::from(hash_key)),
         leadership: leadership.clone(),
+        events,
         ..Default::default()
     };
     let identity = std::env::var("POD_NAME")

@@ -37,6 +37,11 @@ pub struct VerbLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AwsLabels {
     pub api: String,
     pub outcome: String,
@@ -62,6 +67,15 @@ pub struct Metrics {
     pub kube_requests: Family<VerbLabels, Counter>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Event source (SQS): messages by event type (a known Secrets Manager event, `other`).
+    pub events_received: Family<TypeLabels, Counter>,
+    /// Messages deleted without a refresh: malformed, irrelevant, unmanaged, duplicate.
+    pub events_dropped: Family<ReasonLabels, Counter>,
+    /// Seconds from receiving an event to every ManagedSecret it moved being handled.
+    pub event_sync: Histogram,
+    /// 1 while the event source receives; 0 when it fails (polling carries on).
+    pub event_source_up: Gauge,
+    pub event_queue_errors: Counter,
     pub oldest_value_age: Gauge,
     pub stale_objects: Gauge,
     pub cache_entries: Gauge,
@@ -88,6 +102,36 @@ impl Default for Metrics {
         let sync_lag = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         let kube_requests = Family::<VerbLabels, Counter>::default();
         let leader = Gauge::default();
+        let events_received = Family::<TypeLabels, Counter>::default();
+        let events_dropped = Family::<ReasonLabels, Counter>::default();
+        let event_sync = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        let event_source_up = Gauge::default();
+        let event_queue_errors = Counter::default();
+        registry.register(
+            "events_received",
+            "Event source messages received, by event type",
+            events_received.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Event source messages deleted without a refresh: malformed, irrelevant (cannot move a version), unmanaged (no ManagedSecret reads the secret), duplicate (nothing new)",
+            events_dropped.clone(),
+        );
+        registry.register(
+            "event_sync_seconds",
+            "From receiving an event to every ManagedSecret it moved being synced",
+            event_sync.clone(),
+        );
+        registry.register(
+            "event_source_up",
+            "1 while the event source (SQS) receives; 0 when it fails and polling alone carries on",
+            event_source_up.clone(),
+        );
+        registry.register(
+            "event_queue_errors",
+            "Failed SQS calls (ReceiveMessage, DeleteMessage)",
+            event_queue_errors.clone(),
+        );
         registry.register(
             "leader",
             "1 while this replica holds the leader Lease (only the leader reconciles)",
@@ -192,6 +236,11 @@ impl Default for Metrics {
             sync_lag,
             kube_requests,
             leader,
+            events_received,
+            events_dropped,
+            event_sync,
+            event_source_up,
+            event_queue_errors,
             oldest_value_age,
             stale_objects,
             cache_entries,
@@ -206,6 +255,20 @@ impl Metrics {
         self.cache_lookups
             .get_or_create(&ResultLabels {
                 result: result.into(),
+            })
+            .inc();
+    }
+    pub fn event_received(&self, type_: &str) {
+        self.events_received
+            .get_or_create(&TypeLabels {
+                r#type: type_.into(),
+            })
+            .inc();
+    }
+    pub fn event_dropped(&self, reason: &str) {
+        self.events_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
             })
             .inc();
     }
@@ -283,5 +346,57 @@ impl Metrics {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("metrics encode");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series the chart's Grafana dashboard queries is one this registry serves.
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let dashboard = include_str!("../charts/managed-secrets/files/dashboard.json");
+        // A family shows in the output once it has a series.
+        let m = Metrics::default();
+        m.cache_lookup("hit");
+        m.event_received("PutSecretValue");
+        m.event_dropped("duplicate");
+        m.kube_request("get");
+        m.aws_call("GetSecretValue", "ok");
+        m.sts_call("AssumeRole", "ok");
+        m.rollout("Deployment", "triggered");
+        m.failure("Throttled");
+        m.watch_error("secrets", "Forbidden");
+        let served: Vec<String> = m
+            .render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(String::from)
+            .collect();
+        let mut queried: Vec<&str> = dashboard
+            .match_indices("managed_secrets_")
+            .map(|(i, _)| {
+                let rest = &dashboard[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        queried.sort_unstable();
+        queried.dedup();
+        assert!(queried.len() >= 15, "{queried:?}");
+        for q in queried {
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| q.strip_suffix(s))
+                .unwrap_or(q);
+            assert!(
+                served.iter().any(|s| s == base),
+                "the dashboard queries {q}, which is not served (served: {served:?})"
+            );
+        }
     }
 }

@@ -78,6 +78,26 @@ pub fn opted_in(w: &Workload, secret: &str) -> bool {
 pub type TargetRef = (WorkloadKind, String);
 
 /// The workloads a ManagedSecret's rollout spec selects, and the named targets that do not exist.
+/// Whether a change to workload `w` concerns a ManagedSecret's rollout: it selects `w` now (by name,
+/// selector, reference or opt-in), or its status records `w` as a target (it may have stopped
+/// matching). Pure; keeps a workload event from waking every ManagedSecret of the namespace.
+pub fn concerns(
+    spec: &RolloutSpec,
+    secret: &str,
+    recorded: &[crate::crd::RolloutRecord],
+    w: &Workload,
+) -> bool {
+    spec.targets
+        .iter()
+        .any(|t| t.kind == w.kind && t.name == w.name)
+        || recorded
+            .iter()
+            .any(|r| r.kind == w.kind && r.name == w.name)
+        || !select_targets(spec, secret, std::slice::from_ref(w))
+            .0
+            .is_empty()
+}
+
 pub fn select_targets(
     spec: &RolloutSpec,
     secret: &str,
@@ -324,6 +344,55 @@ mod tests {
             2,
             "the named one, plus the workload that opted in by annotation"
         );
+    }
+
+    #[test]
+    fn a_workload_change_concerns_only_the_rollouts_that_select_or_recorded_it() {
+        let named = RolloutSpec {
+            targets: vec![RolloutTarget {
+                kind: WorkloadKind::Deployment,
+                name: "api".into(),
+            }],
+            ..Default::default()
+        };
+        let auto = RolloutSpec {
+            auto: true,
+            ..Default::default()
+        };
+        let reads_db = wl(
+            WorkloadKind::Deployment,
+            "worker",
+            json!({"spec": {"containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "db"}}]}]}}),
+        );
+        let unrelated = wl(
+            WorkloadKind::Deployment,
+            "web",
+            json!({"spec": {"containers": []}}),
+        );
+        let api = wl(WorkloadKind::Deployment, "api", json!({}));
+        assert!(
+            concerns(&named, "db", &[], &api),
+            "named (even before it existed)"
+        );
+        assert!(!concerns(&named, "db", &[], &reads_db));
+        assert!(concerns(&auto, "db", &[], &reads_db), "reads the Secret");
+        assert!(!concerns(&auto, "db", &[], &unrelated));
+        assert!(!concerns(&auto, "other", &[], &reads_db));
+        let recorded = [RolloutRecord {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            ..Default::default()
+        }];
+        assert!(
+            concerns(&auto, "db", &recorded, &unrelated),
+            "a target that stopped matching"
+        );
+        assert!(!concerns(
+            &auto,
+            "db",
+            &recorded,
+            &wl(WorkloadKind::StatefulSet, "web", json!({}))
+        ));
     }
 
     #[test]

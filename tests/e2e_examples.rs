@@ -47,7 +47,11 @@ fn documents() -> Vec<(PathBuf, Value)> {
     for f in files(&[PathBuf::from(EXAMPLES)]).unwrap() {
         let text = std::fs::read_to_string(&f).unwrap();
         for (_, doc) in managed_secrets::cmd::documents(&text) {
-            out.push((f.clone(), serde_yaml::from_str(&doc).unwrap()));
+            // Kubernetes objects only (examples/events holds a CloudFormation template).
+            let y: serde_yaml::Value = serde_yaml::from_str(&doc).unwrap();
+            if y.get("kind").is_some() && y.get("apiVersion").is_some() {
+                out.push((f.clone(), serde_json::to_value(y).unwrap()));
+            }
         }
     }
     out

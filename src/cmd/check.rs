@@ -59,7 +59,8 @@ impl Checker {
     /// Checks every document of one file's text.
     pub fn check_text(&self, file: &str, text: &str, out: &mut Summary) {
         for (start, doc) in documents(text) {
-            let value: Value = match serde_yaml::from_str::<Value>(&doc) {
+            // As YAML first (other tools' files may use tags, e.g. CloudFormation's !Ref).
+            let value = match serde_yaml::from_str::<serde_yaml::Value>(&doc) {
                 Ok(v) => v,
                 Err(e) => {
                     let line = e.location().map(|l| start + l.line() - 1).unwrap_or(start);
@@ -71,11 +72,25 @@ impl Checker {
                     continue;
                 }
             };
-            let api_version = value["apiVersion"].as_str().unwrap_or_default();
+            let api_version = value
+                .get("apiVersion")
+                .and_then(serde_yaml::Value::as_str)
+                .unwrap_or_default();
             if api_version.split('/').next() != Some(GROUP) {
                 out.skipped += 1;
                 continue;
             }
+            let value: Value = match serde_json::to_value(&value) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.findings.push(Finding {
+                        file: file.to_string(),
+                        line: start,
+                        message: format!("not a Kubernetes object: {e}"),
+                    });
+                    continue;
+                }
+            };
             match value["kind"].as_str().unwrap_or_default() {
                 "ManagedSecret" => out.managed_secrets += 1,
                 "SecretAccessPolicy" => out.policies += 1,

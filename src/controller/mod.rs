@@ -3,6 +3,7 @@
 //! `rollout`, the finalizer's cleanup in `cleanup`; every decision lives in a pure module.
 
 mod cleanup;
+pub mod events;
 mod policies;
 mod rollout;
 mod stores;
@@ -60,6 +61,8 @@ pub struct Settings {
     pub hash_key: HashKey,
     /// Only the leader reconciles (always, without leader election).
     pub leadership: crate::leader::Leadership,
+    /// The event source (SQS), when configured.
+    pub events: Option<events::EventSettings>,
 }
 
 impl Default for Settings {
@@ -74,6 +77,7 @@ impl Default for Settings {
             default_region: None,
             hash_key: HashKey(Arc::from(rand::random::<[u8; 32]>().to_vec())),
             leadership: crate::leader::Leadership::alone(),
+            events: None,
         }
     }
 }
@@ -91,6 +95,8 @@ struct ObjectState {
     mapping: Option<(Option<i64>, Arc<Mapping>)>,
     /// The next refresh (kept here; the status has it only as of its last change).
     next_refresh: Option<DateTime<Utc>>,
+    /// When the last finished attempt (sync or failure) started.
+    attempt_started: Option<Instant>,
 }
 
 pub struct Context {
@@ -105,7 +111,24 @@ pub struct Context {
     scopes: Vec<stores::ScopeStores>,
     /// The grants (None when access policies are off).
     policy: Option<policies::PolicyView>,
+    /// Whether the event source receives.
+    events: events::EventState,
+    /// Per namespace, the workloads as rollouts see them, built once per change of the workload
+    /// caches (a resting reconcile then converts nothing).
+    workloads: Mutex<WorkloadSnapshots>,
 }
+
+#[derive(Default)]
+struct WorkloadSnapshots {
+    /// Bumped when any workload cache is re-listed.
+    reset: u64,
+    /// Per namespace: bumped on every workload change there.
+    epochs: HashMap<String, u64>,
+    /// Per namespace: the snapshot and the (reset, epoch) stamp it was built at.
+    built: HashMap<String, ((u64, u64), WorkloadSnapshot)>,
+}
+
+type WorkloadSnapshot = Arc<Vec<crate::rollout::Workload>>;
 
 fn uid(ms: &ManagedSecret) -> String {
     ms.metadata.uid.clone().unwrap_or_default()
@@ -148,6 +171,60 @@ impl Context {
             st.key.clone()
         });
         self.metrics.freshness(&key, at.timestamp(), false);
+    }
+
+    /// The workloads of a namespace, from the caches (rebuilt only after a change).
+    fn workloads(&self, ns: &str) -> Arc<Vec<crate::rollout::Workload>> {
+        let stamp = {
+            let w = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+            let stamp = (w.reset, w.epochs.get(ns).copied().unwrap_or(0));
+            if let Some((at, snap)) = w.built.get(ns) {
+                if *at == stamp {
+                    return snap.clone();
+                }
+            }
+            stamp
+        };
+        let snap = Arc::new(stores::workloads_in(&self.scopes, ns));
+        let mut w = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        w.built.insert(ns.to_string(), (stamp, snap.clone()));
+        snap
+    }
+
+    /// The workload caches changed in `ns` (every namespace when None: a re-list).
+    fn workloads_changed(&self, ns: Option<&str>) {
+        let mut w = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        match ns {
+            Some(ns) => *w.epochs.entry(ns.to_string()).or_default() += 1,
+            None => {
+                w.reset += 1;
+                w.built.clear();
+            }
+        }
+    }
+
+    /// An attempt that started at `started` has finished.
+    fn attempted(&self, ms: &ManagedSecret, started: Instant) {
+        self.with_state(ms, |st| st.attempt_started = Some(started));
+    }
+
+    /// Whether an attempt that started after `t` has finished for the object with this UID.
+    fn attempted_since(&self, uid: &str, t: Instant) -> bool {
+        let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        objects
+            .get(uid)
+            .and_then(|st| st.attempt_started)
+            .is_some_and(|s| s >= t)
+    }
+
+    /// The refresh interval to schedule: the spec's, or the backstop's while events flow.
+    fn stretched(&self, interval: std::time::Duration) -> std::time::Duration {
+        let es = self.settings.events.as_ref();
+        crate::events::effective_interval(
+            interval,
+            es.map(|e| e.backstop),
+            es.is_some_and(|e| self.events.healthy(e.wait)),
+        )
     }
 
     fn schedule(&self, ms: &ManagedSecret, at: DateTime<Utc>) {
@@ -383,6 +460,14 @@ pub async fn run(
         objects: Mutex::new(HashMap::new()),
         scopes: scopes.iter().map(|(s, _, _)| s.clone()).collect(),
         policy: view,
+        events: events::EventState::default(),
+        workloads: Mutex::new(WorkloadSnapshots::default()),
     });
-    watches::run_all(ctx, scopes, watches, Box::pin(shutdown)).await;
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let consumer = events::run(ctx.clone(), shutdown.clone());
+    // The controller's end is the end (the consumer stops with the shutdown signal).
+    tokio::select! {
+        _ = watches::run_all(ctx, scopes, watches, Box::pin(shutdown)) => {}
+        _ = async { consumer.await; std::future::pending::<()>().await } => {}
+    }
 }

@@ -49,7 +49,7 @@ pub(super) async fn step(
     };
     let ns = ms.namespace().unwrap_or_default();
     let secret = ms.target_name();
-    let workloads = super::stores::workloads_in(&ctx.scopes, &ns);
+    let workloads = ctx.workloads(&ns);
     let (targets, missing) = rollout::select_targets(spec, &secret, &workloads);
     let (mut records, due) = rollout::records(
         &st.rollouts,

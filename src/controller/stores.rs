@@ -127,7 +127,7 @@ pub fn workload_relevant<K: Resource + serde::Serialize>(w: &K) -> Option<u64> {
     Some(h.finish())
 }
 
-fn to_workload<K: Resource + serde::Serialize>(kind: WorkloadKind, obj: &K) -> Workload {
+pub fn to_workload<K: Resource + serde::Serialize>(kind: WorkloadKind, obj: &K) -> Workload {
     let v = serde_json::to_value(obj).unwrap_or_default();
     Workload {
         kind,

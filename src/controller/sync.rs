@@ -89,7 +89,7 @@ pub fn validate_spec(ms: &ManagedSecret, min_refresh: Duration) -> Result<Durati
     Ok(interval)
 }
 
-fn secret_ref(ms: &ManagedSecret, identity: Identity) -> SecretRef {
+pub(super) fn secret_ref(ms: &ManagedSecret, identity: Identity) -> SecretRef {
     let version = match (&ms.spec.version_id, &ms.spec.version_stage) {
         (Some(id), _) => VersionSelector::Id(id.clone()),
         (None, Some(s)) => VersionSelector::Stage(s.clone()),
@@ -119,10 +119,13 @@ pub(super) async fn apply(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let mut known = Known::default();
-    match run(ms, ctx, &mut known).await {
-        Ok(a) => Ok(a),
-        Err(e) => Ok(fail(ms, ctx, e, known).await),
-    }
+    let started = std::time::Instant::now();
+    let out = match run(ms, ctx, &mut known).await {
+        Ok(a) => a,
+        Err(e) => fail(ms, ctx, e, known).await,
+    };
+    ctx.attempted(ms, started);
+    Ok(out)
 }
 
 pub(super) async fn write_status(
@@ -151,7 +154,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let ns = ms.namespace().unwrap_or_default();
     let status = ms.status.clone().unwrap_or_default();
     let force = ms.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
-    let interval = validate_spec(ms, ctx.settings.min_refresh)?;
+    let interval = ctx.stretched(validate_spec(ms, ctx.settings.min_refresh)?);
     known.interval = Some(interval);
     // Before anything is read from AWS: may this namespace read this secret, and as whom?
     let identity = policies::authorize(ctx, ms)?;
@@ -189,7 +192,18 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         // The schedule lives in memory; the status has it as of the last change (after a restart).
         next_refresh: ctx
             .next_refresh(ms)
-            .or_else(|| status::parse_ts(status.next_refresh_time.as_deref())),
+            .or_else(|| status::parse_ts(status.next_refresh_time.as_deref()))
+            // Never later than the interval in force now, jitter included (shorter again when
+            // events stop flowing).
+            .map(|t| {
+                match ctx
+                    .confirmed_at(ms)
+                    .and_then(|c| schedule::after(c, interval + interval / 10))
+                {
+                    Some(cap) => t.min(cap),
+                    None => t,
+                }
+            }),
         ready: status::is_true(&status.conditions, READY),
         secret_intact: intact,
         access_granted: status

@@ -118,14 +118,15 @@ fn readers_of(store: &Store<ManagedSecret>, c: &Changed) -> Vec<ObjectRef<Manage
 }
 
 /// A watch of one workload kind: fills its cache and turns changes that matter to a rollout
-/// (labels, annotations, pod template) into reconciles of the namespace's rolling-out
-/// ManagedSecrets.
+/// (labels, annotations, pod template) into reconciles of the ManagedSecrets whose rollout that
+/// workload concerns (selected now, or recorded as a target).
 fn workload_triggers<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     key: String,
     kind: &'static str,
-    ctx: &Context,
+    wkind: crate::crd::WorkloadKind,
+    ctx: &Arc<Context>,
     managed: Store<ManagedSecret>,
 ) -> impl Stream<Item = ObjectRef<ManagedSecret>> + Send + 'static
 where
@@ -148,21 +149,44 @@ where
         ))
         .modify(stores::trim_workload)
         .reflect(writer)
+        .inspect(workloads_changed(ctx.clone()))
         .applied_objects()
         .predicate_filter(stores::workload_relevant, Default::default())
         .filter_map(|w| async move { w.ok() })
         .flat_map(move |w| {
             let ns = w.namespace().unwrap_or_default();
+            let workload = stores::to_workload(wkind, &w);
             let refs = managed
                 .state()
                 .iter()
+                .filter(|m| m.namespace().as_deref() == Some(ns.as_str()))
                 .filter(|m| {
-                    m.namespace().as_deref() == Some(ns.as_str()) && m.spec.rollout.is_some()
+                    m.spec.rollout.as_ref().is_some_and(|r| {
+                        let recorded = m
+                            .status
+                            .as_ref()
+                            .map(|s| s.rollouts.as_slice())
+                            .unwrap_or(&[]);
+                        crate::rollout::concerns(r, &m.target_name(), recorded, &workload)
+                    })
                 })
                 .map(|m| ObjectRef::from_obj(m.as_ref()))
                 .collect::<Vec<_>>();
             futures::stream::iter(refs)
         })
+}
+
+/// Tells the context that a workload cache changed (after the cache has the change).
+fn workloads_changed<K: kube::Resource>(
+    ctx: Arc<Context>,
+) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) {
+    move |ev| match ev {
+        Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+            ctx.workloads_changed(Some(o.meta().namespace.as_deref().unwrap_or_default()))
+        }
+        Ok(_) => ctx.workloads_changed(None),
+        Err(_) => {}
+    }
 }
 
 fn api_for<K>(client: &kube::Client, scope: &Option<String>) -> Api<K>
@@ -227,6 +251,7 @@ async fn scope_controller(
             writers.deployments,
             kind_key("deployments", &scope),
             "deployments",
+            crate::crd::WorkloadKind::Deployment,
             &ctx,
             stores.managed.clone(),
         )
@@ -236,6 +261,7 @@ async fn scope_controller(
             writers.statefulsets,
             kind_key("statefulsets", &scope),
             "statefulsets",
+            crate::crd::WorkloadKind::StatefulSet,
             &ctx,
             stores.managed.clone(),
         )
@@ -245,6 +271,7 @@ async fn scope_controller(
             writers.daemonsets,
             kind_key("daemonsets", &scope),
             "daemonsets",
+            crate::crd::WorkloadKind::DaemonSet,
             &ctx,
             stores.managed.clone(),
         )
@@ -372,6 +399,7 @@ impl PendingRollouts {
                     ))
                     .modify(stores::trim_dynamic)
                     .reflect(writer)
+                    .inspect(workloads_changed(c.clone()))
                     .applied_objects()
                     .filter_map(|w| async move { w.ok() })
                     .for_each(move |w| {

@@ -41,7 +41,9 @@ const BINARY: &str = "b64decode produced binary data; templates produce text";
 
 /// The templates of one spec, compiled once per spec change.
 pub struct Templates {
-    env: Environment<'static>,
+    /// Built only when there are templates (most ManagedSecrets have none; thousands of empty
+    /// environments would be memory for nothing).
+    env: Option<Environment<'static>>,
     /// (Secret key, template name in `env`).
     keys: Vec<String>,
 }
@@ -81,7 +83,7 @@ fn environment() -> Environment<'static> {
 impl Templates {
     /// Compiles the templates (key -> source). Errors name the key and a line, not the source.
     pub fn compile<'a>(templates: impl Iterator<Item = (&'a String, &'a String)>) -> Result<Self> {
-        let mut env = environment();
+        let mut env: Option<Environment<'static>> = None;
         let mut keys = vec![];
         for (key, src) in templates {
             if keys.len() >= MAX_TEMPLATES {
@@ -100,7 +102,8 @@ impl Templates {
                     "template {key}: unclosed tag or string at line {line}"
                 ))
             })?;
-            env.add_template_owned(key.clone(), prepared)
+            env.get_or_insert_with(environment)
+                .add_template_owned(key.clone(), prepared)
                 .map_err(|e| Error::InvalidSpec(describe(key, &e)))?;
             keys.push(key.clone());
         }
@@ -123,11 +126,13 @@ impl Templates {
         budget: usize,
         mut emit: impl FnMut(&str, Vec<u8>) -> Result<()>,
     ) -> Result<usize> {
+        let Some(env) = &self.env else {
+            return Ok(budget);
+        };
         let ctx = JValue::from(Serde(root));
         let mut left = budget;
         for key in &self.keys {
-            let tmpl = self
-                .env
+            let tmpl = env
                 .get_template(key)
                 .map_err(|e| Error::InvalidSpec(describe(key, &e)))?;
             let over = Rc::new(Cell::new(false));

@@ -64,6 +64,11 @@ impl AwsBackend {
         self
     }
 
+    /// The AWS configuration it was built from (for other clients of the same identity, e.g. SQS).
+    pub fn sdk_config(&self) -> &aws_config::SdkConfig {
+        &self.base
+    }
+
     /// The region secrets are read in when neither the spec nor an ARN says.
     pub fn default_region(&self) -> Option<String> {
         self.base.region().map(|r| r.to_string())

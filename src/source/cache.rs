@@ -28,6 +28,8 @@ use tracing::{debug, info, warn};
 
 /// Sweeps of one group are at least this far apart, whatever the refresh intervals.
 pub const MIN_SWEEP_PERIOD: Duration = Duration::from_secs(10);
+/// The refresh interval recorded for a value an event had read before any ManagedSecret asked.
+const CONFIRMED_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// How much older than its period a sweep may be and still answer (it runs on a 1s tick).
 const SWEEP_SLACK: Duration = Duration::from_secs(3);
@@ -391,6 +393,55 @@ impl<B: SecretsBackend> CachedSource<B> {
         Ok(f)
     }
 
+    /// See `SecretSource::confirm`. Shares the single flight of fetches for the same secret.
+    async fn confirm_inner(&self, key: &SecretRef) -> Result<String> {
+        let flight = {
+            let mut f = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            f.entry(key.clone()).or_default().clone()
+        };
+        let guard = flight.lock().await;
+        let res = self.confirm_locked(key).await;
+        drop(guard);
+        {
+            let mut f = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if Arc::strong_count(&flight) <= 2 {
+                f.remove(key);
+            }
+        }
+        res
+    }
+
+    async fn confirm_locked(&self, key: &SecretRef) -> Result<String> {
+        let held = self
+            .lock()
+            .entries
+            .get(key)
+            .map(|e| (e.fetched.version_id.clone(), e.max_age));
+        let versions = self.backend.describe(key).await?;
+        let now = resolve(&versions, &key.version);
+        if let (Some((version, max_age)), Some(now)) = (&held, &now) {
+            if version == now {
+                let refreshed = {
+                    let mut inner = self.lock();
+                    inner.entries.get_mut(key).map(|e| {
+                        e.moved = None;
+                        e.fetched.clone()
+                    })
+                };
+                if let Some(f) = refreshed {
+                    self.store(key, "", &f, false, *max_age);
+                }
+                self.lookup("revalidated");
+                return Ok(now.clone());
+            }
+        }
+        self.lookup("miss");
+        let f = self.read(key).await?;
+        let max_age = held.map(|(_, a)| a).unwrap_or(CONFIRMED_MAX_AGE);
+        self.store(key, "", &f, true, max_age);
+        Ok(f.version_id)
+    }
+
     /// The groups due for a sweep now: enough cached secrets, sweeping allowed, and the last
     /// sweep at least one refresh interval ago.
     fn due_sweeps(&self) -> Vec<Group> {
@@ -567,6 +618,14 @@ impl<B: SecretsBackend> SecretSource for CachedSource<B> {
 
     fn subscribe(&self) -> broadcast::Receiver<Changed> {
         self.changes.subscribe()
+    }
+
+    fn confirm<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<String>> {
+        Box::pin(self.confirm_inner(secret))
+    }
+
+    fn announce(&self, changed: Changed) {
+        let _ = self.changes.send(changed);
     }
 
     fn known_version(&self, secret: &SecretRef) -> Option<String> {
@@ -765,6 +824,32 @@ mod tests {
         let moved = c.fetch(&req(false, Duration::ZERO)).await.unwrap();
         assert_eq!(moved.version_id, "v2");
         assert_eq!(value(&moved), "two");
+    }
+
+    #[tokio::test]
+    async fn confirm_asks_aws_now_and_reads_only_a_version_it_does_not_hold() {
+        let c = CachedSource::new(Store::with(&["prod/db/credentials"]));
+        let key = req(false, Duration::from_secs(3600)).secret;
+        // Nothing held: described and read.
+        let v1 = c.confirm(&key).await.unwrap();
+        assert_eq!(c.known_version(&key), Some(v1.clone()));
+        assert_eq!(c.backend.gets.load(Ordering::SeqCst), 1);
+        // Held and current (a duplicate event): described only, even though the entry is fresh.
+        let describes = c.backend.describes.load(Ordering::SeqCst);
+        assert_eq!(c.confirm(&key).await.unwrap(), v1);
+        assert_eq!(c.backend.gets.load(Ordering::SeqCst), 1);
+        assert_eq!(c.backend.describes.load(Ordering::SeqCst), describes + 1);
+        // Rotated: the new value is read once, and a fetch then serves it from the cache.
+        c.backend.rotate("prod/db/credentials", "v2", "two");
+        assert_eq!(c.confirm(&key).await.unwrap(), "v2");
+        assert_eq!(c.known_version(&key).as_deref(), Some("v2"));
+        let f = c
+            .fetch(&req(false, Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        assert!(f.from_cache);
+        assert_eq!(value(&f), "two");
+        assert_eq!(c.backend.gets.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -100,6 +100,11 @@ pub trait SecretSource: Send + Sync {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Changed>;
     /// The version the source last saw for `secret` (no I/O), if it holds the secret.
     fn known_version(&self, secret: &SecretRef) -> Option<String>;
+    /// Asks AWS now which version `secret` is at (DescribeSecret), reads the value when it is not
+    /// the one held (or none is), and returns that version. For events, which are only hints.
+    fn confirm<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<String>>;
+    /// Tells subscribers that the ManagedSecrets reading `changed` should look again.
+    fn announce(&self, changed: Changed);
     /// Background work (sweeps) until the future is dropped.
     fn background(&self) -> BoxFuture<'_, ()>;
 }

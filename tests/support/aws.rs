@@ -88,6 +88,68 @@ impl Moto {
         sdk_config_for(&self.url)
     }
 
+    /// An SQS client (moto serves SQS on the same port).
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk_config())
+    }
+
+    /// Creates a queue; returns its URL.
+    pub async fn create_queue(&self, name: &str) -> String {
+        self.sqs()
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("CreateQueue")
+            .queue_url
+            .expect("queue url")
+    }
+
+    /// Sends one message, as an EventBridge rule's SQS target does.
+    pub async fn send_message(&self, queue: &str, body: &str) {
+        self.sqs()
+            .send_message()
+            .queue_url(queue)
+            .message_body(body)
+            .send()
+            .await
+            .expect("SendMessage");
+    }
+
+    /// Messages in the queue, visible or in flight (0 once every message was deleted).
+    pub async fn queue_depth(&self, queue: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .sqs()
+            .get_queue_attributes()
+            .queue_url(queue)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("GetQueueAttributes");
+        let attrs = out.attributes.unwrap_or_default();
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .filter_map(|a| attrs.get(a)?.parse::<u64>().ok())
+        .sum()
+    }
+
+    /// The ARN AWS gives a secret (for events that name it by ARN).
+    pub async fn arn_of(&self, name: &str) -> String {
+        self.client
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .expect("DescribeSecret")
+            .arn
+            .expect("arn")
+    }
+
     pub async fn create_string(&self, name: &str, value: &str) -> String {
         let out = self
             .client

@@ -647,6 +647,7 @@ impl Operator {
             default_region,
             hash_key: controller::HashKey(Arc::from(key)),
             leadership: managed_secrets::leader::Leadership::alone(),
+            events: None,
         };
         tune(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

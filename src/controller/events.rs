@@ -1,0 +1,297 @@
+//! The event consumer (glue): long-polls the queue while this replica leads; for each message,
+//! finds the ManagedSecrets the event concerns, confirms with AWS through the shared cache (one
+//! DescribeSecret, one read if the version moved), has the ones that are behind reconciled at
+//! once, and deletes the message only when they have been handled. Anything else (a crash, a
+//! timeout, AWS unavailable) leaves the message to come back after its visibility timeout.
+
+use super::{policies, sync, uid, Context};
+use crate::crd::ManagedSecret;
+use crate::events::queue::{EventQueue, Message};
+use crate::events::{self, Ignored};
+use crate::source::Changed;
+use kube::runtime::reflector::ObjectRef;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+/// What the event source runs with.
+#[derive(Clone)]
+pub struct EventSettings {
+    pub queue: Arc<dyn EventQueue>,
+    /// Long-poll wait (at most 20s, SQS's maximum).
+    pub wait: Duration,
+    /// How long a received message stays hidden; it comes back if not deleted by then.
+    pub visibility: Duration,
+    /// While events flow, refreshes run at least this far apart (polling is the backstop).
+    pub backstop: Duration,
+}
+
+impl std::fmt::Debug for EventSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSettings")
+            .field("queue", &self.queue.name())
+            .field("wait", &self.wait)
+            .field("visibility", &self.visibility)
+            .field("backstop", &self.backstop)
+            .finish()
+    }
+}
+
+/// Whether the event source is receiving (shared with the refresh schedule).
+#[derive(Debug, Default)]
+pub struct EventState {
+    last_ok: AtomicU64,
+    last_error: AtomicU64,
+    degraded: AtomicBool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl EventState {
+    pub fn healthy(&self, wait: Duration) -> bool {
+        let load = |a: &AtomicU64| Some(a.load(Ordering::SeqCst)).filter(|v| *v > 0);
+        events::healthy(
+            unix_now(),
+            load(&self.last_ok),
+            load(&self.last_error),
+            wait + Duration::from_secs(30),
+        )
+    }
+}
+
+/// The outcome of one message.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Handled (or nothing to do): delete it.
+    Done(&'static str),
+    /// Not handled yet: leave it to come back.
+    Retry(String),
+}
+
+/// Runs until `shutdown`; receives only while this replica leads.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()>) {
+    let Some(es) = ctx.settings.events.clone() else {
+        return;
+    };
+    tokio::pin!(shutdown);
+    let mut leading = ctx.settings.leadership.subscribe();
+    let mut backoff = Duration::from_secs(1);
+    info!(queue = %es.queue.name(), backstop = ?es.backstop, "event source: receiving Secrets Manager events");
+    ctx.health.note("events", "starting");
+    loop {
+        if !ctx.settings.leadership.is_leader() {
+            ctx.metrics.event_source_up.set(0);
+            ctx.health
+                .note("events", "standing by (only the leader receives)");
+            tokio::select! {
+                _ = &mut shutdown => return,
+                r = leading.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        let received = tokio::select! {
+            _ = &mut shutdown => return,
+            r = es.queue.receive(es.wait, es.visibility) => r,
+        };
+        match received {
+            Ok(messages) => {
+                backoff = Duration::from_secs(1);
+                ctx.events.last_ok.store(unix_now(), Ordering::SeqCst);
+                ctx.metrics.event_source_up.set(1);
+                ctx.health
+                    .note("events", format!("receiving from {}", es.queue.name()));
+                if ctx.events.degraded.swap(false, Ordering::SeqCst) {
+                    info!(queue = %es.queue.name(), "event source: receiving again; refreshes go back to the backstop interval");
+                }
+                let handling = futures::future::join_all(
+                    messages.into_iter().map(|m| handle_and_ack(&ctx, &es, m)),
+                );
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = handling => {}
+                }
+            }
+            Err(e) => {
+                ctx.events.last_error.store(unix_now(), Ordering::SeqCst);
+                ctx.metrics.event_source_up.set(0);
+                ctx.metrics.event_queue_errors.inc();
+                ctx.health.note(
+                    "events",
+                    format!("degraded ({e}); polling alone refreshes, at each refreshInterval"),
+                );
+                if !ctx.events.degraded.swap(true, Ordering::SeqCst) {
+                    warn!(queue = %es.queue.name(), error = %e, "event source degraded: polling alone refreshes ManagedSecrets (at their refreshInterval) until the queue answers again");
+                    // Refreshes scheduled at the backstop interval come back to their own.
+                    reschedule_all(&ctx);
+                } else {
+                    debug!(error = %e, "event source still failing");
+                }
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// Has every ManagedSecret look at its schedule again (through the source's announcements).
+fn reschedule_all(ctx: &Context) {
+    let mut seen = std::collections::BTreeSet::new();
+    for ms in ctx.scopes.iter().flat_map(|s| s.managed.state()) {
+        if seen.insert(ms.spec.secret_id.clone()) {
+            ctx.source.announce(Changed {
+                secret_id: ms.spec.secret_id.clone(),
+                region: String::new(),
+            });
+        }
+    }
+}
+
+async fn handle_and_ack(ctx: &Arc<Context>, es: &EventSettings, m: Message) {
+    let started = Instant::now();
+    match handle(ctx, es, &m).await {
+        Outcome::Done(why) => {
+            if why != "synced" {
+                ctx.metrics.event_dropped(why);
+            } else {
+                ctx.metrics
+                    .event_sync
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            if let Err(e) = es.queue.delete(&m.receipt).await {
+                ctx.metrics.event_queue_errors.inc();
+                warn!(message = %m.id, error = %e, "could not delete a handled event; it will come back and be found a duplicate");
+            }
+        }
+        Outcome::Retry(why) => {
+            debug!(message = %m.id, why, "event not handled yet; it comes back after its visibility timeout");
+        }
+    }
+}
+
+async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome {
+    let event = match events::parse(&m.body) {
+        Ok(e) => e,
+        Err(ignored) => {
+            ctx.metrics.event_received(match &ignored {
+                Ignored::Malformed(_) => "malformed",
+                Ignored::ReadOnly(_) => "other",
+            });
+            debug!(message = %m.id, ?ignored, "event ignored");
+            return Outcome::Done(ignored.reason());
+        }
+    };
+    ctx.metrics.event_received(&event.name);
+    // The ManagedSecrets it concerns, grouped by what they read (secret, version, identity).
+    let default_region = ctx.settings.default_region.as_deref();
+    let mut groups: BTreeMap<String, (crate::source::SecretRef, Vec<Arc<ManagedSecret>>)> =
+        BTreeMap::new();
+    for ms in ctx.scopes.iter().flat_map(|s| s.managed.state()) {
+        let region = policies::region_of(&ms, default_region);
+        let concerned = event.secrets.iter().any(|named| {
+            events::concerns(
+                &ms.spec.secret_id,
+                region.as_deref(),
+                named,
+                event.region.as_deref(),
+            )
+        });
+        if !concerned || ms.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        // Only what the access policies let it read (as the identity they say).
+        let Ok(identity) = policies::authorize(ctx, &ms) else {
+            continue;
+        };
+        let key = sync::secret_ref(&ms, identity);
+        groups
+            .entry(format!("{key:?}"))
+            .or_insert_with(|| (key, vec![]))
+            .1
+            .push(ms);
+    }
+    if groups.is_empty() {
+        debug!(message = %m.id, event = %event.name, secrets = ?event.secrets, "no ManagedSecret reads the secret of this event");
+        return Outcome::Done("unmanaged");
+    }
+    // Confirm with AWS (the event is a hint); then have the ones behind reconciled now.
+    let mut behind: Vec<(Arc<ManagedSecret>, String, Changed)> = vec![];
+    for (key, readers) in groups.into_values() {
+        let version = match ctx.source.confirm(&key).await {
+            Ok(v) => v,
+            Err(e) => return Outcome::Retry(format!("AWS could not confirm the event: {e}")),
+        };
+        for ms in readers {
+            let synced = ms
+                .status
+                .as_ref()
+                .and_then(|s| s.synced_version_id.as_deref());
+            if synced != Some(version.as_str()) {
+                let changed = Changed {
+                    secret_id: ms.spec.secret_id.clone(),
+                    region: key.region.clone().unwrap_or_default(),
+                };
+                behind.push((ms, version.clone(), changed));
+            }
+        }
+    }
+    // Attempts that start from here on see the confirmed version in the cache.
+    let trigger = Instant::now();
+    let mut announced: Vec<&Changed> = vec![];
+    for (_, _, c) in &behind {
+        if !announced.contains(&c) {
+            ctx.source.announce(c.clone());
+            announced.push(c);
+        }
+    }
+    if behind.is_empty() {
+        debug!(message = %m.id, event = %event.name, "every ManagedSecret already holds the version this event is about");
+        return Outcome::Done("duplicate");
+    }
+    info!(event = %event.name, moved = behind.len(), "an event moved ManagedSecrets: syncing now");
+    // Handled when each has synced that version, or had an attempt since (a failure is recorded on
+    // the object and retried by its own back-off, not by this message).
+    let deadline = trigger
+        + es.visibility
+            .saturating_sub(Duration::from_secs(2))
+            .max(Duration::from_secs(1));
+    loop {
+        let pending = behind
+            .iter()
+            .filter(|(ms, version, _)| !handled(ctx, ms, version, trigger))
+            .count();
+        if pending == 0 {
+            return Outcome::Done("synced");
+        }
+        if Instant::now() >= deadline {
+            return Outcome::Retry(format!("{pending} ManagedSecrets not synced in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether `ms` holds `version` now (as the watch cache shows it), or an attempt that started
+/// after `t` has finished.
+fn handled(ctx: &Context, ms: &ManagedSecret, version: &str, t: Instant) -> bool {
+    let current = ctx
+        .scopes
+        .iter()
+        .find_map(|s| s.managed.get(&ObjectRef::from_obj(ms)));
+    let Some(current) = current else {
+        return true; // deleted meanwhile
+    };
+    let synced = current
+        .status
+        .as_ref()
+        .and_then(|s| s.synced_version_id.as_deref());
+    synced == Some(version) || ctx.attempted_since(&uid(&current), t)
+}

@@ -1,0 +1,359 @@
+//! Event-driven refresh: Secrets Manager events (EventBridge, through an SQS queue) as hints that a
+//! secret may have a new version. Pure: what a message says, which ManagedSecrets it concerns,
+//! and how the polling backstop stretches while events flow. The queue's I/O is `queue.rs`; the
+//! consumer that confirms with AWS and triggers reconciles is `controller/events.rs`.
+
+pub mod queue;
+
+use serde_json::Value;
+use std::time::Duration;
+
+/// What one message says: an event about one or more secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The API call or service event (`UpdateSecretVersionStage`, `RotationSucceeded`, ...).
+    pub name: String,
+    /// The secrets it names (names or ARNs, as the event gives them), deduplicated.
+    pub secrets: Vec<String>,
+    /// The region the event happened in, when it says.
+    pub region: Option<String>,
+}
+
+/// Why a message is not an event we act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignored {
+    /// Not JSON, not an EventBridge event, or no secret named in it.
+    Malformed(&'static str),
+    /// An event that cannot move a version (a read, a tag, a policy change).
+    ReadOnly(String),
+}
+
+impl Ignored {
+    /// The metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Ignored::Malformed(_) => "malformed",
+            Ignored::ReadOnly(_) => "irrelevant",
+        }
+    }
+}
+
+/// The API calls and service events after which a staging label may point elsewhere.
+const MOVING: &[&str] = &[
+    "PutSecretValue",
+    "UpdateSecretVersionStage",
+    "RotateSecret",
+    "RotationSucceeded",
+    "UpdateSecret",
+    "RestoreSecret",
+    "CreateSecret",
+    "DeleteSecret",
+    "CancelRotateSecret",
+    "ReplicateSecretToRegions",
+];
+
+/// Bodies are at most this long (SQS's own limit is 256 KiB).
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// Parses an SQS message body: an EventBridge event (as an EventBridge rule delivers it), or the
+/// same wrapped in an SNS notification.
+pub fn parse(body: &str) -> Result<Event, Ignored> {
+    if body.len() > MAX_BODY {
+        return Err(Ignored::Malformed("the message is larger than SQS allows"));
+    }
+    let v: Value = serde_json::from_str(body).map_err(|_| Ignored::Malformed("not JSON"))?;
+    // SNS in between: the event is the Message string.
+    if v.get("Type").and_then(Value::as_str) == Some("Notification") {
+        let inner = v
+            .get("Message")
+            .and_then(Value::as_str)
+            .ok_or(Ignored::Malformed("an SNS notification without a Message"))?;
+        return parse(inner);
+    }
+    if v.get("source").and_then(Value::as_str) != Some("aws.secretsmanager") {
+        return Err(Ignored::Malformed("not a Secrets Manager event (source)"));
+    }
+    let detail = v
+        .get("detail")
+        .filter(|d| d.is_object())
+        .ok_or(Ignored::Malformed("an event without a detail"))?;
+    let name = detail
+        .get("eventName")
+        .and_then(Value::as_str)
+        .or_else(|| v.get("detail-type").and_then(Value::as_str))
+        .unwrap_or_default()
+        .to_string();
+    if !MOVING.contains(&name.as_str()) {
+        return Err(Ignored::ReadOnly(name));
+    }
+    let mut secrets: Vec<String> = Vec::new();
+    let mut add = |s: Option<&Value>| {
+        if let Some(s) = s.and_then(Value::as_str).map(str::trim) {
+            if !s.is_empty() && s.len() <= 2048 && !secrets.iter().any(|x| x == s) {
+                secrets.push(s.to_string());
+            }
+        }
+    };
+    // Field spellings vary between events (responseElements.arn and .aRN, SecretId and secretId).
+    let field = |o: Option<&Value>, names: &[&str]| -> Vec<Value> {
+        let Some(o) = o.and_then(Value::as_object) else {
+            return vec![];
+        };
+        names.iter().filter_map(|n| o.get(*n).cloned()).collect()
+    };
+    for s in field(detail.get("responseElements"), &["arn", "aRN", "ARN"]) {
+        add(Some(&s));
+    }
+    for s in field(
+        detail.get("requestParameters"),
+        &["secretId", "SecretId", "name", "Name"],
+    ) {
+        add(Some(&s));
+    }
+    for s in field(
+        detail.get("additionalEventData"),
+        &["SecretId", "secretId", "SecretArn", "secretArn"],
+    ) {
+        add(Some(&s));
+    }
+    for s in field(detail.get("serviceEventDetails"), &["secretId", "SecretId"]) {
+        add(Some(&s));
+    }
+    for r in detail
+        .get("resources")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(
+            v.get("resources")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+    {
+        match r {
+            Value::String(_) => add(Some(r)),
+            Value::Object(o) => add(o.get("ARN").or_else(|| o.get("arn"))),
+            _ => {}
+        }
+    }
+    if secrets.is_empty() {
+        return Err(Ignored::Malformed("no secret named in the event"));
+    }
+    let region = detail
+        .get("awsRegion")
+        .or_else(|| v.get("region"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Event {
+        name,
+        secrets,
+        region,
+    })
+}
+
+/// A secret's name: itself, or from an ARN (`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-xxxxxx`,
+/// the six characters AWS appends dropped).
+pub fn secret_name(id: &str) -> &str {
+    match id.split_once(":secret:") {
+        Some((prefix, rest)) if prefix.starts_with("arn:") => match rest.rsplit_once('-') {
+            Some((name, suffix))
+                if suffix.len() == 6 && suffix.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                name
+            }
+            _ => rest,
+        },
+        _ => id,
+    }
+}
+
+/// The region in an ARN.
+pub fn arn_region(id: &str) -> Option<&str> {
+    let mut parts = id.split(':');
+    (parts.next() == Some("arn")).then_some(())?;
+    parts.nth(2).filter(|r| !r.is_empty())
+}
+
+/// Whether a ManagedSecret's `secretId` (in `ms_region`) is the secret an event names.
+pub fn concerns(
+    secret_id: &str,
+    ms_region: Option<&str>,
+    named: &str,
+    event_region: Option<&str>,
+) -> bool {
+    let region = arn_region(named).or(event_region);
+    if let (Some(a), Some(b)) = (region, arn_region(secret_id).or(ms_region)) {
+        if a != b {
+            return false;
+        }
+    }
+    secret_id == named || secret_name(secret_id) == secret_name(named)
+}
+
+/// The refresh interval to schedule: while events flow, polling is only the backstop and runs at
+/// least every `backstop` instead of every `spec`.
+pub fn effective_interval(
+    spec: Duration,
+    backstop: Option<Duration>,
+    events_healthy: bool,
+) -> Duration {
+    match backstop {
+        Some(b) if events_healthy => spec.max(b),
+        _ => spec,
+    }
+}
+
+/// The event source is healthy when its last receive succeeded within `window` and none failed
+/// since. Times in seconds (monotonic or unix, the same for both).
+pub fn healthy(now: u64, last_ok: Option<u64>, last_error: Option<u64>, window: Duration) -> bool {
+    match last_ok {
+        Some(ok) => now.saturating_sub(ok) <= window.as_secs() && last_error.is_none_or(|e| e < ok),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ARN: &str =
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db/credentials-AbC123";
+
+    fn cloudtrail(name: &str, detail: Value) -> String {
+        let mut d = json!({"eventSource": "secretsmanager.amazonaws.com", "eventName": name, "awsRegion": "us-east-1"});
+        d.as_object_mut()
+            .unwrap()
+            .extend(detail.as_object().unwrap().clone());
+        json!({"version": "0", "id": "e-1", "detail-type": "AWS API Call via CloudTrail", "source": "aws.secretsmanager",
+               "account": "123456789012", "time": "2026-11-29T10:00:00Z", "region": "us-east-1", "resources": [], "detail": d})
+        .to_string()
+    }
+
+    #[test]
+    fn cloudtrail_calls_name_their_secret_by_id_and_arn() {
+        let body = cloudtrail(
+            "UpdateSecretVersionStage",
+            json!({"requestParameters": {"secretId": "prod/db/credentials", "versionStage": "AWSCURRENT"},
+                   "responseElements": {"arn": ARN, "name": "prod/db/credentials"}}),
+        );
+        assert_eq!(
+            parse(&body),
+            Ok(Event {
+                name: "UpdateSecretVersionStage".into(),
+                secrets: vec![ARN.into(), "prod/db/credentials".into()],
+                region: Some("us-east-1".into()),
+            })
+        );
+        // The other spelling some responses use.
+        let body = cloudtrail("PutSecretValue", json!({"responseElements": {"aRN": ARN}}));
+        assert_eq!(parse(&body).unwrap().secrets, vec![ARN.to_string()]);
+    }
+
+    #[test]
+    fn service_events_and_sns_wrapping() {
+        let service = json!({"detail-type": "AWS Service Event via CloudTrail", "source": "aws.secretsmanager",
+            "region": "eu-west-1",
+            "detail": {"eventName": "RotationSucceeded", "additionalEventData": {"SecretId": ARN}}})
+        .to_string();
+        let e = parse(&service).unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.secrets.clone(), e.region.clone()),
+            (
+                "RotationSucceeded",
+                vec![ARN.to_string()],
+                Some("eu-west-1".into())
+            )
+        );
+        let sns = json!({"Type": "Notification", "MessageId": "m", "Message": service}).to_string();
+        assert_eq!(parse(&sns).unwrap(), e);
+    }
+
+    #[test]
+    fn reads_and_junk_are_ignored_with_a_reason() {
+        assert_eq!(parse("not json"), Err(Ignored::Malformed("not JSON")));
+        assert_eq!(
+            parse(&json!({"source": "aws.s3", "detail": {}}).to_string()),
+            Err(Ignored::Malformed("not a Secrets Manager event (source)"))
+        );
+        assert_eq!(
+            parse(&cloudtrail(
+                "GetSecretValue",
+                json!({"requestParameters": {"secretId": "x"}})
+            )),
+            Err(Ignored::ReadOnly("GetSecretValue".into()))
+        );
+        assert_eq!(
+            parse(&cloudtrail("PutSecretValue", json!({}))),
+            Err(Ignored::Malformed("no secret named in the event"))
+        );
+        assert_eq!(
+            parse(&json!({"source": "aws.secretsmanager"}).to_string()),
+            Err(Ignored::Malformed("an event without a detail"))
+        );
+        assert_eq!(
+            parse(&"x".repeat(MAX_BODY + 1)),
+            Err(Ignored::Malformed("the message is larger than SQS allows"))
+        );
+        assert_eq!(Ignored::ReadOnly("x".into()).reason(), "irrelevant");
+    }
+
+    #[test]
+    fn names_from_arns_and_matching() {
+        assert_eq!(secret_name(ARN), "prod/db/credentials");
+        assert_eq!(secret_name("prod/db/credentials"), "prod/db/credentials");
+        assert_eq!(
+            secret_name("prod/db/name-with-dash"),
+            "prod/db/name-with-dash"
+        );
+        assert_eq!(
+            secret_name("arn:aws:secretsmanager:us-east-1:1:secret:partial"),
+            "partial"
+        );
+        assert_eq!(arn_region(ARN), Some("us-east-1"));
+        assert_eq!(arn_region("prod/x"), None);
+        assert!(concerns(
+            "prod/db/credentials",
+            Some("us-east-1"),
+            ARN,
+            None
+        ));
+        assert!(concerns(
+            ARN,
+            None,
+            "prod/db/credentials",
+            Some("us-east-1")
+        ));
+        assert!(
+            !concerns("prod/db/credentials", Some("eu-west-1"), ARN, None),
+            "another region's secret of that name"
+        );
+        assert!(!concerns("prod/db/other", None, ARN, None));
+        assert!(concerns(
+            "prod/db/credentials",
+            None,
+            "prod/db/credentials",
+            None
+        ));
+    }
+
+    #[test]
+    fn the_backstop_stretches_polling_only_while_events_flow() {
+        let s = Duration::from_secs(300);
+        let b = Some(Duration::from_secs(1800));
+        assert_eq!(effective_interval(s, b, true), Duration::from_secs(1800));
+        assert_eq!(effective_interval(s, b, false), s);
+        assert_eq!(
+            effective_interval(Duration::from_secs(7200), b, true),
+            Duration::from_secs(7200)
+        );
+        assert_eq!(effective_interval(s, None, true), s);
+        let w = Duration::from_secs(60);
+        assert!(healthy(100, Some(90), None, w));
+        assert!(healthy(100, Some(90), Some(80), w));
+        assert!(!healthy(100, Some(90), Some(95), w), "failed since");
+        assert!(!healthy(200, Some(90), None, w), "too long ago");
+        assert!(!healthy(100, None, None, w));
+    }
+}

@@ -1,0 +1,272 @@
+//! Event-driven refresh: Secrets Manager events, as an EventBridge rule delivers them to SQS (moto
+//! serves the queue), reach the Secret and its workloads at once while refreshInterval is an hour;
+//! events are hints (duplicates, junk and other secrets' events are dropped without harm), a
+//! failing queue leaves polling in charge, and a message is only deleted once handled.
+
+mod support;
+
+use managed_secrets::controller::events::EventSettings;
+use managed_secrets::events::queue::SqsQueue;
+use managed_secrets::metrics::{ReasonLabels, TypeLabels};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use support::aws::Moto;
+use support::workloads::{deployment_using, revision, wait_rollouts_recorded};
+use support::{wait_for, Cluster, Operator, DEADLINE};
+
+/// An EventBridge event for a CloudTrail-recorded Secrets Manager call.
+fn event(name: &str, secret_id: &str, arn: &str) -> String {
+    json!({
+        "version": "0", "id": format!("ev-{}", rand::random::<u32>()),
+        "detail-type": "AWS API Call via CloudTrail", "source": "aws.secretsmanager",
+        "account": "123456789012", "time": "2026-11-29T10:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": {"eventSource": "secretsmanager.amazonaws.com", "eventName": name, "awsRegion": "us-east-1",
+                   "requestParameters": {"secretId": secret_id, "versionStage": "AWSCURRENT"},
+                   "responseElements": {"arn": arn}}
+    })
+    .to_string()
+}
+
+async fn operator(c: &Cluster, moto: &Moto, queue: &str, visibility: Duration) -> Operator {
+    let q = SqsQueue::new(&moto.sdk_config(), queue, Duration::from_secs(1));
+    let es = EventSettings {
+        queue: Arc::new(q),
+        wait: Duration::from_secs(1),
+        visibility,
+        backstop: Duration::from_secs(3600),
+    };
+    Operator::start_with(c, moto, move |s| s.events = Some(es)).await
+}
+
+fn dropped(op: &Operator, reason: &str) -> u64 {
+    op.metrics
+        .events_dropped
+        .get_or_create(&ReasonLabels {
+            reason: reason.into(),
+        })
+        .get()
+}
+
+/// A sample's value in the operator's /metrics text.
+fn sample(op: &Operator, name: &str) -> f64 {
+    op.metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn drained(moto: &Moto, queue: &str) {
+    wait_for("every message handled and deleted", DEADLINE, || async {
+        (moto.queue_depth(queue).await == 0).then_some(())
+    })
+    .await;
+}
+
+fn creds(p: &str) -> Value {
+    json!({"username": "app", "password": p})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_event_syncs_and_rolls_out_at_once_and_a_duplicate_does_nothing() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let queue = moto.create_queue("events").await;
+    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    let arn = moto.arn_of("prod/db/credentials").await;
+    deployment_using(&c, "api", "db").await;
+    let op = operator(&c, &moto, &queue, Duration::from_secs(30)).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true},
+                             "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
+    c.wait_secret_value("db", "password", "one").await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+
+    // The Lambda's finishSecret step, then its event: the Secret follows long before an hour.
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    moto.send_message(
+        &queue,
+        &event("UpdateSecretVersionStage", "prod/db/credentials", &arn),
+    )
+    .await;
+    c.wait_secret_value("db", "password", "two").await;
+    wait_rollouts_recorded(&c, "db", &v2, 1).await;
+    assert_eq!(revision(&c, "api").await.as_deref(), Some("2"));
+    drained(&moto, &queue).await;
+    assert_eq!(
+        op.metrics
+            .events_received
+            .get_or_create(&TypeLabels {
+                r#type: "UpdateSecretVersionStage".into()
+            })
+            .get(),
+        1
+    );
+    assert_eq!(
+        sample(&op, "managed_secrets_event_sync_seconds_count"),
+        1.0,
+        "the event's latency was measured"
+    );
+
+    // The same event again (EventBridge delivers at least once): nothing new, no second rollout.
+    moto.send_message(
+        &queue,
+        &event("UpdateSecretVersionStage", "prod/db/credentials", &arn),
+    )
+    .await;
+    drained(&moto, &queue).await;
+    assert_eq!(dropped(&op, "duplicate"), 1);
+    assert_eq!(
+        revision(&c, "api").await.as_deref(),
+        Some("2"),
+        "no second rollout"
+    );
+    assert_eq!(op.metrics.event_source_up.get(), 1);
+    assert!(op
+        .health
+        .ready()
+        .text
+        .contains("; events: receiving from http://"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_reads_and_other_secrets_events_are_dropped_without_harm() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let queue = moto.create_queue("events").await;
+    moto.create_json("prod/db/credentials", &creds("one")).await;
+    let other = moto.create_json("prod/other/secret", &creds("x")).await;
+    let other_arn = moto.arn_of("prod/other/secret").await;
+    let op = operator(&c, &moto, &queue, Duration::from_secs(30)).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}}))
+        .await;
+    c.wait_secret_value("db", "password", "one").await;
+    let calls = moto.calls("DescribeSecret").await;
+    for body in [
+        "not json at all".to_string(),
+        json!({"source": "aws.s3", "detail": {}}).to_string(),
+        event("GetSecretValue", "prod/db/credentials", ""),
+        event("PutSecretValue", "prod/other/secret", &other_arn),
+    ] {
+        moto.send_message(&queue, &body).await;
+    }
+    drained(&moto, &queue).await;
+    assert_eq!(dropped(&op, "malformed"), 2);
+    assert_eq!(dropped(&op, "irrelevant"), 1);
+    assert_eq!(dropped(&op, "unmanaged"), 1);
+    assert_eq!(
+        moto.calls("DescribeSecret").await,
+        calls,
+        "no AWS call for an event nobody needs"
+    );
+    assert!(!other.is_empty());
+    let ms = c.managed().get("db").await.unwrap();
+    assert_eq!(ms.status.unwrap().failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_queue_fails_polling_carries_on_and_the_metrics_say_so() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let queue = moto.create_queue("events").await;
+    moto.create_json("prod/db/credentials", &creds("one")).await;
+    let op = operator(&c, &moto, &queue, Duration::from_secs(30)).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "2s", "data": {"allKeys": true}}))
+        .await;
+    c.wait_secret_value("db", "password", "one").await;
+    wait_for("the event source up", DEADLINE, || async {
+        (op.metrics.event_source_up.get() == 1).then_some(())
+    })
+    .await;
+    // The queue goes away: receiving fails, and refreshes fall back to the spec's 2s.
+    moto.sqs()
+        .delete_queue()
+        .queue_url(&queue)
+        .send()
+        .await
+        .unwrap();
+    wait_for("the event source reported down", DEADLINE, || async {
+        (op.metrics.event_source_up.get() == 0 && op.metrics.event_queue_errors.get() > 0)
+            .then_some(())
+    })
+    .await;
+    let ready = op.health.ready();
+    assert!(ready.ok, "the operator stays ready: polling carries on");
+    assert!(
+        ready
+            .text
+            .contains("; events: degraded (SQS ReceiveMessage"),
+        "{}",
+        ready.text
+    );
+    moto.rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    c.wait_secret_value("db", "password", "two").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_before_deleting_the_message_applies_the_rotation_once_after_redelivery()
+{
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let queue = moto.create_queue("events").await;
+    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    let arn = moto.arn_of("prod/db/credentials").await;
+    deployment_using(&c, "api", "db").await;
+    let visibility = Duration::from_secs(3);
+    let mut first = operator(&c, &moto, &queue, visibility).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true},
+                             "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+    // Secret writes become slow, so the operator is killed after receiving the event and before
+    // its sync (and so the message's deletion) completes.
+    let slow = c.kube_latency("patch", "secrets", 3000, 5).await;
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    moto.send_message(
+        &queue,
+        &event("UpdateSecretVersionStage", "prod/db/credentials", &arn),
+    )
+    .await;
+    wait_for("the event received", DEADLINE, || async {
+        (first
+            .metrics
+            .events_received
+            .get_or_create(&TypeLabels {
+                r#type: "UpdateSecretVersionStage".into(),
+            })
+            .get()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    first.kill();
+    if slow {
+        assert_eq!(
+            moto.queue_depth(&queue).await,
+            1,
+            "not deleted: it comes back"
+        );
+    }
+    c.clear_faults().await;
+    // A new operator (a restarted pod, or the standby) gets the message again and applies it.
+    let second = operator(&c, &moto, &queue, visibility).await;
+    c.wait_secret_value("db", "password", "two").await;
+    wait_rollouts_recorded(&c, "db", &v2, 1).await;
+    drained(&moto, &queue).await;
+    let (generation, annotation) = support::workloads::state(&c, "Deployment", "api").await;
+    assert_eq!(
+        revision(&c, "api").await.as_deref(),
+        Some("2"),
+        "rolled out exactly once (generation {generation}, annotation {annotation:?}, events {:?})",
+        c.events_for("db").await
+    );
+    assert!(
+        sample(&second, "managed_secrets_event_sync_seconds_count")
+            + dropped(&second, "duplicate") as f64
+            >= 1.0
+    );
+}
