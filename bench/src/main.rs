@@ -50,8 +50,9 @@ struct RunArgs {
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
-    /// Modes to run: built (the operator as built) and naive (the baseline).
-    #[arg(long, default_value = "built,naive", value_delimiter = ',')]
+    /// Modes to run: built (the operator as built, polling), events (as built, with the SQS event
+    /// source fed by every rotation) and naive (the baseline).
+    #[arg(long, default_value = "built,events,naive", value_delimiter = ',')]
     modes: Vec<String>,
     /// The measurement window (rotations happen in its first half).
     #[arg(long, default_value = "120")]
@@ -102,7 +103,8 @@ fn free_port() -> u16 {
 }
 
 /// CPU seconds (user + system) and peak RSS (bytes) of a process, from /proc.
-fn proc_usage(pid: u32) -> (f64, u64) {
+/// CPU seconds, peak RSS and current RSS (bytes) of a process.
+fn proc_usage(pid: u32) -> (f64, u64, u64) {
     let ticks = 100.0; // USER_HZ on Linux
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -114,16 +116,16 @@ fn proc_usage(pid: u32) -> (f64, u64) {
             Some((u + k) / ticks)
         })
         .unwrap_or(0.0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
-    (cpu, rss)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (cpu, kib("VmHWM:"), kib("VmRSS:"))
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -135,7 +137,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-#[derive(Serialize, Default, Clone)]
+#[derive(Serialize, serde::Deserialize, Default, Clone)]
 pub struct Result1 {
     pub scenario: String,
     pub mode: String,
@@ -152,9 +154,13 @@ pub struct Result1 {
     /// Leader election (Lease get and renew), apart from the controller's own requests.
     #[serde(default)]
     pub lease_requests_per_minute: f64,
+    /// The event source's SQS calls (ReceiveMessage long polls, DeleteMessage), apart from the
+    /// Secrets Manager calls above.
+    #[serde(default)]
+    pub sqs_calls_per_minute: f64,
     pub rotations: usize,
-    pub rotation_to_secret_seconds: BTreeMap<String, f64>,
-    pub rotation_to_rollout_seconds: BTreeMap<String, f64>,
+    pub rotation_to_secret_seconds: BTreeMap<String, Option<f64>>,
+    pub rotation_to_rollout_seconds: BTreeMap<String, Option<f64>>,
     pub secrets_updated: usize,
     pub secrets_expected: usize,
     pub reconciles_in_window: Option<u64>,
@@ -162,10 +168,13 @@ pub struct Result1 {
     pub throttling_errors: u64,
     pub operator_cpu_seconds: f64,
     pub operator_peak_rss_mib: f64,
+    /// Resident memory at the end of the window (at rest, after the creation burst).
+    #[serde(default)]
+    pub operator_rss_at_end_mib: f64,
     pub emulator: EmulatorBench,
 }
 
-#[derive(Serialize, Default, Clone)]
+#[derive(Serialize, serde::Deserialize, Default, Clone)]
 pub struct EmulatorBench {
     pub objects_stored: usize,
     pub create_writes_per_second: f64,
@@ -238,6 +247,8 @@ async fn kube_counters(http: &reqwest::Client, emu: &str) -> Result<BTreeMap<Str
         let verb = c["verb"].as_str().unwrap_or("");
         let key = match c["resource"].as_str() {
             Some("leases") => format!("lease-{verb}"),
+            // Reads are broken down by resource (a resting operator should make none).
+            Some(r) if matches!(verb, "list" | "get") => format!("{verb} {r}"),
             _ => verb.to_string(),
         };
         *out.entry(key).or_default() += c["count"].as_u64().unwrap_or(0);
@@ -312,6 +323,21 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         )
         .build();
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    // Events mode: the queue an EventBridge rule would feed; each rotation sends its event.
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = if mode == "events" {
+        Some(
+            sqs.create_queue()
+                .queue_name("managed-secrets-events")
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("CreateQueue: {}", DisplayErrorContext(&e)))?
+                .queue_url
+                .context("queue url")?,
+        )
+    } else {
+        None
+    };
     futures::stream::iter(0..m)
         .map(|j| {
             let sm = sm.clone();
@@ -353,8 +379,16 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let port = free_port();
     let metrics_url = format!("http://127.0.0.1:{port}/metrics");
     let mut cmd = match mode {
-        "built" => {
-            let mut c = Command::new(args.bin_dir.join("managed-secrets"));
+        "built" | "events" => {
+            // BENCH_WRAPPER=heaptrack (or another profiler) runs the operator under it.
+            let mut c = match std::env::var("BENCH_WRAPPER") {
+                Ok(w) if !w.is_empty() => {
+                    let mut c = Command::new(w);
+                    c.arg(args.bin_dir.join("managed-secrets"));
+                    c
+                }
+                _ => Command::new(args.bin_dir.join("managed-secrets")),
+            };
             c.args([
                 "run",
                 "--access-policy",
@@ -372,6 +406,9 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
                 "--metrics-addr",
                 &format!("127.0.0.1:{port}"),
             ]);
+            if let Some(q) = &queue {
+                c.args(["--events-queue-url", q]);
+            }
             c
         }
         "naive" => {
@@ -459,37 +496,6 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     // Let the first syncs' rollouts and follow-ups settle before the window.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    // The window: counters from zero, rotations in the first half, watches for their effects.
-    admin(
-        &http,
-        &format!("{aws_url}/__calls"),
-        reqwest::Method::DELETE,
-    )
-    .await?;
-    admin(
-        &http,
-        &format!("{emu_url}/__admin/counters"),
-        reqwest::Method::DELETE,
-    )
-    .await?;
-    let reconciles_before =
-        operator_metric(&http, &metrics_url, "managed_secrets_reconciles_total").await;
-    let throttled_before = operator_metric(
-        &http,
-        &metrics_url,
-        "managed_secrets_failures_total{reason=\"Throttled\"}",
-    )
-    .await
-    .unwrap_or(0.0);
-    let window = Duration::from_secs(args.window_seconds);
-    let start = Instant::now();
-    let rotations = (m / 100).max(1);
-    let mut rng_order: Vec<usize> = (0..m).collect();
-    {
-        use rand::seq::SliceRandom;
-        rng_order.shuffle(&mut rand::rng());
-    }
-    let rotated: Vec<usize> = rng_order.into_iter().take(rotations).collect();
     // secret index -> (rotation instant, new version)
     let rotated_at: Arc<Mutex<HashMap<usize, (Instant, String)>>> = Arc::default();
     let secret_seen: Arc<Mutex<Vec<f64>>> = Arc::default();
@@ -523,6 +529,40 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         rotated_at.clone(),
         rollout_seen.clone(),
     );
+    // The watchers' initial lists are the bench's, not the operator's: let them finish first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The window: counters from zero, rotations in the first half, watches for their effects.
+    admin(
+        &http,
+        &format!("{aws_url}/__calls"),
+        reqwest::Method::DELETE,
+    )
+    .await?;
+    admin(
+        &http,
+        &format!("{emu_url}/__admin/counters"),
+        reqwest::Method::DELETE,
+    )
+    .await?;
+    let reconciles_before =
+        operator_metric(&http, &metrics_url, "managed_secrets_reconciles_total").await;
+    let throttled_before = operator_metric(
+        &http,
+        &metrics_url,
+        "managed_secrets_failures_total{reason=\"Throttled\"}",
+    )
+    .await
+    .unwrap_or(0.0);
+    let window = Duration::from_secs(args.window_seconds);
+    let start = Instant::now();
+    let rotations = (m / 100).max(1);
+    let mut rng_order: Vec<usize> = (0..m).collect();
+    {
+        use rand::seq::SliceRandom;
+        rng_order.shuffle(&mut rand::rng());
+    }
+    let rotated: Vec<usize> = rng_order.into_iter().take(rotations).collect();
     // Rotations spread over the first half of the window, as a rotation Lambda does them.
     let spacing = window / 2 / rotations as u32;
     for j in &rotated {
@@ -564,7 +604,21 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         rotated_at
             .lock()
             .unwrap()
-            .insert(*j, (Instant::now(), token));
+            .insert(*j, (Instant::now(), token.clone()));
+        if let Some(q) = &queue {
+            // What EventBridge delivers for the rotation Lambda's finishSecret call.
+            let body = json!({"version": "0", "id": format!("bench-{j}"), "detail-type": "AWS API Call via CloudTrail",
+                "source": "aws.secretsmanager", "region": "us-east-1",
+                "detail": {"eventSource": "secretsmanager.amazonaws.com", "eventName": "UpdateSecretVersionStage",
+                           "awsRegion": "us-east-1",
+                           "requestParameters": {"secretId": name, "versionStage": "AWSCURRENT", "moveToVersionId": token}}});
+            sqs.send_message()
+                .queue_url(q)
+                .message_body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("SendMessage: {}", DisplayErrorContext(&e)))?;
+        }
         tokio::time::sleep(spacing).await;
     }
     let rest = window.saturating_sub(start.elapsed());
@@ -573,10 +627,20 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let mut aws: BTreeMap<String, u64> = serde_json::from_value(
         admin(&http, &format!("{aws_url}/__calls"), reqwest::Method::GET).await?,
     )?;
-    // The bench's own rotation calls are not the operator's.
-    for api in ["PutSecretValue", "UpdateSecretVersionStage"] {
+    // The bench's own rotation (and event) calls are not the operator's; its SQS calls are
+    // counted apart from Secrets Manager's.
+    for api in [
+        "PutSecretValue",
+        "UpdateSecretVersionStage",
+        "SendMessage",
+        "CreateQueue",
+    ] {
         aws.remove(api);
     }
+    let sqs_calls: u64 = ["ReceiveMessage", "DeleteMessage"]
+        .iter()
+        .filter_map(|a| aws.remove(*a))
+        .sum();
     if let Some(d) = aws.get_mut("DescribeSecret") {
         *d = d.saturating_sub(rotations as u64);
     }
@@ -592,7 +656,7 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     .unwrap_or(0.0);
     watch_secrets.abort();
     watch_rollouts.abort();
-    let (cpu, rss) = proc_usage(pid);
+    let (cpu, rss, rss_now) = proc_usage(pid);
     // Emulator micro-benchmark: a full list, and what it stores.
     let t = Instant::now();
     let all_ms = Api::<ManagedSecret>::all(client.clone())
@@ -613,16 +677,21 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
 
     let mut s_lat = secret_seen.lock().unwrap().clone();
     let mut r_lat = rollout_seen.lock().unwrap().clone();
-    let pct = |v: &mut Vec<f64>| -> BTreeMap<String, f64> {
+    let pct = |v: &mut Vec<f64>| -> BTreeMap<String, Option<f64>> {
         [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)]
             .iter()
-            .map(|(k, p)| (k.to_string(), percentile(v, *p)))
+            .map(|(k, p)| {
+                (
+                    k.to_string(),
+                    Some(percentile(v, *p)).filter(|x| x.is_finite()),
+                )
+            })
             .collect()
     };
     let total_aws: u64 = aws.values().sum();
     let total_kube: u64 = kube
         .iter()
-        .filter(|(v, _)| v.as_str() != "watch" && !v.starts_with("lease-"))
+        .filter(|(v, _)| !v.starts_with("watch") && !v.starts_with("lease-"))
         .map(|(_, c)| c)
         .sum();
     let lease: u64 = kube
@@ -649,6 +718,7 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         kube_requests_per_minute: total_kube as f64 / elapsed_min,
         kube_writes_per_minute: writes as f64 / elapsed_min,
         lease_requests_per_minute: lease as f64 / elapsed_min,
+        sqs_calls_per_minute: sqs_calls as f64 / elapsed_min,
         kube_requests: kube,
         rotations,
         rotation_to_secret_seconds: pct(&mut s_lat),
@@ -666,6 +736,7 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         throttling_errors: (throttled_after - throttled_before).max(0.0) as u64,
         operator_cpu_seconds: cpu,
         operator_peak_rss_mib: rss as f64 / (1024.0 * 1024.0),
+        operator_rss_at_end_mib: rss_now as f64 / (1024.0 * 1024.0),
         emulator: EmulatorBench {
             objects_stored: stored,
             create_writes_per_second: (n + rolling.len()) as f64 / (create_secs + deployment_secs),
@@ -729,7 +800,23 @@ fn main() -> Result<()> {
                     all.push(r);
                 }
             }
-            report::write(&args.out, &all)?;
+            // The report covers every result in the directory (a run of one mode adds to the rest).
+            let mut everything = vec![];
+            for e in std::fs::read_dir(&args.out)? {
+                let p = e?.path();
+                if p.extension().and_then(|x| x.to_str()) == Some("json") {
+                    let r: Result1 = serde_json::from_str(&std::fs::read_to_string(&p)?)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    everything.push(r);
+                }
+            }
+            everything.sort_by(|a, b| (a.n, &a.mode).cmp(&(b.n, &b.mode)));
+            eprintln!(
+                "   {} results this run, {} in the report",
+                all.len(),
+                everything.len()
+            );
+            report::write(&args.out, &everything)?;
             Ok(())
         }),
     }

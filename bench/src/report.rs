@@ -41,20 +41,25 @@ pub fn markdown(all: &[Result1]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| scenario (N x M, refresh) | metric | as built | naive | naive / built |"
+        "| scenario (N x M, refresh) | metric | as built (polling) | as built (events) | naive | naive / built |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
     for ((n, m), modes) in &by {
-        let (b, nv) = (modes.get("built"), modes.get("naive"));
+        let (b, ev, nv) = (modes.get("built"), modes.get("events"), modes.get("naive"));
         let label = format!(
             "{n} x {m}, {}s",
-            b.or(nv).map(|r| r.refresh_seconds).unwrap_or(0)
+            b.or(nv).or(ev).map(|r| r.refresh_seconds).unwrap_or(0)
         );
         let row = |name: &str, f: &dyn Fn(&Result1) -> Option<f64>, with_ratio: bool| {
-            let (x, y) = (b.and_then(|r| f(r)), nv.and_then(|r| f(r)));
+            let (x, e, y) = (
+                b.and_then(|r| f(r)),
+                ev.and_then(|r| f(r)),
+                nv.and_then(|r| f(r)),
+            );
             format!(
-                "| {label} | {name} | {} | {} | {} |",
+                "| {label} | {name} | {} | {} | {} | {} |",
                 fmt(x),
+                fmt(e),
                 fmt(y),
                 if with_ratio {
                     match (x, y) {
@@ -67,7 +72,11 @@ pub fn markdown(all: &[Result1]) -> String {
             )
         };
         let rows = [
-            row("AWS calls / min", &|r| Some(r.aws_calls_per_minute), true),
+            row(
+                "Secrets Manager calls / min",
+                &|r| Some(r.aws_calls_per_minute),
+                true,
+            ),
             row(
                 "Kubernetes requests / min (watches aside)",
                 &|r| Some(r.kube_requests_per_minute),
@@ -90,17 +99,17 @@ pub fn markdown(all: &[Result1]) -> String {
             ),
             row(
                 "rotation -> Secret p50 (s)",
-                &|r| r.rotation_to_secret_seconds.get("p50").copied(),
+                &|r| r.rotation_to_secret_seconds.get("p50").copied().flatten(),
                 false,
             ),
             row(
                 "rotation -> Secret p99 (s)",
-                &|r| r.rotation_to_secret_seconds.get("p99").copied(),
+                &|r| r.rotation_to_secret_seconds.get("p99").copied().flatten(),
                 false,
             ),
             row(
                 "rotation -> rollout p99 (s)",
-                &|r| r.rotation_to_rollout_seconds.get("p99").copied(),
+                &|r| r.rotation_to_rollout_seconds.get("p99").copied().flatten(),
                 false,
             ),
             row(
@@ -116,6 +125,11 @@ pub fn markdown(all: &[Result1]) -> String {
             row(
                 "operator peak RSS (MiB)",
                 &|r| Some(r.operator_peak_rss_mib),
+                false,
+            ),
+            row(
+                "operator RSS at the end (MiB)",
+                &|r| Some(r.operator_rss_at_end_mib),
                 false,
             ),
             row(
