@@ -5,7 +5,7 @@ use crate::crd::{RolloutRecord, RolloutSpec, WorkloadKind};
 use crate::labels::selector_matches;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The pod-template annotation whose change makes a rollout.
 pub const VERSION_ANNOTATION: &str = "managedsecrets.io/secret-version";
@@ -14,56 +14,80 @@ pub const RELOAD_ANNOTATION: &str = "managedsecrets.io/reload";
 /// The same opt-in under the annotation Reloader users know.
 pub const RELOADER_ANNOTATION: &str = "secret.reloader.stakater.com/reload";
 
-/// What the rollout logic needs to know of a Deployment, StatefulSet or DaemonSet.
+/// What the rollout logic needs to know of a Deployment, StatefulSet or DaemonSet (not its pod
+/// template: only what of it matters here, so thousands of them stay small).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
     pub kind: WorkloadKind,
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
-    /// `spec.template` as JSON.
-    pub template: Value,
+    /// The Secrets the pod template reads (see `referenced_secrets`).
+    pub secrets: BTreeSet<String>,
+    /// The pod template's `VERSION_ANNOTATION`.
+    pub version: Option<String>,
 }
 
 impl Workload {
+    /// The workload with its `spec.template` (as JSON).
+    pub fn new(
+        kind: WorkloadKind,
+        name: String,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+        template: &Value,
+    ) -> Self {
+        Workload {
+            kind,
+            name,
+            labels,
+            annotations,
+            secrets: referenced_secrets(template),
+            version: template
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(VERSION_ANNOTATION))
+                .and_then(Value::as_str)
+                .map(String::from),
+        }
+    }
+
     pub fn current_version_annotation(&self) -> Option<&str> {
-        self.template
-            .pointer("/metadata/annotations")
-            .and_then(|a| a.get(VERSION_ANNOTATION))
-            .and_then(Value::as_str)
+        self.version.as_deref()
     }
 }
 
-/// Does the pod template read the Secret (env `secretKeyRef`, `envFrom.secretRef`, a secret volume,
-/// or a projected volume source)?
-pub fn references_secret(template: &Value, secret: &str) -> bool {
+/// The Secrets a pod template reads: env `secretKeyRef`, `envFrom.secretRef`, a secret volume, or
+/// a projected volume source, in any kind of container.
+pub fn referenced_secrets(template: &Value) -> BTreeSet<String> {
     let spec = &template["spec"];
-    let named = |v: &Value, field: &str| v.get(field).and_then(Value::as_str) == Some(secret);
+    let mut out = BTreeSet::new();
+    let mut add = |v: &Value, field: &str| {
+        if let Some(n) = v.get(field).and_then(Value::as_str) {
+            out.insert(n.to_string());
+        }
+    };
     for list in ["containers", "initContainers", "ephemeralContainers"] {
         for c in spec[list].as_array().into_iter().flatten() {
             for e in c["env"].as_array().into_iter().flatten() {
-                if named(&e["valueFrom"]["secretKeyRef"], "name") {
-                    return true;
-                }
+                add(&e["valueFrom"]["secretKeyRef"], "name");
             }
             for e in c["envFrom"].as_array().into_iter().flatten() {
-                if named(&e["secretRef"], "name") {
-                    return true;
-                }
+                add(&e["secretRef"], "name");
             }
         }
     }
     for v in spec["volumes"].as_array().into_iter().flatten() {
-        if named(&v["secret"], "secretName") {
-            return true;
-        }
+        add(&v["secret"], "secretName");
         for s in v["projected"]["sources"].as_array().into_iter().flatten() {
-            if named(&s["secret"], "name") {
-                return true;
-            }
+            add(&s["secret"], "name");
         }
     }
-    false
+    out
+}
+
+/// Does the pod template read the Secret?
+pub fn references_secret(template: &Value, secret: &str) -> bool {
+    referenced_secrets(template).contains(secret)
 }
 
 /// Does the workload opt in by annotation to restarts for this Secret?
@@ -126,7 +150,7 @@ pub fn select_targets(
             .as_ref()
             .map(|s| selector_matches(s, &w.labels))
             .unwrap_or(false);
-        let by_reference = spec.auto && references_secret(&w.template, secret);
+        let by_reference = spec.auto && w.secrets.contains(secret);
         if by_selector || by_reference || opted_in(w, secret) {
             add(w.kind, &w.name);
         }
@@ -256,13 +280,13 @@ mod tests {
     use serde_json::json;
 
     fn wl(kind: WorkloadKind, name: &str, template: Value) -> Workload {
-        Workload {
+        Workload::new(
             kind,
-            name: name.into(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            template,
-        }
+            name.into(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            &template,
+        )
     }
 
     #[test]

@@ -130,6 +130,19 @@ async fn throttling_backs_off_without_a_hot_loop_and_recovers() {
         .conditions
         .iter()
         .any(|c| c.type_ == "Stale" && c.reason == "Throttled"));
+    // Repeated failures are one Event with a series, not an Event each.
+    let throttled: Vec<i32> = c
+        .event_counts("db")
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "Throttled")
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(throttled.len(), 1, "one Throttled Event: {throttled:?}");
+    assert!(
+        throttled[0] >= 2,
+        "its series counts the repeats: {throttled:?}"
+    );
     wait_for(
         "recovery after the throttling",
         Duration::from_secs(60),

@@ -189,13 +189,21 @@ fn ns_of(i: usize) -> String {
 
 /// Watches objects named `<prefix><i>` and records, once per object, the seconds from the rotation
 /// of AWS secret `i % m` to the object carrying its new version (as `version_of` reads it).
+/// What the window's watchers share: the rotations to look for, and a permit per watcher once it
+/// has listed.
+#[derive(Clone)]
+struct Window {
+    m: usize,
+    rotated_at: Arc<Mutex<HashMap<usize, (Instant, String)>>>,
+    listed: Arc<tokio::sync::Semaphore>,
+}
+
 fn watch_arrivals<K>(
     api: Api<K>,
     cfg: watcher::Config,
     prefix: &'static str,
     version_of: fn(&K) -> Option<String>,
-    m: usize,
-    rotated_at: Arc<Mutex<HashMap<usize, (Instant, String)>>>,
+    window: Window,
     seen: Arc<Mutex<Vec<f64>>>,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -203,8 +211,19 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let done: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let Window {
+        m,
+        rotated_at,
+        listed,
+    } = window;
     tokio::spawn(async move {
         let _ = watcher(api, cfg)
+            .inspect_ok(|e| {
+                // The first complete initial list: the window may start.
+                if matches!(e, watcher::Event::InitDone) {
+                    listed.add_permits(1);
+                }
+            })
             .applied_objects()
             .try_for_each(|o| {
                 let idx = o
@@ -500,6 +519,12 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let rotated_at: Arc<Mutex<HashMap<usize, (Instant, String)>>> = Arc::default();
     let secret_seen: Arc<Mutex<Vec<f64>>> = Arc::default();
     let rollout_seen: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let listed = Arc::new(tokio::sync::Semaphore::new(0));
+    let window = Window {
+        m,
+        rotated_at: rotated_at.clone(),
+        listed: listed.clone(),
+    };
     let watch_secrets = watch_arrivals(
         Api::<Secret>::all(client.clone()),
         watcher::Config::default().labels("app.kubernetes.io/managed-by=managed-secrets"),
@@ -509,8 +534,7 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
                 .get("managedsecrets.io/aws-version-id")
                 .cloned()
         },
-        m,
-        rotated_at.clone(),
+        window.clone(),
         secret_seen.clone(),
     );
     let watch_rollouts = watch_arrivals(
@@ -525,12 +549,15 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
                 .and_then(|a| a.get("managedsecrets.io/secret-version"))
                 .cloned()
         },
-        m,
-        rotated_at.clone(),
+        window.clone(),
         rollout_seen.clone(),
     );
-    // The watchers' initial lists are the bench's, not the operator's: let them finish first.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The watchers' initial lists (paged, 20 pages for 10,000 Secrets) are the bench's, not the
+    // operator's: the window starts once both have finished.
+    tokio::time::timeout(Duration::from_secs(300), listed.acquire_many(2))
+        .await
+        .context("the bench's watchers did not list in 5 minutes")??
+        .forget();
 
     // The window: counters from zero, rotations in the first half, watches for their effects.
     admin(

@@ -13,6 +13,7 @@ mod watches;
 use crate::crd::{ManagedSecret, FINALIZER, FORCE_SYNC_ANNOTATION};
 use crate::error::{backoff, Error, Result};
 use crate::health::Health;
+use crate::k8s::recorder::Recorder;
 use crate::metrics::Metrics;
 use crate::render::Mapping;
 use crate::schedule;
@@ -21,7 +22,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as KEvent, EventType};
 use kube::runtime::finalizer::{finalizer, Event as FEvent};
 
 use kube::{Client, Resource, ResourceExt};
@@ -430,13 +431,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| settings.reporter.clone());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: settings.reporter.clone(),
-            instance: Some(instance),
-        },
-    );
+    let recorder = Recorder::new(client.clone(), settings.reporter.clone(), instance);
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod hash_key;
+pub mod recorder;
 pub mod tokens;
 pub mod workloads;
 

@@ -440,6 +440,24 @@ impl Cluster {
             .collect()
     }
 
+    /// Events about an object: (reason, occurrences), a repeat folded into its Event's series.
+    pub async fn event_counts(&self, name: &str) -> Vec<(String, i32)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let list = api
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        list.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| {
+                let n = e.series.map(|s| s.count).unwrap_or(1);
+                (e.reason.unwrap_or_default(), n)
+            })
+            .collect()
+    }
+
     /// Request counts by verb for a resource in the test namespace (emulator only; `None` on a real cluster).
     pub async fn count(&self, verb: &str, resource: &str) -> Option<u64> {
         let ClusterKind::Emulator(emu) = &self.kind else {
