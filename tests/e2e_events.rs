@@ -57,6 +57,20 @@ fn sample(op: &Operator, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A Lambda-style rotation of prod/db/credentials to password `password`, then the event that
+/// EventBridge sends for its last step; the new version.
+async fn rotate_and_announce(moto: &Moto, queue: &str, arn: &str, password: &str) -> String {
+    let v = moto
+        .rotate_like_lambda("prod/db/credentials", &creds(password))
+        .await;
+    moto.send_message(
+        queue,
+        &event("UpdateSecretVersionStage", "prod/db/credentials", arn),
+    )
+    .await;
+    v
+}
+
 async fn drained(moto: &Moto, queue: &str) {
     wait_for("every message handled and deleted", DEADLINE, || async {
         (moto.queue_depth(queue).await == 0).then_some(())
@@ -83,14 +97,7 @@ async fn a_rotation_event_syncs_and_rolls_out_at_once_and_a_duplicate_does_nothi
     wait_rollouts_recorded(&c, "db", &v1, 1).await;
 
     // The Lambda's finishSecret step, then its event: the Secret follows long before an hour.
-    let v2 = moto
-        .rotate_like_lambda("prod/db/credentials", &creds("two"))
-        .await;
-    moto.send_message(
-        &queue,
-        &event("UpdateSecretVersionStage", "prod/db/credentials", &arn),
-    )
-    .await;
+    let v2 = rotate_and_announce(&moto, &queue, &arn, "two").await;
     c.wait_secret_value("db", "password", "two").await;
     wait_rollouts_recorded(&c, "db", &v2, 1).await;
     assert_eq!(revision(&c, "api").await.as_deref(), Some("2"));
@@ -223,14 +230,7 @@ async fn an_operator_killed_before_deleting_the_message_applies_the_rotation_onc
     // Secret writes become slow, so the operator is killed after receiving the event and before
     // its sync (and so the message's deletion) completes.
     let slow = c.kube_latency("patch", "secrets", 3000, 5).await;
-    let v2 = moto
-        .rotate_like_lambda("prod/db/credentials", &creds("two"))
-        .await;
-    moto.send_message(
-        &queue,
-        &event("UpdateSecretVersionStage", "prod/db/credentials", &arn),
-    )
-    .await;
+    let v2 = rotate_and_announce(&moto, &queue, &arn, "two").await;
     wait_for("the event received", DEADLINE, || async {
         (first
             .metrics

@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,18 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A child process that leads its own process group: the whole group dies with the bench (a
+/// `BENCH_WRAPPER` such as heaptrack runs the operator as its child).
+struct Group(Proc);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0 .0.id())])
+            .status();
     }
 }
 
@@ -446,10 +459,12 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("{mode}.log")))?)
+        // Its own process group, so that a profiler wrapper's child dies with it.
+        .process_group(0)
         .spawn()
         .context("operator")?;
     let pid = op.id();
-    let _op = Proc(op);
+    let _op = Group(Proc(op));
 
     // Watch readiness (one watch; the bench reads nothing else of the API while measuring).
     let ready: Arc<Mutex<HashMap<String, bool>>> = Arc::default();

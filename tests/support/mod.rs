@@ -425,8 +425,8 @@ impl Cluster {
         }
     }
 
-    /// Events about an object (reason, note), from events.k8s.io.
-    pub async fn events_for(&self, name: &str) -> Vec<(String, String)> {
+    /// The Events (events.k8s.io) about an object of the test namespace.
+    async fn events_about(&self, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.namespace);
         let list = api
@@ -436,21 +436,23 @@ impl Cluster {
             .unwrap_or_default();
         list.into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect()
+    }
+
+    /// Events about an object (reason, note).
+    pub async fn events_for(&self, name: &str) -> Vec<(String, String)> {
+        self.events_about(name)
+            .await
+            .into_iter()
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
     }
 
     /// Events about an object: (reason, occurrences), a repeat folded into its Event's series.
     pub async fn event_counts(&self, name: &str) -> Vec<(String, i32)> {
-        let api: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(self.client.clone(), &self.namespace);
-        let list = api
-            .list(&Default::default())
+        self.events_about(name)
             .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        list.into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .into_iter()
             .map(|e| {
                 let n = e.series.map(|s| s.count).unwrap_or(1);
                 (e.reason.unwrap_or_default(), n)
