@@ -178,13 +178,13 @@ pub struct RunArgs {
     pub events_queue_url: Option<String>,
     /// While events flow, refreshes run at least this far apart (the spec's refreshInterval when
     /// the queue fails).
-    #[arg(long, env = "MANAGED_SECRETS_EVENTS_BACKSTOP_INTERVAL", default_value = "30m", value_parser = parse_interval)]
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_BACKSTOP_INTERVAL", default_value = "30m", value_parser = parse_backstop)]
     pub events_backstop_interval: Duration,
     /// A received event comes back this long after it was received unless it was handled.
-    #[arg(long, env = "MANAGED_SECRETS_EVENTS_VISIBILITY_TIMEOUT", default_value = "2m", value_parser = parse_interval)]
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_VISIBILITY_TIMEOUT", default_value = "2m", value_parser = parse_visibility)]
     pub events_visibility_timeout: Duration,
     /// SQS long-poll wait (1s to 20s).
-    #[arg(long, env = "MANAGED_SECRETS_EVENTS_WAIT", default_value = "20s", value_parser = parse_interval)]
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_WAIT", default_value = "20s", value_parser = parse_events_wait)]
     pub events_wait: Duration,
     /// The leader Lease's name.
     #[arg(
@@ -215,6 +215,49 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 fn parse_debounce(s: &str) -> Result<Duration, String> {
     let d = parse_interval(s)?;
     crate::schedule::debounce(Some(s), d).map_err(|e| e.to_string())
+}
+
+/// A duration between `min` and `max` (both included).
+fn parse_bounded(s: &str, min: Duration, max: Duration, what: &str) -> Result<Duration, String> {
+    let d = parse_interval(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "{s:?} is out of range for {what}: {}s to {}s",
+            min.as_secs(),
+            max.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+/// SQS long polls wait 1 to 20 seconds.
+fn parse_events_wait(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(20),
+        "an SQS long poll",
+    )
+}
+
+/// SQS visibility timeouts are at most 12 hours.
+fn parse_visibility(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(12 * 3600),
+        "an SQS visibility timeout",
+    )
+}
+
+/// The backstop is a refresh interval: at most the longest refreshInterval (24h).
+fn parse_backstop(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 3600),
+        "the backstop interval",
+    )
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
@@ -296,5 +339,16 @@ mod tests {
         assert!(
             Cli::try_parse_from(["managed-secrets", "run", "--cache-max-bytes", "lots"]).is_err()
         );
+        for (flag, bad) in [
+            ("--events-wait", "0s"),
+            ("--events-wait", "21s"),
+            ("--events-visibility-timeout", "13h"),
+            ("--events-backstop-interval", "25h"),
+        ] {
+            let e = Cli::try_parse_from(["managed-secrets", "run", flag, bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag) && e.contains("out of range"), "{e}");
+        }
     }
 }

@@ -173,9 +173,6 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let default_region = backend.default_region();
     let events = match &args.events_queue_url {
         Some(url) => {
-            if args.events_wait.is_zero() || args.events_wait > std::time::Duration::from_secs(20) {
-                anyhow::bail!("--events-wait must be 1s to 20s (SQS's long-poll limit)");
-            }
             if args.events_visibility_timeout <= args.events_wait {
                 anyhow::bail!("--events-visibility-timeout must be longer than --events-wait");
             }
