@@ -38,7 +38,13 @@ pub struct SeriesCache {
     hasher: RandomState,
     capacity: usize,
     seen: HashMap<u64, Seen>,
+    /// When a full cache last looked for expired entries (at most once per `SWEEP_EVERY`, so a
+    /// cache full of live entries does not scan itself on every Event).
+    swept: Option<Instant>,
 }
+
+/// How often a full cache looks for expired entries at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// What to do for one Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +61,7 @@ impl SeriesCache {
             hasher: RandomState::new(),
             capacity,
             seen: HashMap::new(),
+            swept: None,
         }
     }
 
@@ -97,8 +104,14 @@ impl SeriesCache {
     ) {
         let key = self.key(ev, regarding);
         if !self.seen.contains_key(&key) && self.seen.len() >= self.capacity {
-            self.seen
-                .retain(|_, s| now.saturating_duration_since(s.last) < SERIES_TTL);
+            if self
+                .swept
+                .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+            {
+                self.swept = Some(now);
+                self.seen
+                    .retain(|_, s| now.saturating_duration_since(s.last) < SERIES_TTL);
+            }
             if self.seen.len() >= self.capacity {
                 return;
             }
@@ -315,6 +328,33 @@ mod tests {
             c.decide(&e, &obj("b", "2"), later),
             Publish::Repeat { count: 6, .. }
         ));
+    }
+
+    #[test]
+    fn a_full_cache_looks_for_expired_entries_at_most_every_30_seconds() {
+        let mut c = SeriesCache::new(1);
+        let t0 = Instant::now();
+        let e = ev("Synced", "");
+        let (a, b) = (obj("a", "1"), obj("b", "2"));
+        c.record(&e, &a, "a.1", 1, t0);
+        let t1 = t0 + SERIES_TTL - Duration::from_secs(10);
+        c.record(&e, &b, "b.1", 1, t1);
+        assert_eq!(
+            c.decide(&e, &b, t1),
+            Publish::Create,
+            "full of a live entry"
+        );
+        // `a` has expired, but the last look was 15s ago: b is still not remembered.
+        let t2 = t1 + Duration::from_secs(15);
+        c.record(&e, &b, "b.1", 1, t2);
+        assert_eq!(c.decide(&e, &b, t2), Publish::Create);
+        let t3 = t1 + SWEEP_EVERY;
+        c.record(&e, &b, "b.1", 1, t3);
+        assert!(matches!(
+            c.decide(&e, &b, t3),
+            Publish::Repeat { count: 2, .. }
+        ));
+        assert_eq!(c.len(), 1);
     }
 
     #[test]
