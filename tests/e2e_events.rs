@@ -78,21 +78,39 @@ async fn drained(moto: &Moto, queue: &str) {
     .await;
 }
 
+/// The cluster, AWS and the event queue of a test.
+async fn ground() -> (Cluster, Moto, String) {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let queue = moto.create_queue("events").await;
+    (c, moto, queue)
+}
+
+/// prod/db/credentials (password `one`) and a Deployment `api` that reads Secret `db`; the
+/// version and the secret's ARN.
+async fn rolling_db(c: &Cluster, moto: &Moto) -> (String, String) {
+    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
+    let arn = moto.arn_of("prod/db/credentials").await;
+    deployment_using(c, "api", "db").await;
+    (v1, arn)
+}
+
+/// ManagedSecret `db`: refreshed hourly (events carry rotations), rolling out `api`.
+async fn create_rolling_ms(c: &Cluster) {
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true},
+                             "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
+}
+
 fn creds(p: &str) -> Value {
     json!({"username": "app", "password": p})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_event_syncs_and_rolls_out_at_once_and_a_duplicate_does_nothing() {
-    let c = Cluster::start().await;
-    let moto = Moto::start().await;
-    let queue = moto.create_queue("events").await;
-    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
-    let arn = moto.arn_of("prod/db/credentials").await;
-    deployment_using(&c, "api", "db").await;
+    let (c, moto, queue) = ground().await;
+    let (v1, arn) = rolling_db(&c, &moto).await;
     let op = operator(&c, &moto, &queue, Duration::from_secs(30)).await;
-    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true},
-                             "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
+    create_rolling_ms(&c).await;
     c.wait_secret_value("db", "password", "one").await;
     wait_rollouts_recorded(&c, "db", &v1, 1).await;
 
@@ -140,9 +158,7 @@ async fn a_rotation_event_syncs_and_rolls_out_at_once_and_a_duplicate_does_nothi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_reads_and_other_secrets_events_are_dropped_without_harm() {
-    let c = Cluster::start().await;
-    let moto = Moto::start().await;
-    let queue = moto.create_queue("events").await;
+    let (c, moto, queue) = ground().await;
     moto.create_json("prod/db/credentials", &creds("one")).await;
     let other = moto.create_json("prod/other/secret", &creds("x")).await;
     let other_arn = moto.arn_of("prod/other/secret").await;
@@ -175,9 +191,7 @@ async fn junk_reads_and_other_secrets_events_are_dropped_without_harm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_queue_fails_polling_carries_on_and_the_metrics_say_so() {
-    let c = Cluster::start().await;
-    let moto = Moto::start().await;
-    let queue = moto.create_queue("events").await;
+    let (c, moto, queue) = ground().await;
     moto.create_json("prod/db/credentials", &creds("one")).await;
     let op = operator(&c, &moto, &queue, Duration::from_secs(30)).await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "2s", "data": {"allKeys": true}}))
@@ -216,16 +230,11 @@ async fn when_the_queue_fails_polling_carries_on_and_the_metrics_say_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_killed_before_deleting_the_message_applies_the_rotation_once_after_redelivery()
 {
-    let c = Cluster::start().await;
-    let moto = Moto::start().await;
-    let queue = moto.create_queue("events").await;
-    let v1 = moto.create_json("prod/db/credentials", &creds("one")).await;
-    let arn = moto.arn_of("prod/db/credentials").await;
-    deployment_using(&c, "api", "db").await;
+    let (c, moto, queue) = ground().await;
+    let (v1, arn) = rolling_db(&c, &moto).await;
     let visibility = Duration::from_secs(3);
     let mut first = operator(&c, &moto, &queue, visibility).await;
-    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true},
-                             "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}})).await;
+    create_rolling_ms(&c).await;
     wait_rollouts_recorded(&c, "db", &v1, 1).await;
     // Secret writes become slow, so the operator is killed after receiving the event and before
     // its sync (and so the message's deletion) completes.
