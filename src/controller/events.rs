@@ -10,7 +10,7 @@ use crate::events::queue::{EventQueue, Message};
 use crate::events::{self, Ignored};
 use crate::source::Changed;
 use kube::runtime::reflector::ObjectRef;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -193,8 +193,7 @@ async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome 
     ctx.metrics.event_received(&event.name);
     // The ManagedSecrets it concerns, grouped by what they read (secret, version, identity).
     let default_region = ctx.settings.default_region.as_deref();
-    let mut groups: BTreeMap<String, (crate::source::SecretRef, Vec<Arc<ManagedSecret>>)> =
-        BTreeMap::new();
+    let mut groups: HashMap<crate::source::SecretRef, Vec<Arc<ManagedSecret>>> = HashMap::new();
     for ms in ctx.scopes.iter().flat_map(|s| s.managed.state()) {
         let region = policies::region_of(&ms, default_region);
         let concerned = event.secrets.iter().any(|named| {
@@ -212,11 +211,9 @@ async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome 
         let Ok(identity) = policies::authorize(ctx, &ms) else {
             continue;
         };
-        let key = sync::secret_ref(&ms, identity);
         groups
-            .entry(format!("{key:?}"))
-            .or_insert_with(|| (key, vec![]))
-            .1
+            .entry(sync::secret_ref(&ms, identity))
+            .or_default()
             .push(ms);
     }
     if groups.is_empty() {
@@ -225,7 +222,7 @@ async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome 
     }
     // Confirm with AWS (the event is a hint); then have the ones behind reconciled now.
     let mut behind: Vec<(Arc<ManagedSecret>, String, Changed)> = vec![];
-    for (key, readers) in groups.into_values() {
+    for (key, readers) in groups {
         let version = match ctx.source.confirm(&key).await {
             Ok(v) => v,
             Err(e) => return Outcome::Retry(format!("AWS could not confirm the event: {e}")),
