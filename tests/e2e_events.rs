@@ -160,7 +160,7 @@ async fn a_rotation_event_syncs_and_rolls_out_at_once_and_a_duplicate_does_nothi
 async fn junk_reads_and_other_secrets_events_are_dropped_without_harm() {
     let (c, moto, queue) = ground().await;
     moto.create_json("prod/db/credentials", &creds("one")).await;
-    let other = moto.create_json("prod/other/secret", &creds("x")).await;
+    moto.create_json("prod/other/secret", &creds("x")).await;
     let other_arn = moto.arn_of("prod/other/secret").await;
     let op = operator(&c, &moto, &queue, Duration::from_secs(30)).await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}}))
@@ -184,7 +184,6 @@ async fn junk_reads_and_other_secrets_events_are_dropped_without_harm() {
         calls,
         "no AWS call for an event nobody needs"
     );
-    assert!(!other.is_empty());
     let ms = c.managed().get("db").await.unwrap();
     assert_eq!(ms.status.unwrap().failures, 0);
 }
