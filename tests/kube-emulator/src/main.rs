@@ -1,5 +1,6 @@
-//! `kube-emulator --listen 127.0.0.1:0 --write-kubeconfig PATH`: prints `listening on URL` first,
-//! writes a kubeconfig, serves until SIGTERM or SIGINT.
+//! `kube-emulator --listen 127.0.0.1:0 --write-kubeconfig PATH`: prints `listening on URL` first
+//! (plain HTTP), then `serving HTTPS on URL`, writes a kubeconfig (HTTPS, its CA, the admin token),
+//! serves until SIGTERM or SIGINT.
 
 use clap::Parser;
 use std::time::Duration;
@@ -13,6 +14,9 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
+    /// Address of the HTTPS listener (the one the kubeconfig names).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen_tls: std::net::SocketAddr,
     /// Where to write a kubeconfig pointing at the emulator.
     #[arg(long)]
     write_kubeconfig: Option<std::path::PathBuf>,
@@ -30,6 +34,7 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let mut emu = kube_emulator::Emulator::start(kube_emulator::Options {
         listen: args.listen,
+        listen_tls: args.listen_tls,
         bookmark_interval: Duration::from_secs(args.bookmark_seconds.max(1)),
     })
     .await?;
@@ -37,6 +42,7 @@ async fn main() -> std::io::Result<()> {
         emu.write_kubeconfig(p)?;
     }
     println!("listening on {}", emu.url());
+    println!("serving HTTPS on {}", emu.https_url());
     use std::io::Write;
     std::io::stdout().flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -88,11 +88,89 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             }
             o
         }
-        _ => return Err(format!("protobuf bodies are accepted for v1 Secret, ConfigMap and DeleteOptions only (got {api_version} {kind})")),
+        ("authorization.k8s.io/v1", _) => review(&kind, raw.as_slice())?,
+        _ => return Err(format!("protobuf bodies are accepted for v1 Secret, ConfigMap, DeleteOptions and the access reviews only (got {api_version} {kind})")),
     };
     obj["apiVersion"] = json!(api_version);
     obj["kind"] = json!(kind);
     Ok(obj)
+}
+
+/// The access reviews kubectl sends (`kubectl auth can-i`): their specs as JSON.
+fn review(kind: &str, raw: &[u8]) -> Result<Value, String> {
+    use k8s_pb::api::authorization::v1 as az;
+    let attrs = |r: Option<az::ResourceAttributes>, n: Option<az::NonResourceAttributes>| {
+        let mut spec = Map::new();
+        if let Some(r) = r {
+            let mut a = Map::new();
+            for (k, v) in [
+                ("namespace", r.namespace),
+                ("verb", r.verb),
+                ("group", r.group),
+                ("version", r.version),
+                ("resource", r.resource),
+                ("subresource", r.subresource),
+                ("name", r.name),
+            ] {
+                if let Some(v) = v.filter(|v| !v.is_empty()) {
+                    a.insert(k.into(), json!(v));
+                }
+            }
+            spec.insert("resourceAttributes".into(), Value::Object(a));
+        }
+        if let Some(n) = n {
+            spec.insert(
+                "nonResourceAttributes".into(),
+                json!({"path": n.path.unwrap_or_default(), "verb": n.verb.unwrap_or_default()}),
+            );
+        }
+        spec
+    };
+    let bad = |e: prost::DecodeError| format!("the {kind} does not decode: {e}");
+    let (metadata, spec) = match kind {
+        "SelfSubjectAccessReview" => {
+            let r = az::SelfSubjectAccessReview::decode(raw).map_err(bad)?;
+            let s = r.spec.unwrap_or_default();
+            (
+                r.metadata,
+                attrs(s.resource_attributes, s.non_resource_attributes),
+            )
+        }
+        "SubjectAccessReview" | "LocalSubjectAccessReview" => {
+            let (metadata, s) = if kind == "SubjectAccessReview" {
+                let r = az::SubjectAccessReview::decode(raw).map_err(bad)?;
+                (r.metadata, r.spec.unwrap_or_default())
+            } else {
+                let r = az::LocalSubjectAccessReview::decode(raw).map_err(bad)?;
+                (r.metadata, r.spec.unwrap_or_default())
+            };
+            let mut spec = attrs(s.resource_attributes, s.non_resource_attributes);
+            if let Some(u) = s.user {
+                spec.insert("user".into(), json!(u));
+            }
+            if !s.groups.is_empty() {
+                spec.insert("groups".into(), json!(s.groups));
+            }
+            if let Some(u) = s.uid {
+                spec.insert("uid".into(), json!(u));
+            }
+            (metadata, spec)
+        }
+        "SelfSubjectRulesReview" => {
+            let r = az::SelfSubjectRulesReview::decode(raw).map_err(bad)?;
+            let mut spec = Map::new();
+            if let Some(ns) = r.spec.and_then(|s| s.namespace) {
+                spec.insert("namespace".into(), json!(ns));
+            }
+            (r.metadata, spec)
+        }
+        other => {
+            return Err(format!(
+                "no protobuf decoder for authorization.k8s.io/v1 {other}"
+            ))
+        }
+    };
+    Ok(json!({"metadata": meta(metadata.unwrap_or_default()), "spec": spec}))
 }
 
 /// The writable part of ObjectMeta (what a client may send; the rest is the server's).
@@ -215,7 +293,7 @@ mod tests {
     fn other_kinds_and_bad_bodies_are_refused() {
         assert!(decode(&encode("apps/v1", "Deployment", vec![]))
             .unwrap_err()
-            .contains("Secret, ConfigMap and DeleteOptions only"));
+            .contains("Secret, ConfigMap, DeleteOptions and the access reviews only"));
         assert!(decode(b"{}").unwrap_err().contains("envelope"));
         assert!(decode(b"k8s\0\xff\xff").is_err());
     }

@@ -387,6 +387,46 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
             false,
         ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            false,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "localsubjectaccessreviews",
+            "LocalSubjectAccessReview",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+            false,
+            &[],
+            false,
+            false,
+        ),
     ];
     for r in v.iter_mut() {
         if [
@@ -406,6 +446,9 @@ pub fn builtins() -> Vec<ResourceType> {
         }
         if r.plural == "customresourcedefinitions" {
             r.categories = vec!["api-extensions".into()];
+        }
+        if r.group == "authorization.k8s.io" {
+            r.verbs = vec!["create"];
         }
         if r.plural == "namespaces" {
             r.verbs = vec![

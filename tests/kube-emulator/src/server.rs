@@ -1,6 +1,7 @@
 //! The HTTP side: routing of Kubernetes REST paths, the verbs, watch streams, Table output,
 //! discovery, and the admin endpoints for fault injection and request counters.
 
+use crate::auth::{self, Attributes, UserInfo};
 use crate::error::ApiError;
 use crate::fields::{self, Schema};
 use crate::resources::{self, ResourceType};
@@ -43,11 +44,16 @@ fn one() -> u64 {
 pub struct Admin {
     pub faults: Vec<Fault>,
     pub counters: BTreeMap<(String, String, String), u64>,
+    /// Requests by who made them: (user, verb, API group, resource[/subresource], namespace,
+    /// allowed) -> count. What a ServiceAccount actually did, for checking its RBAC.
+    pub audit: BTreeMap<(String, String, String, String, String, bool), u64>,
 }
 
 pub struct AppState {
     pub inner: Mutex<Inner>,
     pub admin: Mutex<Admin>,
+    /// Tokens issued by the TokenRequest API.
+    pub tokens: Mutex<auth::Tokens>,
     pub tx: broadcast::Sender<Arc<Change>>,
     /// Bumped to end every open watch.
     pub watch_epoch: watch::Sender<u64>,
@@ -64,6 +70,7 @@ impl AppState {
         Arc::new(AppState {
             inner: Mutex::new(Inner::new(tx.clone())),
             admin: Mutex::new(Admin::default()),
+            tokens: Mutex::new(auth::Tokens::default()),
             tx,
             watch_epoch: we,
             controllers: Notify::new(),
@@ -169,8 +176,27 @@ pub async fn handle(
         .filter(|s| !s.is_empty())
         .collect();
     let q = query_map(&uri);
+    if let ["__admin", rest @ ..] = segs.as_slice() {
+        return admin(&state, &method, rest, &body);
+    }
+    // Authentication, impersonation, then authorization: before anything else is looked at.
+    let user = match who(&state, &headers) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let target = match segs.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => parse_resource_path("", "v1", rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => parse_resource_path(g, v, rest),
+        _ => None,
+    };
+    let attrs = match &target {
+        Some(t) => resource_attributes(&method, t, &q),
+        None => Attributes::path(&method.as_str().to_ascii_lowercase(), &path),
+    };
+    if let Err(e) = authorize(&state, &user, &attrs) {
+        return e.into_response();
+    }
     match segs.as_slice() {
-        ["__admin", rest @ ..] => return admin(&state, &method, rest, &body),
         ["version"] => {
             return json_response(
                 StatusCode::OK,
@@ -209,11 +235,6 @@ pub async fn handle(
         }
         _ => {}
     }
-    let target = match segs.as_slice() {
-        ["api", "v1", rest @ ..] => parse_resource_path("", "v1", rest),
-        ["apis", g, v, rest @ ..] => parse_resource_path(g, v, rest),
-        _ => None,
-    };
     let Some(t) = target else {
         return ApiError::path_not_found().into_response();
     };
@@ -259,11 +280,20 @@ pub async fn handle(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if let Some(code) = fault_code {
-        return fault_response(code, verb, &t, &res_name);
+        return fault_response(code, &user, &attrs);
+    }
+    if t.group == "authorization.k8s.io" {
+        return access_review(&state, &user, &t, verb, &body, &headers, &q);
     }
     if t.group.is_empty() && t.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") {
         return match verb {
-            "create" => token_request(&state, &t, &body),
+            "create" => {
+                let manager = q
+                    .get("fieldManager")
+                    .cloned()
+                    .unwrap_or_else(|| default_manager(&headers));
+                token_request(&state, &t, &body, &manager)
+            }
             _ => ApiError::new(
                 405,
                 "MethodNotAllowed",
@@ -351,7 +381,10 @@ pub async fn handle(
         "create" => create(&state, &rt, &t, &body, &ctype, &manager, dry_run)
             .map(|(v, _)| (StatusCode::CREATED, v)),
         "update" => update(&state, &rt, &t, sub, &body, &manager, dry_run),
-        "patch" => patch(&state, &rt, &t, sub, &body, &ctype, &manager, &q, dry_run),
+        "patch" => match apply_create_denied(&state, &user, &attrs, &rt, &t, &ctype) {
+            Some(e) => Err(e),
+            None => patch(&state, &rt, &t, sub, &body, &ctype, &manager, &q, dry_run),
+        },
         "delete" => delete(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v)),
         "deletecollection" => {
             delete_collection(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v))
@@ -372,39 +405,9 @@ pub async fn handle(
 /// An injected failure, answered as the real server answers it: 403 from the authorizer (with its
 /// message naming the user, verb and resource), 429 from priority and fairness (Retry-After header
 /// and details.retryAfterSeconds), and the plain 409/500/503/504 bodies.
-fn fault_response(code: u16, verb: &str, t: &Target, res_name: &str) -> Response {
-    let group = if t.group.is_empty() {
-        "\"\"".to_string()
-    } else {
-        format!("\"{}\"", t.group)
-    };
-    let scope = match &t.namespace {
-        Some(ns) => format!("in the namespace \"{ns}\""),
-        None => "at the cluster scope".to_string(),
-    };
+fn fault_response(code: u16, user: &UserInfo, attrs: &Attributes) -> Response {
     match code {
-        403 => {
-            let who = "system:serviceaccount:managed-secrets:managed-secrets";
-            let name = t
-                .name
-                .as_deref()
-                .map(|n| format!(" \"{n}\""))
-                .unwrap_or_default();
-            let mut e = ApiError::new(
-                403,
-                "Forbidden",
-                format!("{res_name}{name} is forbidden: User \"{who}\" cannot {verb} resource \"{}\" in API group {group} {scope}", t.plural),
-            );
-            let mut d = json!({"kind": t.plural});
-            if let Some(n) = &t.name {
-                d["name"] = json!(n);
-            }
-            if !t.group.is_empty() {
-                d["group"] = json!(t.group);
-            }
-            e.details = Some(d);
-            e.into_response()
-        }
+        403 => auth::forbidden(user, attrs).into_response(),
         429 => {
             let mut e = ApiError::new(
                 429,
@@ -425,9 +428,182 @@ fn fault_response(code: u16, verb: &str, t: &Target, res_name: &str) -> Response
                 504 => "Timeout",
                 _ => "InternalError",
             };
-            ApiError::new(code, reason, format!("injected fault: {verb} {res_name}"))
-                .into_response()
+            let what = match &attrs.target {
+                auth::AttrTarget::Resource {
+                    resource,
+                    subresource,
+                    ..
+                } if !subresource.is_empty() => format!("{resource}/{subresource}"),
+                auth::AttrTarget::Resource { resource, .. } => resource.clone(),
+                auth::AttrTarget::Path(p) => p.clone(),
+            };
+            ApiError::new(
+                code,
+                reason,
+                format!("injected fault: {} {what}", attrs.verb),
+            )
+            .into_response()
         }
+    }
+}
+
+/// Who a request is from (its bearer token), and who it acts as (impersonation headers).
+fn who(state: &AppState, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
+    let inner = state.lock();
+    let user = {
+        let tokens = state.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        auth::authenticate(headers, &tokens, &inner).ok_or_else(auth::unauthorized)?
+    };
+    auth::impersonate(&inner, user, headers)
+}
+
+/// The authorizer's view of a resource request (the API server's RequestInfo): the verb, the
+/// namespace (a Namespace's own name for `namespaces`), and the name, which a list or watch takes
+/// from a `metadata.name` field selector.
+fn resource_attributes(method: &Method, t: &Target, q: &HashMap<String, String>) -> Attributes {
+    let verb = verb_of(method, t, q);
+    let by_selector = || {
+        q.get("fieldSelector")?
+            .split(',')
+            .find_map(|term| {
+                let v = term.trim().strip_prefix("metadata.name")?;
+                v.strip_prefix("==").or_else(|| v.strip_prefix('='))
+            })
+            .map(String::from)
+    };
+    let name = t
+        .name
+        .clone()
+        .or_else(|| matches!(verb, "list" | "watch").then(by_selector).flatten())
+        .unwrap_or_default();
+    let namespace = match (&t.namespace, t.group.is_empty() && t.plural == "namespaces") {
+        (_, true) => t.name.clone().unwrap_or_default(),
+        (ns, false) => ns.clone().unwrap_or_default(),
+    };
+    Attributes::resource(
+        verb,
+        &t.group,
+        &t.plural,
+        t.sub.as_deref().unwrap_or(""),
+        &namespace,
+        &name,
+    )
+}
+
+/// RBAC's decision, recorded by user for `/__admin/audit`; a denial is the real 403.
+fn authorize(state: &AppState, user: &UserInfo, attrs: &Attributes) -> Result<(), ApiError> {
+    let allowed = auth::authorize(&state.lock(), user, attrs).allowed;
+    let (group, resource, ns) = match &attrs.target {
+        auth::AttrTarget::Resource {
+            group,
+            resource,
+            subresource,
+            namespace,
+            ..
+        } => {
+            let r = if subresource.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}/{subresource}")
+            };
+            (group.clone(), r, namespace.clone())
+        }
+        auth::AttrTarget::Path(p) => (String::new(), p.clone(), String::new()),
+    };
+    *state
+        .admin
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .audit
+        .entry((
+            user.name.clone(),
+            attrs.verb.clone(),
+            group,
+            resource,
+            ns,
+            allowed,
+        ))
+        .or_default() += 1;
+    if allowed {
+        Ok(())
+    } else {
+        Err(auth::forbidden(user, attrs))
+    }
+}
+
+/// A server-side apply of an object that does not exist creates it, and the API server checks
+/// `create` for that too (with a 403 whose reason is empty); `patch` alone is not enough.
+fn apply_create_denied(
+    state: &AppState,
+    user: &UserInfo,
+    attrs: &Attributes,
+    rt: &ResourceType,
+    t: &Target,
+    ctype: &str,
+) -> Option<ApiError> {
+    if !ctype.contains("apply-patch") {
+        return None;
+    }
+    let name = t.name.as_deref()?;
+    let srt = storage(state, rt);
+    let inner = state.lock();
+    if inner
+        .get(&srt, t.namespace.as_deref().unwrap_or(""), name)
+        .is_some()
+    {
+        return None;
+    }
+    if auth::authorize(&inner, user, &attrs.with_verb("create")).allowed {
+        return None;
+    }
+    Some(auth::forbidden_create(&t.group, &t.plural, name))
+}
+
+/// The access review APIs (authorization.k8s.io): create only.
+fn access_review(
+    state: &AppState,
+    user: &UserInfo,
+    t: &Target,
+    verb: &str,
+    body: &Bytes,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Response {
+    if verb != "create" || t.name.is_some() {
+        return ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+        .into_response();
+    }
+    let ctype = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let decoded = if ctype.contains("protobuf") {
+        crate::protobuf::decode(body)
+    } else {
+        serde_json::from_slice(body).map_err(|e| format!("error decoding JSON: {e}"))
+    };
+    let req: Value = match decoded {
+        Ok(v) => v,
+        Err(e) => return ApiError::bad_request(e).into_response(),
+    };
+    let manager = q
+        .get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| default_manager(headers));
+    match auth::review(
+        &state.lock(),
+        user,
+        &t.plural,
+        t.namespace.as_deref(),
+        &req,
+        &manager,
+    ) {
+        Ok(v) => json_response(StatusCode::CREATED, &v),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -859,10 +1035,13 @@ fn apply(
             continue;
         }
         // secrets: stringData ownership removes the corresponding data key
+        // (unless this apply sets that data key itself, or someone else owns it).
         if srt.plural == "secrets" && p.first().map(String::as_str) == Some("f:stringData") {
             let mut dp = p.clone();
             dp[0] = "f:data".into();
-            fields::remove_at(&mut merged, &dp);
+            if !new_set.contains(&dp) && !others.iter().any(|s| s.contains(&dp)) {
+                fields::remove_at(&mut merged, &dp);
+            }
             continue;
         }
         fields::remove_at(&mut merged, p);
@@ -1066,9 +1245,9 @@ fn list(
 
 /// `POST .../serviceaccounts/NAME/token`: a TokenRequest answered with a JWT-shaped token for the
 /// ServiceAccount (audiences and expiry as asked; 10 minutes at least, one hour by default), as the
-/// API server's TokenRequest API answers. The token is not signed by a key anyone can check: the
-/// emulator has no authenticator that would read it back.
-fn token_request(state: &AppState, t: &Target, body: &Bytes) -> Response {
+/// API server's TokenRequest API answers. The token is not signed by a key anyone can check; the
+/// emulator remembers it, and it authenticates as the ServiceAccount while that exists (auth.rs).
+fn token_request(state: &AppState, t: &Target, body: &Bytes, manager: &str) -> Response {
     let (Some(ns), Some(name)) = (t.namespace.as_deref(), t.name.as_deref()) else {
         return ApiError::path_not_found().into_response();
     };
@@ -1095,7 +1274,7 @@ fn token_request(state: &AppState, t: &Target, body: &Bytes) -> Response {
         .and_then(Value::as_array)
         .filter(|a| !a.is_empty())
         .cloned()
-        .unwrap_or_else(|| vec![json!("https://kubernetes.default.svc.cluster.local")]);
+        .unwrap_or_else(|| auth::API_AUDIENCES.iter().map(|a| json!(a)).collect());
     let exp = req
         .pointer("/spec/expirationSeconds")
         .and_then(Value::as_i64)
@@ -1127,6 +1306,25 @@ fn token_request(state: &AppState, t: &Target, body: &Bytes) -> Response {
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(sha2::Sha256::digest(signing_input.as_bytes()))
     };
+    let token = format!("{signing_input}.{signature}");
+    state
+        .tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .issue(
+            token.clone(),
+            auth::IssuedToken {
+                namespace: ns.into(),
+                name: name.into(),
+                uid: md_str(&sa, "uid").into(),
+                expires: now + exp,
+                audiences: audiences
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
+            },
+        );
     let expires = chrono::DateTime::from_timestamp(now + exp, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
@@ -1134,9 +1332,13 @@ fn token_request(state: &AppState, t: &Target, body: &Bytes) -> Response {
         StatusCode::CREATED,
         &json!({
             "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": null,
+                "managedFields": [{"manager": manager, "operation": "Update",
+                    "apiVersion": "authentication.k8s.io/v1", "time": crate::store::now(),
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:expirationSeconds": {}}},
+                    "subresource": "token"}]},
             "spec": {"audiences": audiences, "expirationSeconds": exp, "boundObjectRef": null},
-            "status": {"token": format!("{signing_input}.{signature}"), "expirationTimestamp": expires}
+            "status": {"token": token, "expirationTimestamp": expires}
         }),
     )
 }
@@ -1487,6 +1689,7 @@ fn admin(state: &AppState, method: &Method, rest: &[&str], body: &Bytes) -> Resp
                 .collect();
             json_response(StatusCode::OK, &json!({"counters": list}))
         }
+        ("GET", ["audit"]) => json_response(StatusCode::OK, &audit(state)),
         ("DELETE", ["counters"]) | ("POST", ["counters", "reset"]) => {
             state
                 .admin
@@ -1507,6 +1710,19 @@ fn admin(state: &AppState, method: &Method, rest: &[&str], body: &Bytes) -> Resp
         }
         _ => ApiError::path_not_found().into_response(),
     }
+}
+
+/// Every request so far by user, verb, API group, resource, namespace and decision, with counts.
+pub fn audit(state: &AppState) -> Value {
+    let a = state.admin.lock().unwrap_or_else(|e| e.into_inner());
+    let list: Vec<Value> = a
+        .audit
+        .iter()
+        .map(|((u, v, g, r, n, ok), c)| {
+            json!({"user": u, "verb": v, "group": g, "resource": r, "namespace": n, "allowed": ok, "count": c})
+        })
+        .collect();
+    json!({ "requests": list })
 }
 
 /// Runs the built-in controllers (workloads, CRD status, garbage collection, namespaces).

@@ -4,7 +4,7 @@
 //! managedFields, no-op detection, finalizers).
 
 use crate::error::ApiError;
-use crate::fields::{self, FieldSet, Schema};
+use crate::fields::{self, FieldPath, FieldSet, Schema};
 use crate::resources::{self, ResourceType};
 use crate::validate;
 use serde_json::{json, Map, Value};
@@ -138,6 +138,21 @@ impl Inner {
                     WriteCtx::update("kube-apiserver", Sub::Main),
                 )
                 .expect("namespace bootstrap");
+        }
+        for (plural, obj) in crate::auth::bootstrap_policy() {
+            let rt = inner.types[&format!("rbac.authorization.k8s.io/{plural}")].clone();
+            let name = md_str(&obj, "name").to_string();
+            inner
+                .write(
+                    &rt,
+                    "v1",
+                    "",
+                    &name,
+                    None,
+                    obj,
+                    WriteCtx::update("kube-apiserver", Sub::Main),
+                )
+                .expect("RBAC bootstrap");
         }
         inner
     }
@@ -337,7 +352,12 @@ impl Inner {
             }
         }
         if created {
-            if let Some(c) = validate::validate_name(name, rt.plural == "namespaces") {
+            let invalid = if rt.group == "rbac.authorization.k8s.io" {
+                validate::validate_path_segment_name(name)
+            } else {
+                validate::validate_name(name, rt.plural == "namespaces")
+            };
+            if let Some(c) = invalid {
                 return Err(ApiError::invalid(rt, name, vec![c]));
             }
             if rt.namespaced && !self.namespace_exists(ns) {
@@ -678,12 +698,16 @@ impl Inner {
                 sets.push(mine_set);
             }
         }
-        // Drop fields that no longer exist in the object.
+        // Drop fields that no longer exist in the object (a Secret's stringData is kept as
+        // written, though folded into data, as the real server keeps it).
+        let string_data = |p: &FieldPath| {
+            rt.plural == "secrets" && p.first().map(String::as_str) == Some("f:stringData")
+        };
         let mut out = vec![];
         for (i, mut e) in entries.into_iter().enumerate() {
             let set: FieldSet = sets[i]
                 .iter()
-                .filter(|p| fields::get_at(new, p).is_some())
+                .filter(|p| fields::get_at(new, p).is_some() || string_data(p))
                 .cloned()
                 .collect();
             if set.is_empty() {

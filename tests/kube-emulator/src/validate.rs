@@ -291,6 +291,23 @@ pub fn validate_name(name: &str, label_only: bool) -> Option<Cause> {
     None
 }
 
+/// Names of RBAC objects: any path segment (`system:basic-user` is one), as
+/// `path.ValidatePathSegmentName` checks them.
+pub fn validate_path_segment_name(name: &str) -> Option<Cause> {
+    let why = if name == "." || name == ".." {
+        format!("may not be '{name}'")
+    } else if let Some(c) = ['/', '%'].into_iter().find(|c| name.contains(*c)) {
+        format!("may not contain '{c}'")
+    } else {
+        return None;
+    };
+    Some(Cause {
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {name:?}: {why}"),
+        field: "metadata.name".into(),
+    })
+}
+
 pub const SECRET_MAX_BYTES: usize = 1024 * 1024;
 
 /// Folds `stringData` into `data` (base64) as the Secret's REST strategy does.

@@ -781,7 +781,8 @@ async fn injected_403_and_429_look_like_the_authorizer_and_priority_and_fairness
     assert_eq!(e["reason"], "Forbidden");
     assert_eq!(
         e["message"],
-        "secrets is forbidden: User \"system:serviceaccount:managed-secrets:managed-secrets\" cannot list resource \"secrets\" in API group \"\" in the namespace \"ref\""
+        "secrets is forbidden: User \"admin\" cannot list resource \"secrets\" in API group \"\" in the namespace \"ref\"",
+        "an injected 403 names the user who asked"
     );
     assert_eq!(e["details"], json!({"kind": "secrets"}));
     api.send(
@@ -1023,4 +1024,258 @@ async fn metadata_only_lists_and_watches_answer_partial_object_metadata() {
     let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first["type"], "ADDED");
     assert_eq!(first["object"]["kind"], "PartialObjectMetadata");
+}
+
+/// A ServiceAccount token authenticates as the ServiceAccount only while it exists; unknown tokens
+/// are 401, no token is system:anonymous.
+#[tokio::test]
+async fn tokens_authenticate_their_service_account_until_it_is_deleted() {
+    let api = start().await;
+    api.post(
+        "/api/v1/namespaces/ref/serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op"}}),
+    )
+    .await;
+    let (c, tr) = api
+        .post(
+            "/api/v1/namespaces/ref/serviceaccounts/op/token",
+            json!({"spec": {"expirationSeconds": 600}}),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let token = tr["status"]["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        tr["spec"]["audiences"],
+        json!(["https://kubernetes.default.svc", "sts.amazonaws.com"])
+    );
+    let (c, e) = api
+        .send_as(
+            Some(&token),
+            &[],
+            "GET",
+            "/api/v1/namespaces/ref/secrets",
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!(c, 403);
+    assert_eq!(e["message"], "secrets is forbidden: User \"system:serviceaccount:ref:op\" cannot list resource \"secrets\" in API group \"\" in the namespace \"ref\"");
+    let (c, _) = api
+        .send_as(
+            Some(&token),
+            &[],
+            "GET",
+            "/version",
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!(c, 200, "system:public-info-viewer");
+    let (c, _) = api
+        .send_as(None, &[], "GET", "/apis", "application/json", None)
+        .await;
+    assert_eq!(c, 403, "discovery is for signed-in users only");
+    // A token for another audience is not for the API server.
+    let (_, other) = api
+        .post(
+            "/api/v1/namespaces/ref/serviceaccounts/op/token",
+            json!({"spec": {"audiences": ["vault"], "expirationSeconds": 600}}),
+        )
+        .await;
+    let (c, e) = api
+        .send_as(
+            other["status"]["token"].as_str(),
+            &[],
+            "GET",
+            "/version",
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!((c, e["reason"].as_str()), (401, Some("Unauthorized")));
+    let (c, _) = api
+        .delete("/api/v1/namespaces/ref/serviceaccounts/op", None)
+        .await;
+    assert_eq!(c, 200);
+    let (c, e) = api
+        .send_as(
+            Some(&token),
+            &[],
+            "GET",
+            "/version",
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!((c, e["message"].as_str()), (401, Some("Unauthorized")));
+}
+
+/// RBAC as the real authorizer evaluates it: a ClusterRole bound by a RoleBinding grants in that
+/// namespace only, a ClusterRoleBinding everywhere; a Group subject; resourceNames narrow a watch
+/// to the object its field selector names; impersonation needs the impersonate verb.
+#[tokio::test]
+async fn rbac_bindings_scope_names_groups_and_impersonation() {
+    let api = start().await;
+    for ns in ["a", "b"] {
+        api.post(
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await;
+    }
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    api.post(&format!("{rbac}/clusterroles"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "reader"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
+                  {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["lead"], "verbs": ["list", "watch"]}]})).await;
+    api.post(&format!("{rbac}/namespaces/a/rolebindings"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "readers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "reader"},
+        "subjects": [{"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}]})).await;
+    let jane = [("Impersonate-User", "jane"), ("Impersonate-Group", "devs")];
+    let admin = Some(kube_emulator::auth::ADMIN_TOKEN);
+    let get = |path: &'static str| api.send_as(admin, &jane, "GET", path, "application/json", None);
+    assert_eq!(get("/api/v1/namespaces/a/configmaps").await.0, 200);
+    let (c, e) = get("/api/v1/namespaces/b/configmaps").await;
+    assert_eq!(c, 403, "{e}");
+    assert_eq!(get("/api/v1/configmaps").await.0, 403, "not cluster-wide");
+    // resourceNames: a list or watch narrowed to the name by a field selector is allowed.
+    assert_eq!(
+        get("/apis/coordination.k8s.io/v1/namespaces/a/leases?fieldSelector=metadata.name%3Dlead")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get("/apis/coordination.k8s.io/v1/namespaces/a/leases")
+            .await
+            .0,
+        403
+    );
+    // A ClusterRoleBinding grants in every namespace.
+    api.post(&format!("{rbac}/clusterrolebindings"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "readers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "reader"},
+        "subjects": [{"kind": "User", "name": "jane", "apiGroup": "rbac.authorization.k8s.io"}]})).await;
+    assert_eq!(get("/api/v1/namespaces/b/configmaps").await.0, 200);
+    assert_eq!(get("/api/v1/configmaps").await.0, 200);
+    // A ServiceAccount may impersonate jane only with the impersonate verb on that user.
+    api.post(
+        "/api/v1/namespaces/ref/serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sudo"}}),
+    )
+    .await;
+    let (_, tr) = api
+        .post(
+            "/api/v1/namespaces/ref/serviceaccounts/sudo/token",
+            json!({"spec": {}}),
+        )
+        .await;
+    let sudo = tr["status"]["token"].as_str().unwrap().to_string();
+    let as_jane = [("Impersonate-User", "jane")];
+    let (c, e) = api
+        .send_as(
+            Some(&sudo),
+            &as_jane,
+            "GET",
+            "/api/v1/configmaps",
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!(c, 403);
+    assert_eq!(e["details"], json!({"name": "jane", "kind": "users"}));
+    api.post(&format!("{rbac}/clusterroles"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "impersonator"},
+        "rules": [{"apiGroups": [""], "resources": ["users"], "resourceNames": ["jane"], "verbs": ["impersonate"]}]})).await;
+    api.post(&format!("{rbac}/clusterrolebindings"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "impersonator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "impersonator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "sudo", "namespace": "ref"}]})).await;
+    let (c, e) = api
+        .send_as(
+            Some(&sudo),
+            &as_jane,
+            "GET",
+            "/api/v1/configmaps",
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!(c, 200, "{e}");
+    // Impersonating a group needs its own grant.
+    let (c, e) = api
+        .send_as(
+            Some(&sudo),
+            &jane,
+            "GET",
+            "/api/v1/configmaps",
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!(c, 403);
+    assert_eq!(e["details"]["kind"], "groups");
+}
+
+/// A server-side apply that would create an object is authorized as `create` too, with the
+/// real server's empty reason; patching an existing one needs `patch` only.
+#[tokio::test]
+async fn an_apply_that_creates_needs_create() {
+    let api = start().await;
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    api.post(
+        "/api/v1/namespaces/ref/serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op"}}),
+    )
+    .await;
+    api.post(&format!("{rbac}/namespaces/ref/roles"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "op"},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"]}]})).await;
+    api.post(&format!("{rbac}/namespaces/ref/rolebindings"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "op"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
+        "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": "ref"}]})).await;
+    let (_, tr) = api
+        .post(
+            "/api/v1/namespaces/ref/serviceaccounts/op/token",
+            json!({"spec": {}}),
+        )
+        .await;
+    let token = tr["status"]["token"].as_str().unwrap().to_string();
+    let body = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
+    let path = "/apis/apps/v1/namespaces/ref/deployments/web?fieldManager=op&force=true";
+    let (c, e) = api
+        .send_as(
+            Some(&token),
+            &[],
+            "PATCH",
+            path,
+            "application/apply-patch+yaml",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(c, 403);
+    assert_eq!(e["message"], "deployments.apps \"web\" is forbidden: ");
+    assert_eq!(
+        e["details"],
+        json!({"name": "web", "group": "apps", "kind": "deployments"})
+    );
+    assert_eq!(
+        api.get("/apis/apps/v1/namespaces/ref/deployments/web")
+            .await
+            .0,
+        404,
+        "nothing created"
+    );
+    // Once it exists, patch is enough.
+    let (c, _) = api.apply(path, body.clone()).await;
+    assert_eq!(c, 201);
+    let mut b = body;
+    b["metadata"]["annotations"] = json!({"x": "y"});
+    let (c, e) = api
+        .send_as(
+            Some(&token),
+            &[],
+            "PATCH",
+            path,
+            "application/apply-patch+yaml",
+            Some(b),
+        )
+        .await;
+    assert_eq!(c, 200, "{e}");
 }

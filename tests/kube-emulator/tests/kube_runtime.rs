@@ -12,7 +12,7 @@ use std::time::Duration;
 
 async fn client(api: &common::Api) -> Client {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cfg = kube::Config::new(api.emu.url().parse().unwrap());
+    let cfg = common::admin_config(&api.emu);
     Client::try_from(cfg).unwrap()
 }
 

@@ -321,3 +321,89 @@ async fn kubectl_get_watch_sees_changes() {
         "new object in the watch: {out}"
     );
 }
+
+/// `kubectl auth can-i` (SelfSubjectAccessReview, with impersonation for `--as`) and
+/// `kubectl auth can-i --list` (SelfSubjectRulesReview) answer from the RBAC objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_answers_from_rbac() {
+    let api = common::start().await;
+    let k = K::new(&api);
+    k.ok(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: op, namespace: ref}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: op, namespace: ref}
+rules:
+- {apiGroups: [""], resources: [secrets], verbs: [get, patch]}
+- {apiGroups: [apps], resources: [deployments/status], verbs: [patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: op, namespace: ref}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: op}
+subjects: [{kind: ServiceAccount, name: op, namespace: ref}]
+"#,
+        ),
+    )
+    .await;
+    let sa = "system:serviceaccount:ref:op";
+    let can = |args: Vec<&'static str>| {
+        let k = &k;
+        async move {
+            let mut a = vec!["auth", "can-i"];
+            a.extend(args);
+            let (_, out, _) = k.run(&a, None).await;
+            out.trim().to_string()
+        }
+    };
+    assert_eq!(
+        can(vec!["create", "secrets", "-n", "ref"]).await,
+        "yes",
+        "admin"
+    );
+    assert_eq!(
+        can(vec!["patch", "secrets", "-n", "ref", "--as", sa]).await,
+        "yes"
+    );
+    assert_eq!(
+        can(vec!["create", "secrets", "-n", "ref", "--as", sa]).await,
+        "no"
+    );
+    assert_eq!(
+        can(vec!["patch", "secrets", "-n", "default", "--as", sa]).await,
+        "no",
+        "a Role grants in its own namespace only"
+    );
+    assert_eq!(
+        can(vec![
+            "patch",
+            "deployments",
+            "--subresource",
+            "status",
+            "-n",
+            "ref",
+            "--as",
+            sa
+        ])
+        .await,
+        "yes"
+    );
+    assert_eq!(
+        can(vec!["patch", "deployments", "-n", "ref", "--as", sa]).await,
+        "no"
+    );
+    let list = k
+        .ok(&["auth", "can-i", "--list", "-n", "ref", "--as", sa], None)
+        .await;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("secrets ") && l.contains("[get patch]")),
+        "{list}"
+    );
+}

@@ -8,6 +8,8 @@ use kube_emulator::{Emulator, Options};
 use prost::Message;
 use serde_json::Value;
 
+mod common;
+
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 
 fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
@@ -26,7 +28,7 @@ fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
 }
 
 async fn send(method: reqwest::Method, url: &str, body: Vec<u8>) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = common::admin_client()
         .request(method, url)
         .header("content-type", PROTOBUF)
         .header("accept", format!("{PROTOBUF},application/json"))
@@ -127,7 +129,7 @@ async fn protobuf_creates_updates_and_deletes_of_secrets() {
 async fn a_streaming_list_ends_its_initial_events_with_a_bookmark() {
     use futures::StreamExt;
     let emu = Emulator::start(Options::default()).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = common::admin_client();
     let base = format!("{}/api/v1/namespaces/default/configmaps", emu.url());
     for name in ["a", "b"] {
         let r = http

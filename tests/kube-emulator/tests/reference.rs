@@ -65,6 +65,27 @@ const DEVIATIONS: &[(&str, &str, &str)] = &[
         "items",
         "controller events; our own event compared below",
     ),
+    // The version of the emulator is its own.
+    (
+        "SA: a non-resource URL it has (via system:discovery/system:public-info-viewer) -> 200",
+        "gitVersion",
+        "the emulator's own version",
+    ),
+    (
+        "SA: a non-resource URL it has (via system:discovery/system:public-info-viewer) -> 200",
+        "gitCommit",
+        "the emulator's own version",
+    ),
+    (
+        "SA: a non-resource URL it has (via system:discovery/system:public-info-viewer) -> 200",
+        "buildDate",
+        "the emulator's own version",
+    ),
+    (
+        "SA: merge-patch the Deployment (deployments patch) -> 200",
+        "status",
+        "simulated ready Pods",
+    ),
     // The root CA ConfigMap is published by kube-controller-manager in every namespace.
     (
         "watch without resourceVersion: synthetic ADDED for current objects first",
@@ -79,9 +100,19 @@ fn normalize(v: &Value) -> Value {
             let mut out = Map::new();
             for (k, x) in m {
                 match k.as_str() {
-                    "uid" | "resourceVersion" | "creationTimestamp" | "managedFields"
-                    | "lastTransitionTime" | "lastUpdateTime" | "time" | "eventTime"
-                    | "deletionTimestamp" | "acquireTime" | "renewTime" | "continue" => {
+                    "uid"
+                    | "resourceVersion"
+                    | "creationTimestamp"
+                    | "managedFields"
+                    | "lastTransitionTime"
+                    | "lastUpdateTime"
+                    | "time"
+                    | "eventTime"
+                    | "deletionTimestamp"
+                    | "acquireTime"
+                    | "renewTime"
+                    | "continue"
+                    | "expirationTimestamp" => {
                         out.insert(k.clone(), json!("<normalized>"));
                     }
                     _ => {
@@ -141,6 +172,8 @@ fn without(v: &Value, key: &str) -> Value {
 
 struct Replay {
     api: common::Api,
+    /// Bearer tokens issued by TokenRequest exchanges, by ServiceAccount (`ns/name`).
+    tokens: HashMap<String, String>,
     /// name -> uid of objects created so far (to fill `<uid>` in recorded request bodies).
     uids: HashMap<String, String>,
     /// recorded resourceVersion -> ours.
@@ -210,7 +243,42 @@ impl Replay {
             b => Some(self.fill(b)),
         };
         let want_code = resp["status"].as_u64().unwrap() as u16;
-        let (code, got) = if let Some(accept) = req["accept"].as_str() {
+        // Who the recorded client was: the administrator unless the exchange says otherwise.
+        let auth = req["auth"].as_str().unwrap_or("admin (system:masters)");
+        let headers: Vec<(String, String)> = req["headers"]
+            .as_object()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let token = match auth {
+            a if a.starts_with("admin") => Some(kube_emulator::auth::ADMIN_TOKEN.to_string()),
+            "none" => None,
+            "invalid token" => Some("not-a-token-the-server-issued".to_string()),
+            a => {
+                let sa = a
+                    .strip_prefix("ServiceAccount ")
+                    .and_then(|r| r.strip_suffix(" token"))
+                    .unwrap_or_else(|| panic!("{file}: {what}: unknown auth {a:?}"));
+                Some(
+                    self.tokens
+                        .get(sa)
+                        .cloned()
+                        .unwrap_or_else(|| panic!("{file}: {what}: no token issued for {sa} yet")),
+                )
+            }
+        };
+        let (code, got) = if auth != "admin (system:masters)" || !headers.is_empty() {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            self.api
+                .send_as(token.as_deref(), &h, method, path, ctype, body)
+                .await
+        } else if let Some(accept) = req["accept"].as_str() {
             let r = self
                 .api
                 .http
@@ -231,6 +299,15 @@ impl Replay {
         }
         let mut want = resp["body"].clone();
         self.learn(&want, &got);
+        if let (Some(t), Some(ns), Some(name)) = (
+            got.pointer("/status/token").and_then(Value::as_str),
+            got.pointer("/metadata/namespace").and_then(Value::as_str),
+            got.pointer("/metadata/name").and_then(Value::as_str),
+        ) {
+            self.tokens.insert(format!("{ns}/{name}"), t.to_string());
+            // The token itself differs on every run.
+            want["status"]["token"] = json!("<normalized>");
+        }
         let mut got_n = normalize(&got);
         for (w, key, _) in DEVIATIONS {
             if *w == what {
@@ -312,6 +389,7 @@ async fn responses_match_the_recorded_kubernetes_1_24_server() {
     let api = common::start().await;
     let mut r = Replay {
         api,
+        tokens: HashMap::new(),
         uids: HashMap::new(),
         rvs: HashMap::new(),
         failures: vec![],
@@ -576,4 +654,64 @@ async fn discovery_matches_the_recorded_server_for_the_emulated_kinds() {
         (Some("1"), Some("24"))
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Authentication and RBAC (`10-authorization.json`): every exchange, with the recorded client's
+/// credentials (the administrator, the ServiceAccount's TokenRequest token, none, an invalid
+/// one) and impersonation headers.
+#[tokio::test]
+async fn authorization_matches_the_recorded_rbac_server() {
+    let api = common::start().await;
+    // What the recording had before its first exchange: the namespace, a ConfigMap and a
+    // Deployment (its generation 2, as recorded).
+    let (c, _) = api
+        .post(
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "authz"}}),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let (c, _) = api
+        .post(
+            "/api/v1/namespaces/authz/configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "named"}}),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let (c, v) = api
+        .post(
+            "/apis/apps/v1/namespaces/authz/deployments",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                   "spec": {"replicas": 0, "selector": {"matchLabels": {"a": "b"}},
+                            "template": {"metadata": {"labels": {"a": "b"}},
+                                         "spec": {"containers": [{"name": "c", "image": "x"}]}}}}),
+        )
+        .await;
+    assert_eq!(c, 201, "{v}");
+    let (c, v) = api
+        .patch(
+            "/apis/apps/v1/namespaces/authz/deployments/d",
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": 1}}),
+        )
+        .await;
+    assert_eq!(c, 200, "{v}");
+    let mut r = Replay {
+        api,
+        tokens: HashMap::new(),
+        uids: HashMap::new(),
+        rvs: HashMap::new(),
+        failures: vec![],
+    };
+    let file = "10-authorization.json";
+    let doc = load(file);
+    for e in doc["exchanges"].as_array().unwrap() {
+        r.exchange(file, e).await;
+    }
+    assert!(
+        r.failures.is_empty(),
+        "{} differences from the recorded server:\n{}",
+        r.failures.len(),
+        r.failures.join("\n")
+    );
 }

@@ -23,7 +23,7 @@ pub async fn start_with(opts: Options) -> Api {
     let emu = Emulator::start(opts).await.expect("emulator starts");
     let api = Api {
         emu,
-        http: reqwest::Client::new(),
+        http: admin_client(),
     };
     api.send("POST", "/api/v1/namespaces", "application/json", Some(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ref"}}))).await;
     api
@@ -31,7 +31,62 @@ pub async fn start_with(opts: Options) -> Api {
 
 pub const WIDGET_CRD: &str = r#"{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.reference.test"}, "spec": {"group": "reference.test", "scope": "Namespaced", "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"], "categories": ["all"]}, "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}, "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}, {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}, {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}], "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "required": ["size"], "properties": {"size": {"type": "integer", "minimum": 1, "maximum": 100}, "color": {"type": "string", "enum": ["red", "blue"]}, "code": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 8}, "labels": {"type": "object", "additionalProperties": {"type": "string"}}, "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}, "status": {"type": "object", "properties": {"conditions": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"], "items": {"type": "object", "properties": {"type": {"type": "string"}, "status": {"type": "string"}, "reason": {"type": "string"}}}}}}}}}}]}}"#;
 
+/// An HTTP client that authenticates as the administrator (the kubeconfig's token).
+pub fn admin_client() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        "authorization",
+        format!("Bearer {}", kube_emulator::auth::ADMIN_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+/// A kube client configuration for the emulator, as the administrator.
+pub fn admin_config(emu: &Emulator) -> kube::Config {
+    let mut cfg = kube::Config::new(emu.url().parse().unwrap());
+    cfg.auth_info.token = Some(kube_emulator::auth::ADMIN_TOKEN.to_string().into());
+    cfg
+}
+
 impl Api {
+    /// A request with the given bearer token (none: anonymous) and extra headers.
+    pub async fn send_as(
+        &self,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut rb = reqwest::Client::new()
+            .request(m, self.url(path))
+            .header("content-type", ctype)
+            .header("user-agent", "emulator-tests/1.0");
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.body(b.to_string());
+        }
+        let resp = rb.send().await.expect("request");
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.emu.url(), path)
     }
