@@ -42,8 +42,13 @@ build:
 	cargo build --workspace --bins
 
 # Unit, emulator conformance, kubectl-driven, AWS emulator and end-to-end tests (one profile).
-unit:
+# The e2e tests run the operator as the chart's ServiceAccount and keep what it requested; the
+# README's RBAC table is then checked against those requests (scripts/check-rbac.py).
+RBAC_OBSERVED := $(CARGO_TARGET_DIR)/tmp/rbac-observed
+unit: tools
+	rm -rf $(RBAC_OBSERVED)
 	cargo test --workspace --no-fail-fast
+	$(MANAGED_SECRETS_PYTHON) scripts/check-rbac.py README.md $(RBAC_OBSERVED)
 
 python-tests: build
 	$(MANAGED_SECRETS_PYTHON) -m unittest discover -s tests/python -v

@@ -21,6 +21,22 @@ pub struct Health {
     synced: Mutex<BTreeMap<String, bool>>,
     /// Optional parts that do not decide readiness but are reported with it (the event source).
     notes: Mutex<BTreeMap<String, String>>,
+    /// What the start-up RBAC check found.
+    permissions: Mutex<Permissions>,
+}
+
+/// The start-up RBAC check's state.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Permissions {
+    /// No check runs (readiness does not wait for one).
+    #[default]
+    Unchecked,
+    /// Not answered yet (with the last error, if any).
+    Checking(String),
+    /// These permissions are missing.
+    Missing(Vec<String>),
+    /// Everything needed is granted.
+    Granted,
 }
 
 fn unix_now() -> i64 {
@@ -68,6 +84,11 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(part.to_string(), state.into());
+    }
+
+    /// Records the RBAC check's state.
+    pub fn permissions(&self, p: Permissions) {
+        *self.permissions.lock().unwrap_or_else(|e| e.into_inner()) = p;
     }
 
     pub fn is_listed(&self, kind: &str) -> bool {
@@ -123,6 +144,21 @@ impl Health {
         let live = self.live();
         if !live.ok {
             return live;
+        }
+        match &*self.permissions.lock().unwrap_or_else(|e| e.into_inner()) {
+            Permissions::Checking(why) => {
+                return Verdict {
+                    ok: false,
+                    text: format!("checking RBAC permissions{why}"),
+                }
+            }
+            Permissions::Missing(m) => {
+                return Verdict {
+                    ok: false,
+                    text: format!("missing RBAC permissions: {}", m.join("; ")),
+                }
+            }
+            Permissions::Unchecked | Permissions::Granted => {}
         }
         let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         let waiting: Vec<&str> = synced
@@ -187,6 +223,30 @@ mod tests {
         assert!(h.ready().ok);
         h.shutting_down();
         assert_eq!(h.ready().text, "shutting down");
+    }
+
+    #[test]
+    fn missing_permissions_keep_it_unready_and_say_which() {
+        let h = Health::default();
+        h.watching("secrets");
+        h.listed("secrets");
+        h.beat();
+        assert!(h.ready().ok, "no check, no wait");
+        h.permissions(Permissions::Checking(String::new()));
+        assert_eq!(h.ready().text, "checking RBAC permissions");
+        h.permissions(Permissions::Missing(vec![
+            "create secrets in a".into(),
+            "patch secrets in a".into(),
+        ]));
+        assert_eq!(
+            h.ready(),
+            Verdict {
+                ok: false,
+                text: "missing RBAC permissions: create secrets in a; patch secrets in a".into()
+            }
+        );
+        h.permissions(Permissions::Granted);
+        assert!(h.ready().ok);
     }
 
     #[test]

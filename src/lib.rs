@@ -14,6 +14,7 @@ pub mod labels;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod permissions;
 pub mod policy;
 pub mod render;
 pub mod rollout;

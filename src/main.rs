@@ -4,9 +4,10 @@ use managed_secrets::config::{AccessPolicyArg, CheckArgs, Cli, Command, RenderAr
 use managed_secrets::health::Health;
 use managed_secrets::source::cache::{CachedSource, Limits};
 use managed_secrets::{
-    cmd, controller, crd, http, leader, lifecycle, metrics::Metrics, source, telemetry,
+    cmd, controller, crd, http, leader, lifecycle, metrics::Metrics, permissions, source, telemetry,
 };
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -163,6 +164,28 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         managed_secrets::k8s::client::client(args.kube_qps, args.kube_burst, metrics.clone())
             .await
             .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+    // The RBAC check runs beside everything else; readiness waits for its answer.
+    let rbac = tokio::spawn(
+        managed_secrets::k8s::access::verify(
+            client.clone(),
+            permissions::checks(&permissions::Deployment {
+                namespaces: args.namespaces.clone(),
+                access_policies: matches!(args.access_policy, AccessPolicyArg::Enforce),
+                leader_election: args.leader_election,
+                operator_namespace: args.operator_namespace.clone(),
+                hash_key_secret: args.hash_key_secret.clone(),
+                lease_namespace: args
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| args.operator_namespace.clone()),
+                lease_name: args.lease_name.clone(),
+            }),
+            health.clone(),
+            metrics.clone(),
+            std::future::pending::<()>(),
+        )
+        .instrument(tracing::info_span!("rbac_check")),
+    );
     let tokens: Arc<dyn source::identity::TokenIssuer> =
         Arc::new(managed_secrets::k8s::tokens::KubeTokens {
             client: client.clone(),
@@ -288,6 +311,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         args.shutdown_timeout,
     )
     .await;
+    rbac.abort();
     // The lease goes back at once, so that a standby takes over without waiting for it to expire.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(6), election).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;

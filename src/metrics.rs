@@ -47,8 +47,37 @@ pub struct AwsLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PermissionLabels {
+    pub verb: String,
+    /// `resource[/subresource][.group]`.
+    pub resource: String,
+    /// Empty: cluster-wide.
+    pub namespace: String,
+    /// Empty: any object (else the one object the permission is for).
+    pub name: String,
+}
+
+/// What the start-up RBAC check found.
+#[derive(Default)]
+pub struct PermissionMetrics {
+    /// 1 for each permission the operator needs and its ServiceAccount lacks; 0 once granted.
+    pub missing: Family<PermissionLabels, Gauge>,
+}
+
+impl PermissionMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "permission_missing",
+            "1 for each Kubernetes permission the operator needs and was not granted (SelfSubjectAccessReview at start); 0 once granted",
+            self.missing.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub permissions: PermissionMetrics,
     pub reconciles: Counter,
     pub reconciles_completed: Counter,
     pub syncs: Counter,
@@ -107,6 +136,8 @@ impl Default for Metrics {
         let event_sync = Histogram::new(exponential_buckets(0.05, 2.0, 14));
         let event_source_up = Gauge::default();
         let event_queue_errors = Counter::default();
+        let permissions = PermissionMetrics::default();
+        permissions.register(&mut registry);
         registry.register(
             "events_received",
             "Event source messages received, by event type",
@@ -221,6 +252,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            permissions,
             reconciles,
             reconciles_completed,
             syncs,

@@ -61,6 +61,9 @@ impl Proc {
                 "off",
                 "--operator-namespace",
                 &c.namespace,
+                // The chart's Lease (leaderElection.leaseName), the one its Role names.
+                "--lease-name",
+                support::rbac::LEASE,
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
@@ -160,7 +163,7 @@ async fn run_serves_health_and_metrics_syncs_and_stops_on_sigterm_without_loggin
     let moto = Moto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    c.write_kubeconfig(&kubeconfig);
+    c.write_operator_kubeconfig(&kubeconfig);
     let secret_value = "Zq7-unique-secret-value-9x";
     moto.create_json(
         "prod/db/credentials",
@@ -215,43 +218,66 @@ async fn without_rbac_for_secrets_it_is_not_ready_says_so_loudly_and_sigterm_sti
     let moto = Moto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    c.write_kubeconfig_without_secrets(&kubeconfig).await;
-    // The emulator has no authorizer: it answers every Secret list and watch with the 403 a real
-    // server gives a ServiceAccount without the permission.
-    for verb in ["list", "watch"] {
-        c.kube_fault(verb, "secrets", 403, 1_000_000).await;
-    }
+    c.write_operator_kubeconfig(&kubeconfig);
+    // The chart's RBAC without its rule on Secrets (a real authorizer, on the emulator as on a
+    // real cluster); the hash key Role stays.
+    c.revoke("secrets").await;
     let mut op = Proc::start(&c, &moto, &kubeconfig, dir.path(), "info");
-    let body = wait_for("the 403 to be counted", DEADLINE, || async {
-        let (_, m) = op.get("/metrics").await;
-        m.contains(r#"managed_secrets_watch_errors_total{resource="secrets",reason="Forbidden"}"#)
-            .then_some(m)
-    })
+    // `create` stays granted: the test namespace is also the operator's, where the hash key Role
+    // lets it create Secrets.
+    let revoked = ["get", "list", "watch", "patch", "delete"];
+    let missing: Vec<String> = revoked
+        .iter()
+        .map(|v| format!("{v} secrets in {}", c.namespace))
+        .collect();
+    let want = format!("missing RBAC permissions: {}", missing.join("; "));
+    wait_for(
+        "/readyz to name the missing permissions",
+        DEADLINE,
+        || async {
+            let (code, text) = op.get("/readyz").await;
+            (code == 503 && text == want).then_some(())
+        },
+    )
     .await;
-    assert!(!body.is_empty());
-    // ManagedSecrets are listed; Secrets never are.
-    let want = format!(
-        "waiting for the initial list of: secrets in {}",
+    let (_, m) = op.get("/metrics").await;
+    for v in revoked {
+        let line = format!(
+            "managed_secrets_permission_missing{{verb=\"{v}\",resource=\"secrets\",namespace=\"{}\",name=\"\"}} 1",
+            c.namespace
+        );
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
+    let granted = format!(
+        "managed_secrets_permission_missing{{verb=\"patch\",resource=\"managedsecrets/status.managedsecrets.io\",namespace=\"{}\",name=\"\"}} 0",
         c.namespace
     );
-    wait_for("/readyz to wait for secrets only", DEADLINE, || async {
-        let (code, text) = op.get("/readyz").await;
-        (code == 503 && text == want).then_some(())
+    assert!(m.contains(&granted), "{granted} in\n{m}");
+    // The watch itself is refused by the authorizer too, and counted.
+    wait_for("the watch's 403 to be counted", DEADLINE, || async {
+        let (_, m) = op.get("/metrics").await;
+        m.contains(r#"managed_secrets_watch_errors_total{resource="secrets",reason="Forbidden"}"#)
+            .then_some(())
     })
     .await;
     assert_eq!(op.get("/healthz").await.0, 200, "alive, only not ready");
     let logs = op.logs();
-    let loud = logs
+    let loud: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| l["level"] == "ERROR" && l["resource"] == "secrets")
-        .unwrap_or_else(|| panic!("an ERROR naming the resource in\n{logs}"));
+        .filter(|l| l["level"] == "ERROR" && l["resource"] == "secrets")
+        .collect();
+    let verbs: Vec<&str> = loud.iter().filter_map(|l| l["verb"].as_str()).collect();
     assert!(
-        loud["message"]
+        revoked.iter().all(|v| verbs.contains(v)),
+        "an ERROR naming each missing verb on secrets in\n{logs}"
+    );
+    assert!(
+        loud.iter().any(|l| l["message"]
             .as_str()
-            .unwrap()
-            .contains("grant its ServiceAccount get, list and watch on secrets"),
-        "{loud}"
+            .unwrap_or("")
+            .contains("grant the operator's ServiceAccount list secrets in")),
+        "{loud:?}"
     );
     let t = tokio::time::Instant::now();
     let status = op.terminate(Duration::from_secs(15)).await;
@@ -269,20 +295,13 @@ async fn two_replicas_one_leader_fail_over_after_a_kill_and_hand_over_at_once_on
     let moto = Moto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    c.write_kubeconfig(&kubeconfig);
+    c.write_operator_kubeconfig(&kubeconfig);
     let v1 = moto
         .create_json("prod/db/credentials", &json!({"password": "one"}))
         .await;
     deployment_using(&c, "api", "db").await;
     let lease = |secs: &'static str| -> Vec<&'static str> {
-        vec![
-            "--lease-name",
-            "e2e-leader",
-            "--lease-duration",
-            secs,
-            "--lease-grace",
-            "1s",
-        ]
+        vec!["--lease-duration", secs, "--lease-grace", "1s"]
     };
     // A short lease for the first leader: its successor waits for it to expire after a kill.
     let mut a = Proc::start_with(
@@ -405,7 +424,7 @@ async fn canary_values_appear_in_no_log_event_status_error_or_metric() {
     let moto = Moto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    c.write_kubeconfig(&kubeconfig);
+    c.write_operator_kubeconfig(&kubeconfig);
     let v = |s: &str| format!("{CANARY}-{s}");
     let creds = |p: &str| json!({"username": v("user"), "password": v(p), "host": "db.local", "port": 5432, "nested": {"token": v("nested")}});
     moto.create_json("prod/canary/db", &creds("one")).await;

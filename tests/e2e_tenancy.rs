@@ -503,3 +503,69 @@ async fn two_managed_secrets_on_one_secret_give_one_stable_conflict() {
         .unwrap()
         .is_none());
 }
+
+/// The chart's `watchNamespaces` mode: the operator gets a Role in each listed namespace and only
+/// the cluster-scoped rows cluster-wide; policies, sync, rotation and rollout work with exactly
+/// that, and the operator may not touch Secrets anywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_listed_namespaces_the_chart_roles_are_enough_and_nothing_else_is_granted() {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    use support::workloads::{deployment_using, wait_rollouts_recorded};
+    let c = Cluster::start_with_chart(|ns| vec![format!("watchNamespaces={{{ns}}}")]).await;
+    assert!(
+        c.identity.iter().any(|o| o["kind"] == "Role"
+            && o["metadata"]["name"] == "managed-secrets"
+            && o["metadata"]["namespace"] == c.namespace.as_str()),
+        "a Role in the listed namespace"
+    );
+    let moto = Moto::start().await;
+    let _op = Operator::start_enforcing(&c, &moto).await;
+    let ns = c.namespace.clone();
+    let id = format!("team/{ns}/db");
+    let v1 = moto.create_json(&id, &creds("one")).await;
+    c.apply_policy(
+        "listed",
+        json!({"rules": [{"namespaces": [ns], "secrets": ["team/$(namespace)/*"]}]}),
+    )
+    .await;
+    deployment_using(&c, "api", "db").await;
+    c.create_ms(
+        "db",
+        json!({"secretId": id, "refreshInterval": "1s", "data": {"allKeys": true},
+               "rollout": {"targets": [{"kind": "Deployment", "name": "api"}], "debounce": "1s"}}),
+    )
+    .await;
+    c.wait_secret_value("db", "password", "one").await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+    let v2 = moto.rotate_like_lambda(&id, &creds("two")).await;
+    c.wait_secret_value("db", "password", "two").await;
+    wait_rollouts_recorded(&c, "db", &v2, 1).await;
+    // The operator's own answer for a namespace it does not watch: no.
+    let reviews: kube::Api<SelfSubjectAccessReview> = kube::Api::all(c.operator_client.clone());
+    for (verb, namespace) in [("list", "default"), ("create", "default"), ("list", "")] {
+        let r = reviews
+            .create(
+                &PostParams::default(),
+                &SelfSubjectAccessReview {
+                    spec: SelfSubjectAccessReviewSpec {
+                        resource_attributes: Some(ResourceAttributes {
+                            verb: Some(verb.into()),
+                            resource: Some("secrets".into()),
+                            namespace: Some(namespace.into()).filter(|n: &String| !n.is_empty()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            !r.status.unwrap().allowed,
+            "{verb} secrets in {namespace:?} is not granted"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Writing the target Secret: the pure decisions (is it ours, is it in sync, what must it hold)
 //! and the server-side apply under one fixed field manager.
 
+pub mod access;
 pub mod client;
 pub mod hash_key;
 pub mod recorder;

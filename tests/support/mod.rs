@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod rbac;
 pub mod workloads;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -46,11 +47,24 @@ enum ClusterKind {
 
 pub struct Cluster {
     kind: ClusterKind,
+    /// The administrator (the test itself).
     pub client: Client,
+    /// The operator: the chart's ServiceAccount, with exactly the chart's RBAC.
+    pub operator_client: Client,
+    /// Its bearer token and user name.
+    pub operator_token: String,
+    pub operator_user: String,
     pub namespace: String,
     http: reqwest::Client,
     /// Cluster-scoped objects this test made (removed on a real cluster when it ends).
     policies: std::sync::Mutex<Vec<String>>,
+    /// The chart's cluster-scoped RBAC objects (likewise).
+    rbac_objects: Vec<(String, String)>,
+    /// The chart's identity objects as applied (the operator's rights).
+    pub identity: Vec<Value>,
+    /// Whether the operator's requests are kept for the RBAC table check (not when a test takes
+    /// permissions away on purpose).
+    keep_audit: std::sync::atomic::AtomicBool,
 }
 
 fn unique(prefix: &str) -> String {
@@ -66,26 +80,34 @@ fn uuid_like() -> String {
 }
 
 impl Cluster {
+    /// A cluster with the operator's identity as the chart installs it by default.
     pub async fn start() -> Cluster {
+        Self::start_with_chart(|_| vec![]).await
+    }
+
+    /// A cluster with the operator's identity rendered from the chart with `--set` values (given
+    /// the test namespace, e.g. for `watchNamespaces`).
+    pub async fn start_with_chart(values: impl FnOnce(&str) -> Vec<String>) -> Cluster {
         managed_secrets::install_crypto_provider();
-        let (kind, client) = match std::env::var("MANAGED_SECRETS_E2E_KUBECONFIG") {
+        let (kind, cfg) = match std::env::var("MANAGED_SECRETS_E2E_KUBECONFIG") {
             Ok(path) if !path.is_empty() => {
                 let kc = kube::config::Kubeconfig::read_from(&path)
                     .expect("reading MANAGED_SECRETS_E2E_KUBECONFIG");
                 let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
                     .await
                     .expect("kubeconfig");
-                (ClusterKind::Real, Client::try_from(cfg).expect("client"))
+                (ClusterKind::Real, cfg)
             }
             _ => {
                 let emu = kube_emulator::Emulator::start(kube_emulator::Options::default())
                     .await
                     .expect("emulator");
-                let cfg = kube::Config::new(emu.url().parse().unwrap());
-                let client = Client::try_from(cfg).expect("client");
-                (ClusterKind::Emulator(emu), client)
+                let mut cfg = kube::Config::new(emu.url().parse().unwrap());
+                cfg.auth_info.token = Some(kube_emulator::auth::ADMIN_TOKEN.to_string().into());
+                (ClusterKind::Emulator(emu), cfg)
             }
         };
+        let client = Client::try_from(cfg.clone()).expect("client");
         let namespace = unique("e2e");
         let nss: Api<Namespace> = Api::all(client.clone());
         nss.create(
@@ -94,12 +116,30 @@ impl Cluster {
         )
         .await
         .expect("namespace");
+        // The operator's identity: the chart's ServiceAccount and RBAC, and a token for it.
+        let mut set = vec![format!("leaderElection.leaseName={}", rbac::LEASE)];
+        set.extend(values(&namespace));
+        let identity = rbac::identity_objects(&rbac::render(&namespace, &set));
+        let rbac_objects = rbac::install(&client, &identity).await;
+        let operator_token = rbac::token(&client, &namespace, rbac::RELEASE).await;
+        let mut op_cfg = cfg;
+        op_cfg.auth_info = kube::config::AuthInfo {
+            token: Some(operator_token.clone().into()),
+            ..Default::default()
+        };
+        let operator_client = Client::try_from(op_cfg).expect("operator client");
         let c = Cluster {
             kind,
             client,
+            operator_client,
+            operator_user: format!("system:serviceaccount:{namespace}:{}", rbac::RELEASE),
+            operator_token,
             namespace,
             http: reqwest::Client::new(),
             policies: std::sync::Mutex::new(vec![]),
+            rbac_objects,
+            identity,
+            keep_audit: std::sync::atomic::AtomicBool::new(true),
         };
         c.install_crd().await;
         c
@@ -172,56 +212,48 @@ impl Cluster {
         }
     }
 
-    /// A kubeconfig acting as a ServiceAccount that may do everything the operator needs in the
-    /// test namespace except read Secrets. On a real cluster: a ServiceAccount, a Role and a
-    /// RoleBinding, and impersonation (`as:`); the emulator has no authorizer, so the caller
-    /// injects the 403 there.
-    pub async fn write_kubeconfig_without_secrets(&self, path: &std::path::Path) {
+    /// A kubeconfig for the operator: this cluster, the chart ServiceAccount's token.
+    pub fn write_operator_kubeconfig(&self, path: &std::path::Path) {
         self.write_kubeconfig(path);
-        if self.is_emulator() {
-            return;
-        }
-        use k8s_openapi::api::core::v1::ServiceAccount;
-        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-        let ns = &self.namespace;
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": "no-secrets"}})).unwrap();
-        Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
-            .create(&PostParams::default(), &sa)
-            .await
-            .unwrap();
-        // The hash key Secret exists already and is the one Secret it may read.
-        managed_secrets::k8s::hash_key::load_or_create(
-            &self.client,
-            ns,
-            "managed-secrets-hash-key",
-        )
-        .await
-        .unwrap();
-        let role: Role = serde_json::from_value(json!({"metadata": {"name": "no-secrets"}, "rules": [
-            {"apiGroups": ["managedsecrets.io"], "resources": ["managedsecrets", "managedsecrets/status"], "verbs": ["get", "list", "watch", "patch", "update"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["managed-secrets-hash-key"], "verbs": ["get"]}
-        ]}))
-        .unwrap();
-        Api::<Role>::namespaced(self.client.clone(), ns)
-            .create(&PostParams::default(), &role)
-            .await
-            .unwrap();
-        let rb: RoleBinding = serde_json::from_value(json!({"metadata": {"name": "no-secrets"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-secrets"},
-            "subjects": [{"kind": "ServiceAccount", "name": "no-secrets", "namespace": ns}]}))
-        .unwrap();
-        Api::<RoleBinding>::namespaced(self.client.clone(), ns)
-            .create(&PostParams::default(), &rb)
-            .await
-            .unwrap();
         let mut kc: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         for u in kc["users"].as_sequence_mut().into_iter().flatten() {
-            u["user"]["as"] = format!("system:serviceaccount:{ns}:no-secrets").into();
+            let mut user = serde_yaml::Mapping::new();
+            user.insert("token".into(), self.operator_token.clone().into());
+            u["user"] = serde_yaml::Value::Mapping(user);
         }
         std::fs::write(path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    }
+
+    /// Takes away what the chart's ClusterRole grants on `resource` (core group), as a cluster
+    /// administrator who edited the chart's RBAC would; the rest of the chart's rights stay.
+    pub async fn revoke(&self, resource: &str) {
+        use k8s_openapi::api::rbac::v1::ClusterRole;
+        self.keep_audit
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut role = self
+            .identity
+            .iter()
+            .find(|o| o["kind"] == "ClusterRole")
+            .cloned()
+            .expect("the chart's ClusterRole");
+        let rules: Vec<Value> = role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| !(r["apiGroups"] == json!([""]) && r["resources"] == json!([resource])))
+            .cloned()
+            .collect();
+        role["rules"] = json!(rules);
+        let name = role["metadata"]["name"].as_str().unwrap().to_string();
+        Api::<ClusterRole>::all(self.client.clone())
+            .patch(
+                &name,
+                &PatchParams::apply("e2e-tests").force(),
+                &Patch::Apply(&role),
+            )
+            .await
+            .expect("ClusterRole without the resource");
     }
 
     pub fn is_emulator(&self) -> bool {
@@ -563,11 +595,18 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let ClusterKind::Emulator(emu) = &self.kind {
+            if self.keep_audit.load(std::sync::atomic::Ordering::SeqCst) {
+                let audit = emu.audit();
+                rbac::keep_audit(&self.operator_user, &audit, &self.namespace);
+            }
+        }
         if let ClusterKind::Real = self.kind {
             // Best effort: remove the test namespace on the real cluster.
             let client = self.client.clone();
             let ns = self.namespace.clone();
             let policies = std::mem::take(&mut *self.policies.lock().unwrap());
+            let rbac_objects = std::mem::take(&mut self.rbac_objects);
             let _ = std::thread::spawn(move || {
                 if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -579,6 +618,7 @@ impl Drop for Cluster {
                         for p in policies {
                             let _ = sap.delete(&p, &Default::default()).await;
                         }
+                        rbac::uninstall(&client, &rbac_objects).await;
                         let api: Api<Namespace> = Api::all(client);
                         let _ = api.delete(&ns, &Default::default()).await;
                     });
@@ -592,6 +632,7 @@ impl Drop for Cluster {
 /// The operator under test, running as a task against the cluster and moto; restartable.
 pub struct Operator {
     task: Option<tokio::task::JoinHandle<()>>,
+    rbac_check: Option<tokio::task::JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<managed_secrets::health::Health>,
@@ -637,7 +678,7 @@ impl Operator {
         let metrics = Arc::new(Metrics::default());
         let tokens: Arc<dyn source::identity::TokenIssuer> =
             Arc::new(managed_secrets::k8s::tokens::KubeTokens {
-                client: cluster.client.clone(),
+                client: cluster.operator_client.clone(),
             });
         let backend = source::aws::AwsBackend::new(aws.sdk_config(), metrics.clone())
             .with_tokens(Some(tokens));
@@ -650,7 +691,7 @@ impl Operator {
         let health = Arc::new(managed_secrets::health::Health::default());
         // The hash key lives in the test namespace, as it would in the operator's.
         let key = managed_secrets::k8s::hash_key::load_or_create(
-            &cluster.client,
+            &cluster.operator_client,
             &cluster.namespace,
             "managed-secrets-hash-key",
         )
@@ -670,9 +711,27 @@ impl Operator {
             events: None,
         };
         tune(&mut settings);
+        // The start-up RBAC check, as the binary runs it (in-process operators lead alone).
+        let checks =
+            managed_secrets::permissions::checks(&managed_secrets::permissions::Deployment {
+                namespaces: settings.namespaces.clone(),
+                access_policies: settings.access_policy == controller::AccessPolicy::Enforce,
+                leader_election: false,
+                operator_namespace: cluster.namespace.clone(),
+                hash_key_secret: "managed-secrets-hash-key".into(),
+                lease_namespace: cluster.namespace.clone(),
+                lease_name: rbac::LEASE.into(),
+            });
+        let rbac_check = tokio::spawn(managed_secrets::k8s::access::verify(
+            cluster.operator_client.clone(),
+            checks,
+            health.clone(),
+            metrics.clone(),
+            std::future::pending::<()>(),
+        ));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(
-            cluster.client.clone(),
+            cluster.operator_client.clone(),
             src,
             metrics.clone(),
             health.clone(),
@@ -683,6 +742,7 @@ impl Operator {
         ));
         Operator {
             task: Some(task),
+            rbac_check: Some(rbac_check),
             stop: Some(tx),
             metrics,
             health,
@@ -693,6 +753,9 @@ impl Operator {
     pub fn kill(&mut self) {
         self.stop.take();
         if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.rbac_check.take() {
             t.abort();
         }
     }
@@ -713,13 +776,14 @@ impl Operator {
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        if let Some(t) = self.rbac_check.take() {
+            t.abort();
+        }
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
+        self.kill();
     }
 }

@@ -99,6 +99,27 @@ pub async fn state(c: &Cluster, kind: &str, name: &str) -> (i64, Option<String>)
     )
 }
 
+/// The version annotation of each ReplicaSet's pod template of Deployment `name` (selected by its
+/// `app` label), one entry per ReplicaSet.
+pub async fn replica_set_versions(c: &Cluster, name: &str) -> Vec<Option<String>> {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let list = Api::<ReplicaSet>::namespaced(c.client.clone(), &c.namespace)
+        .list(&kube::api::ListParams::default().labels(&format!("app={name}")))
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .map(|rs| {
+            rs.spec?
+                .template?
+                .metadata?
+                .annotations?
+                .get("managedsecrets.io/secret-version")
+                .cloned()
+        })
+        .collect()
+}
+
 pub async fn revision(c: &Cluster, name: &str) -> Option<String> {
     let d = Api::<Deployment>::namespaced(c.client.clone(), &c.namespace)
         .get(name)
