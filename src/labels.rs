@@ -24,10 +24,46 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
     eq && exprs
 }
 
+/// Whether a selector requires some label to be present (a matchLabels entry, an `In` or an
+/// `Exists`): one that only excludes (empty, `NotIn`, `DoesNotExist`) matches nearly everything.
+pub fn selects_by_presence(sel: &LabelSelector) -> bool {
+    sel.match_labels
+        .as_ref()
+        .map(|m| !m.is_empty())
+        .unwrap_or(false)
+        || sel
+            .match_expressions
+            .iter()
+            .flatten()
+            .any(|e| matches!(e.operator.as_str(), "In" | "Exists"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_a_required_label_selects_by_presence() {
+        let sel = |v: serde_json::Value| -> LabelSelector { serde_json::from_value(v).unwrap() };
+        assert!(selects_by_presence(&sel(
+            json!({"matchLabels": {"app": "api"}})
+        )));
+        assert!(selects_by_presence(&sel(
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["api"]}]})
+        )));
+        assert!(selects_by_presence(&sel(
+            json!({"matchExpressions": [{"key": "app", "operator": "Exists"}, {"key": "x", "operator": "DoesNotExist"}]})
+        )));
+        assert!(!selects_by_presence(&sel(json!({}))));
+        assert!(!selects_by_presence(&sel(json!({"matchLabels": {}}))));
+        assert!(!selects_by_presence(&sel(
+            json!({"matchExpressions": [{"key": "nope", "operator": "DoesNotExist"}]})
+        )));
+        assert!(!selects_by_presence(&sel(
+            json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["db"]}]})
+        )));
+    }
 
     #[test]
     fn match_labels_and_expressions() {

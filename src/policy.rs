@@ -110,9 +110,15 @@ pub fn decide(
             req.secret_id, req.namespace.name
         ));
     }
-    let names: Vec<&str> = sorted.iter().map(|(n, _)| n.as_str()).collect();
+    // Only the policies with a rule for this namespace are named: the others are other tenants'
+    // business.
+    let names: Vec<&str> = sorted
+        .iter()
+        .filter(|(_, spec)| spec.rules.iter().any(|r| applies_to(r, req.namespace)))
+        .map(|(n, _)| n.as_str())
+        .collect();
     Err(format!(
-        "no SecretAccessPolicy grants namespace {} the AWS secret {} ({region}); policies: {}",
+        "no SecretAccessPolicy grants namespace {} the AWS secret {} ({region}); policies for this namespace: {}",
         req.namespace.name,
         req.secret_id,
         if names.is_empty() {
@@ -180,15 +186,19 @@ pub fn rule_problem(rule: &AccessRule) -> Option<String> {
     None
 }
 
+/// Whether a rule is about this namespace at all (by name or selector), whatever it grants.
+fn applies_to(rule: &AccessRule, ns: &Namespace) -> bool {
+    rule.namespaces.contains(&ns.name)
+        || rule
+            .namespace_selector
+            .as_ref()
+            .map(|s| selector_matches(s, &ns.labels))
+            .unwrap_or(false)
+}
+
 fn grants(rule: &AccessRule, req: &Request) -> bool {
     let ns = req.namespace;
-    let by_name = rule.namespaces.contains(&ns.name);
-    let by_label = rule
-        .namespace_selector
-        .as_ref()
-        .map(|s| selector_matches(s, &ns.labels))
-        .unwrap_or(false);
-    if !(by_name || by_label) {
+    if !applies_to(rule, ns) {
         return false;
     }
     if !rule.regions.is_empty()
@@ -385,7 +395,12 @@ mod tests {
         let unlabelled = ns("team-c", &[]);
         assert_eq!(
             decide(&policies, &ask(&unlabelled, "dev/team-c/db", None)).unwrap_err(),
-            "no SecretAccessPolicy grants namespace team-c the AWS secret dev/team-c/db (the operator's default region); policies: conventions, payments, shared"
+            "no SecretAccessPolicy grants namespace team-c the AWS secret dev/team-c/db (the operator's default region); policies for this namespace: none",
+            "other tenants' policies are not named"
+        );
+        assert_eq!(
+            decide(&policies, &ask(&dev_team, "prod/team-a/db", None)).unwrap_err(),
+            "no SecretAccessPolicy grants namespace team-a the AWS secret prod/team-a/db (the operator's default region); policies for this namespace: conventions"
         );
         let payments = ns("payments", &[]);
         assert!(decide(
@@ -424,7 +439,7 @@ mod tests {
         assert!(decide(&p, &ask(&payments, "anything", None)).is_ok());
         assert_eq!(
             decide(&[], &ask(&payments, "x", Some("us-east-1"))).unwrap_err(),
-            "no SecretAccessPolicy grants namespace payments the AWS secret x (us-east-1); policies: none"
+            "no SecretAccessPolicy grants namespace payments the AWS secret x (us-east-1); policies for this namespace: none"
         );
     }
 

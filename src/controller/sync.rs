@@ -3,7 +3,9 @@
 //! run the rollout step, record status. Every error ends in [`fail`].
 
 use super::{policies, retry_wait, rollout, uid, Context};
-use crate::crd::{ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FORCE_SYNC_ANNOTATION};
+use crate::crd::{
+    ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MANAGED_BY_LABEL,
+};
 use crate::error::{Error, Result};
 use crate::k8s;
 use crate::policy::Identity;
@@ -50,32 +52,35 @@ pub fn validate_spec(ms: &ManagedSecret, min_refresh: Duration) -> Result<Durati
             "set either versionStage or versionId, not both".into(),
         ));
     }
-    for (what, n) in [
-        ("target.labels", spec.target.labels.len()),
-        ("target.annotations", spec.target.annotations.len()),
+    if target.starts_with(k8s::HELM_RELEASE_PREFIX) {
+        return Err(Error::InvalidSpec(format!(
+            "target.name {}* is Helm's release storage; pick another name",
+            k8s::HELM_RELEASE_PREFIX
+        )));
+    }
+    for (what, keys) in [
+        ("target.labels", &spec.target.labels),
+        ("target.annotations", &spec.target.annotations),
     ] {
-        if n > MAX_TARGET_METADATA {
+        if keys.len() > MAX_TARGET_METADATA {
             return Err(Error::InvalidSpec(format!(
-                "{what} has {n} entries; at most {MAX_TARGET_METADATA}"
+                "{what} has {} entries; at most {MAX_TARGET_METADATA}",
+                keys.len()
+            )));
+        }
+        if let Some(k) = keys.keys().find(|k| k8s::reserved_key(k)) {
+            let k: String = k.chars().take(100).collect();
+            return Err(Error::InvalidSpec(format!(
+                "{what} key {k:?} is reserved for the operator (managedsecrets.io/* and {MANAGED_BY_LABEL})"
             )));
         }
     }
     if let Some(r) = &spec.rollout {
         schedule::debounce(r.debounce.as_deref(), Duration::ZERO)?;
         if let Some(sel) = &r.selector {
-            let empty = sel
-                .match_labels
-                .as_ref()
-                .map(|m| m.is_empty())
-                .unwrap_or(true)
-                && sel
-                    .match_expressions
-                    .as_ref()
-                    .map(|e| e.is_empty())
-                    .unwrap_or(true);
-            if empty {
+            if !crate::labels::selects_by_presence(sel) {
                 return Err(Error::InvalidSpec(
-                    "rollout.selector is empty and would match every workload in the namespace; give it matchLabels or matchExpressions".into(),
+                    "rollout.selector selects by no label a workload has (it is empty, or only NotIn/DoesNotExist) and would match nearly every workload in the namespace; give it matchLabels, or an In or Exists expression".into(),
                 ));
             }
         }
@@ -422,4 +427,64 @@ pub(super) async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, known: K
         warn!(error = %e, "could not record the failure in status; retrying with back-off");
     }
     Action::requeue(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(spec: serde_json::Value) -> ManagedSecret {
+        let mut s = json!({"secretId": "team/db", "data": {"allKeys": true}});
+        if let (Some(base), Some(extra)) = (s.as_object_mut(), spec.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(
+            json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret",
+            "metadata": {"name": "db", "namespace": "team", "uid": "u1"}, "spec": s}),
+        )
+        .unwrap()
+    }
+
+    fn refused(spec: serde_json::Value) -> String {
+        match validate_spec(&ms(spec), Duration::from_secs(10)) {
+            Err(Error::InvalidSpec(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reserved_labels_and_annotations_are_refused() {
+        assert_eq!(
+            refused(json!({"target": {"annotations": {"managedsecrets.io/owner-uid": "u1"}}})),
+            "target.annotations key \"managedsecrets.io/owner-uid\" is reserved for the operator (managedsecrets.io/* and app.kubernetes.io/managed-by)"
+        );
+        refused(json!({"target": {"annotations": {"x.managedsecrets.io/y": "1"}}}));
+        refused(json!({"target": {"labels": {"app.kubernetes.io/managed-by": "managed-secrets"}}}));
+        refused(json!({"target": {"labels": {"managedsecrets.io/allow-merge": "db"}}}));
+        assert!(validate_spec(
+            &ms(json!({"target": {"labels": {"team": "a", "notmanagedsecrets.io/x": "1"}, "annotations": {"example.com/x": "1"}}})),
+            Duration::from_secs(10)
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn helm_release_names_and_selectors_that_match_everything_are_refused() {
+        assert_eq!(
+            refused(json!({"target": {"name": "sh.helm.release.v1.app.v3"}})),
+            "target.name sh.helm.release.v1.* is Helm's release storage; pick another name"
+        );
+        let m = refused(
+            json!({"rollout": {"selector": {"matchExpressions": [{"key": "nope", "operator": "DoesNotExist"}]}}}),
+        );
+        assert!(m.starts_with("rollout.selector selects by no label"), "{m}");
+        refused(json!({"rollout": {"selector": {}}}));
+        assert!(validate_spec(
+            &ms(json!({"rollout": {"selector": {"matchLabels": {"app": "api"}}}})),
+            Duration::from_secs(10)
+        )
+        .is_ok());
+    }
 }

@@ -46,16 +46,29 @@ pub const PROTECTED_TYPES: &[&str] = &[
     "helm.sh/release.v1",
 ];
 
+/// Names of Helm's release storage Secrets (`sh.helm.release.v1.<release>.v<n>`): never a target.
+pub const HELM_RELEASE_PREFIX: &str = "sh.helm.release.v1.";
+
+/// Label and annotation keys only the operator writes: `managedsecrets.io/*` (ownership, version,
+/// opt-in) and the managed-by label its Secret watch selects by. A spec that sets one could forge
+/// ownership, so it is refused, and never copied.
+pub fn reserved_key(key: &str) -> bool {
+    let prefix = key.split_once('/').map(|(p, _)| p).unwrap_or("");
+    prefix == "managedsecrets.io"
+        || prefix.ends_with(".managedsecrets.io")
+        || key == MANAGED_BY_LABEL
+}
+
 /// The Secret as we apply it (only the fields we own).
 pub fn desired_secret(ms: &ManagedSecret, data: &SecretData, version_id: &str) -> Value {
     let t = &ms.spec.target;
     let mut labels = serde_json::Map::new();
-    for (k, v) in &t.labels {
+    for (k, v) in t.labels.iter().filter(|(k, _)| !reserved_key(k)) {
         labels.insert(k.clone(), json!(v));
     }
     labels.insert(MANAGED_BY_LABEL.into(), json!(FIELD_MANAGER));
     let mut annotations = serde_json::Map::new();
-    for (k, v) in &t.annotations {
+    for (k, v) in t.annotations.iter().filter(|(k, _)| !reserved_key(k)) {
         annotations.insert(k.clone(), json!(v));
     }
     if t.creation_policy != CreationPolicy::Merge {

@@ -1,0 +1,182 @@
+//! A hostile tenant, end to end: each test is an attack on a promise of the README's
+//! "Multi-tenancy" section, made the way a ManagedSecret author (who may write ManagedSecrets in
+//! their namespace, nothing more) can make it. Runs on the emulator and unchanged on a real cluster.
+
+mod support;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use serde_json::json;
+use support::aws::Moto;
+use support::workloads::{create_workload, pod_spec, state};
+use support::{Cluster, Operator};
+
+fn creds(password: &str) -> serde_json::Value {
+    json!({"username": "app", "password": password, "token": "from-aws"})
+}
+
+/// Finding 1: a Merge ManagedSecret that copies `managedsecrets.io/owner-uid: <its own UID>` into
+/// someone else's opted-in Secret, then switches to Owner with deletionPolicy Delete, to
+/// overwrite and then delete that Secret. The reserved annotation is refused, so the Secret never
+/// carries it, the switch is a SecretConflict, and the delete leaves the Secret as its owner made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_owner_annotation_is_refused_and_merging_never_turns_into_owning() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let _op = Operator::start(&c, &moto).await;
+    moto.create_json("team/extra", &creds("pw")).await;
+    let theirs: Secret = serde_json::from_value(json!({"metadata": {"name": "shared-config",
+        "annotations": {"managedsecrets.io/allow-merge": "extra"}}, "stringData": {"token": "theirs"}}))
+    .unwrap();
+    c.secrets()
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let ms = c
+        .create_ms(
+            "extra",
+            json!({"secretId": "team/extra", "data": {"keys": [{"from": "password", "to": "EXTRA"}]},
+               "target": {"name": "shared-config", "creationPolicy": "Merge"}}),
+        )
+        .await;
+    c.wait_secret_value("shared-config", "EXTRA", "pw").await;
+    let uid = ms.metadata.uid.unwrap();
+    c.patch_ms(
+        "extra",
+        json!({"spec": {"target": {"annotations": {"managedsecrets.io/owner-uid": uid}}}}),
+    )
+    .await;
+    let refused = c.wait_ready("extra", "False", "InvalidSpec").await;
+    assert!(refused.status.unwrap().conditions[0]
+        .message
+        .contains("is reserved for the operator"));
+    let s = c.secrets().get("shared-config").await.unwrap();
+    assert!(
+        !s.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("managedsecrets.io/owner-uid"),
+        "the reserved annotation never reaches the Secret"
+    );
+    c.patch_ms(
+        "extra",
+        json!({"spec": {"data": {"keys": [{"from": "token", "to": "token"}]},
+                        "target": {"creationPolicy": "Owner", "deletionPolicy": "Delete"}}}),
+    )
+    .await;
+    c.wait_ready("extra", "False", "InvalidSpec").await;
+    // Without the annotation in the spec, the switch itself is a conflict.
+    c.patch_ms("extra", json!({"spec": {"target": {"annotations": null}}}))
+        .await;
+    c.wait_ready("extra", "False", "SecretConflict").await;
+    assert_eq!(
+        c.secret_data("shared-config").await.unwrap()["token"],
+        "theirs",
+        "the owner's key is not overwritten"
+    );
+    c.managed()
+        .delete("extra", &Default::default())
+        .await
+        .unwrap();
+    c.wait_ms_gone("extra").await;
+    let left = c
+        .secret_data("shared-config")
+        .await
+        .expect("the owner's Secret survives the ManagedSecret's deletion");
+    assert_eq!(left["token"], "theirs");
+}
+
+/// Finding 4: a rollout selector that only excludes (`DoesNotExist` on a label nobody has)
+/// would restart every workload in the namespace on every rotation. It is refused, and nothing
+/// is restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_that_matches_everything_is_refused_and_restarts_nothing() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let _op = Operator::start(&c, &moto).await;
+    moto.create_json("team/db", &creds("one")).await;
+    create_workload(
+        &c,
+        "Deployment",
+        "bystander",
+        pod_spec(json!({})),
+        json!({}),
+    )
+    .await;
+    let (generation, _) = state(&c, "Deployment", "bystander").await;
+    c.create_ms(
+        "greedy",
+        json!({"secretId": "team/db", "refreshInterval": "1s", "data": {"allKeys": true},
+               "rollout": {"selector": {"matchExpressions": [{"key": "nope", "operator": "DoesNotExist"}]}, "debounce": "1s"}}),
+    )
+    .await;
+    let ms = c.wait_ready("greedy", "False", "InvalidSpec").await;
+    let msg = &ms.status.unwrap().conditions[0].message;
+    assert!(
+        msg.contains("rollout.selector selects by no label"),
+        "{msg}"
+    );
+    // A healthy neighbour on the same secret shows when the rotation has been seen.
+    c.create_ms(
+        "honest",
+        json!({"secretId": "team/db", "refreshInterval": "1s", "data": {"allKeys": true}}),
+    )
+    .await;
+    c.wait_secret_value("honest", "password", "one").await;
+    moto.rotate_like_lambda("team/db", &creds("two")).await;
+    c.wait_secret_value("honest", "password", "two").await;
+    assert_eq!(
+        state(&c, "Deployment", "bystander").await.0,
+        generation,
+        "not restarted"
+    );
+    assert!(c.secret_data("greedy").await.is_none(), "nothing synced");
+}
+
+/// Finding 10: an Opaque target named like Helm's release storage would break that release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_named_like_a_helm_release_is_refused() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let _op = Operator::start(&c, &moto).await;
+    moto.create_json("team/db", &creds("one")).await;
+    c.create_ms(
+        "helm",
+        json!({"secretId": "team/db", "data": {"allKeys": true},
+               "target": {"name": "sh.helm.release.v1.app.v1", "creationPolicy": "Orphan"}}),
+    )
+    .await;
+    c.wait_ready("helm", "False", "InvalidSpec").await;
+    assert!(c.secret_data("sh.helm.release.v1.app.v1").await.is_none());
+}
+
+/// Finding 9: a denied tenant learns which policies concern its own namespace, never the names
+/// of other tenants' policies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_names_no_other_tenants_policies() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let _op = Operator::start_enforcing(&c, &moto).await;
+    let ns = c.namespace.clone();
+    moto.create_json("other/db", &creds("one")).await;
+    let others = c
+        .apply_policy(
+            "someone-elses",
+            json!({"rules": [{"namespaces": ["payments-prod"], "secrets": ["payments/*"]}]}),
+        )
+        .await;
+    let mine = c
+        .apply_policy(
+            "mine",
+            json!({"rules": [{"namespaces": [ns], "secrets": ["team/*"]}]}),
+        )
+        .await;
+    c.create_ms(
+        "probe",
+        json!({"secretId": "other/db", "data": {"allKeys": true}}),
+    )
+    .await;
+    let ms = c.wait_ready("probe", "False", "PolicyDenied").await;
+    let msg = &ms.status.unwrap().conditions[0].message;
+    assert!(msg.contains(&mine), "{msg}");
+    assert!(!msg.contains(&others), "{msg}");
+}
