@@ -39,7 +39,8 @@ def table(readme: str):
                 "verb": verb,
                 "group": group,
                 "resource": resource.strip("`"),
-                "cluster": scope.startswith("cluster"),
+                "scope": "cluster" if scope.startswith("cluster") else
+                         "watched" if scope.startswith("watched") else "operator",
                 "admission": NOT_REQUESTED in why,
                 "line": line.strip(),
             })
@@ -48,14 +49,17 @@ def table(readme: str):
     return rows
 
 
-def covers(row, req):
+def covers(row, req, operator_namespace):
     if (row["verb"], row["group"], row["resource"]) != (req["verb"], req["group"], req["resource"]):
         return False
     # A cluster-scoped request needs a cluster row, or a watched-namespaces row (all namespaces,
-    # as the chart's ClusterRole grants it); a namespaced one any row but a cluster row.
+    # as the chart's ClusterRole grants it); one in the operator's own namespace an operator or
+    # lease namespace row; one in the tenant namespace a watched-namespaces row.
     if req["namespace"] == "":
-        return True
-    return not row["cluster"]
+        return row["scope"] in ("cluster", "watched")
+    if req["namespace"] == operator_namespace:
+        return row["scope"] == "operator"
+    return row["scope"] == "watched"
 
 
 def main():
@@ -80,7 +84,7 @@ def main():
                 continue
             if (req["verb"], req["group"], req["resource"]) in BASIC_USER:
                 continue
-            hits = [i for i, r in enumerate(rows) if covers(r, req)]
+            hits = [i for i, r in enumerate(rows) if covers(r, req, audit.get("operator_namespace"))]
             if not hits:
                 problems.append(f"{f.name}: not in the README's table: {what}")
             used.update(hits)

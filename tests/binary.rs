@@ -60,7 +60,7 @@ impl Proc {
                 "--access-policy",
                 "off",
                 "--operator-namespace",
-                &c.namespace,
+                &c.operator_namespace,
                 // The chart's Lease (leaderElection.leaseName), the one its Role names.
                 "--lease-name",
                 support::rbac::LEASE,
@@ -223,9 +223,7 @@ async fn without_rbac_for_secrets_it_is_not_ready_says_so_loudly_and_sigterm_sti
     // real cluster); the hash key Role stays.
     c.revoke("secrets").await;
     let mut op = Proc::start(&c, &moto, &kubeconfig, dir.path(), "info");
-    // `create` stays granted: the test namespace is also the operator's, where the hash key Role
-    // lets it create Secrets.
-    let revoked = ["get", "list", "watch", "patch", "delete"];
+    let revoked = ["get", "list", "watch", "create", "patch", "delete"];
     let missing: Vec<String> = revoked
         .iter()
         .map(|v| format!("{v} secrets in {}", c.namespace))

@@ -54,7 +54,10 @@ pub struct Cluster {
     /// Its bearer token and user name.
     pub operator_token: String,
     pub operator_user: String,
+    /// The tenant namespace the test works in (the operator watches it).
     pub namespace: String,
+    /// The operator's own namespace (`<namespace>-op`).
+    pub operator_namespace: String,
     http: reqwest::Client,
     /// Cluster-scoped objects this test made (removed on a real cluster when it ends).
     policies: std::sync::Mutex<Vec<String>>,
@@ -116,12 +119,21 @@ impl Cluster {
         )
         .await
         .expect("namespace");
+        // The operator's own namespace, apart from the tenant's as in a real install: the chart's
+        // release namespace (ServiceAccount, hash key, Lease).
+        let operator_namespace = format!("{namespace}-op");
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": operator_namespace}})).unwrap(),
+        )
+        .await
+        .expect("operator namespace");
         // The operator's identity: the chart's ServiceAccount and RBAC, and a token for it.
         let mut set = vec![format!("leaderElection.leaseName={}", rbac::LEASE)];
         set.extend(values(&namespace));
-        let identity = rbac::identity_objects(&rbac::render(&namespace, &set));
+        let identity = rbac::identity_objects(&rbac::render(&operator_namespace, &set));
         let rbac_objects = rbac::install(&client, &identity).await;
-        let operator_token = rbac::token(&client, &namespace, rbac::RELEASE).await;
+        let operator_token = rbac::token(&client, &operator_namespace, rbac::RELEASE).await;
         let mut op_cfg = cfg;
         op_cfg.auth_info = kube::config::AuthInfo {
             token: Some(operator_token.clone().into()),
@@ -132,9 +144,13 @@ impl Cluster {
             kind,
             client,
             operator_client,
-            operator_user: format!("system:serviceaccount:{namespace}:{}", rbac::RELEASE),
+            operator_user: format!(
+                "system:serviceaccount:{operator_namespace}:{}",
+                rbac::RELEASE
+            ),
             operator_token,
             namespace,
+            operator_namespace,
             http: reqwest::Client::new(),
             policies: std::sync::Mutex::new(vec![]),
             rbac_objects,
@@ -529,6 +545,22 @@ impl Cluster {
         .await
     }
 
+    /// Delays the next `count` cluster-scoped requests matching verb/resource by `ms` (emulator
+    /// only).
+    pub async fn kube_latency_cluster(
+        &self,
+        verb: &str,
+        resource: &str,
+        ms: u64,
+        count: u64,
+    ) -> bool {
+        self.admin_post(
+            "faults",
+            json!({"verb": verb, "resource": resource, "latency_ms": ms, "count": count}),
+        )
+        .await
+    }
+
     /// Ends every open watch (emulator only).
     pub async fn close_watches(&self) -> bool {
         self.admin_post("watches/close", json!({})).await
@@ -598,13 +630,18 @@ impl Drop for Cluster {
         if let ClusterKind::Emulator(emu) = &self.kind {
             if self.keep_audit.load(std::sync::atomic::Ordering::SeqCst) {
                 let audit = emu.audit();
-                rbac::keep_audit(&self.operator_user, &audit, &self.namespace);
+                rbac::keep_audit(
+                    &self.operator_user,
+                    &audit,
+                    &self.namespace,
+                    &self.operator_namespace,
+                );
             }
         }
         if let ClusterKind::Real = self.kind {
             // Best effort: remove the test namespace on the real cluster.
             let client = self.client.clone();
-            let ns = self.namespace.clone();
+            let nss = [self.namespace.clone(), self.operator_namespace.clone()];
             let policies = std::mem::take(&mut *self.policies.lock().unwrap());
             let rbac_objects = std::mem::take(&mut self.rbac_objects);
             let _ = std::thread::spawn(move || {
@@ -620,7 +657,9 @@ impl Drop for Cluster {
                         }
                         rbac::uninstall(&client, &rbac_objects).await;
                         let api: Api<Namespace> = Api::all(client);
-                        let _ = api.delete(&ns, &Default::default()).await;
+                        for ns in nss {
+                            let _ = api.delete(&ns, &Default::default()).await;
+                        }
                     });
                 }
             })
@@ -689,10 +728,10 @@ impl Operator {
                 .with_metrics(metrics.clone()),
         );
         let health = Arc::new(managed_secrets::health::Health::default());
-        // The hash key lives in the test namespace, as it would in the operator's.
+        // The hash key lives in the operator's namespace.
         let key = managed_secrets::k8s::hash_key::load_or_create(
             &cluster.operator_client,
-            &cluster.namespace,
+            &cluster.operator_namespace,
             "managed-secrets-hash-key",
         )
         .await
@@ -717,9 +756,9 @@ impl Operator {
                 namespaces: settings.namespaces.clone(),
                 access_policies: settings.access_policy == controller::AccessPolicy::Enforce,
                 leader_election: false,
-                operator_namespace: cluster.namespace.clone(),
+                operator_namespace: cluster.operator_namespace.clone(),
                 hash_key_secret: "managed-secrets-hash-key".into(),
-                lease_namespace: cluster.namespace.clone(),
+                lease_namespace: cluster.operator_namespace.clone(),
                 lease_name: rbac::LEASE.into(),
             });
         let rbac_check = tokio::spawn(managed_secrets::k8s::access::verify(

@@ -158,7 +158,7 @@ pub fn audit_dir() -> PathBuf {
 }
 
 /// Keeps what `user` did (the emulator's audit rows) in a file of its own.
-pub fn keep_audit(user: &str, audit: &Value, test_namespace: &str) {
+pub fn keep_audit(user: &str, audit: &Value, test_namespace: &str, operator_namespace: &str) {
     let rows: Vec<Value> = audit["requests"]
         .as_array()
         .map(|a| a.iter().filter(|r| r["user"] == user).cloned().collect())
@@ -168,7 +168,8 @@ pub fn keep_audit(user: &str, audit: &Value, test_namespace: &str) {
     }
     let dir = audit_dir();
     let _ = std::fs::create_dir_all(&dir);
-    let body = serde_json::json!({"namespace": test_namespace, "user": user, "requests": rows});
+    let body = serde_json::json!({"namespace": test_namespace, "operator_namespace": operator_namespace,
+                                  "user": user, "requests": rows});
     let _ = std::fs::write(
         dir.join(format!("{test_namespace}.json")),
         serde_json::to_vec_pretty(&body).unwrap(),
