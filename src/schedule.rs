@@ -10,6 +10,9 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(10);
 pub const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
 /// The longest rollout debounce.
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(600);
+/// A failure that repeats without a change (permanent: a denied, invalid or missing secret)
+/// is retried at most this far apart, or at the refresh interval when that is longer.
+pub const PERMANENT_RETRY_CAP: Duration = Duration::from_secs(3600);
 
 /// Parses a Kubernetes-style duration: `30s`, `5m`, `1h`, `1h30m`, `500ms`. `field` names the
 /// setting in the error message.
@@ -128,6 +131,18 @@ pub fn after(now: DateTime<Utc>, d: Duration) -> Option<DateTime<Utc>> {
 
 /// Adds up to 10% jitter so that many ManagedSecrets created together do not refresh together.
 /// `unit` is a random number in [0, 1).
+/// The wait before the next attempt after the `failures`-th permanent failure in a row: the
+/// refresh interval, doubled with each repeat, capped at [`PERMANENT_RETRY_CAP`] (or the
+/// interval, when longer). A change (spec, policy, namespace labels, the Secret) is attempted at
+/// once whatever this says; this only spaces out retries that nothing prompted.
+pub fn permanent_retry(interval: Duration, failures: u32) -> Duration {
+    let cap = PERMANENT_RETRY_CAP.max(interval);
+    let doublings = failures.saturating_sub(1).min(20);
+    interval
+        .checked_mul(1u32 << doublings)
+        .map_or(cap, |d| d.min(cap))
+}
+
 pub fn jittered(interval: Duration, unit: f64) -> Duration {
     interval + interval.mul_f64(0.1 * unit.clamp(0.0, 1.0))
 }
@@ -212,6 +227,23 @@ pub fn plan(o: &Observed) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permanent_failures_back_off_from_the_interval_to_an_hour() {
+        let s = Duration::from_secs;
+        let waits: Vec<Duration> = (0..=10).map(|n| permanent_retry(s(10), n)).collect();
+        assert_eq!(
+            waits,
+            [10, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600].map(s)
+        );
+        assert_eq!(permanent_retry(s(10), u32::MAX), s(3600));
+        assert_eq!(
+            permanent_retry(MAX_REFRESH, 5),
+            MAX_REFRESH,
+            "a day stays a day"
+        );
+        assert_eq!(permanent_retry(s(7200), 1), s(7200));
+    }
 
     #[test]
     fn durations_parse_like_kubernetes() {

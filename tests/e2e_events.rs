@@ -302,3 +302,61 @@ async fn an_operator_killed_before_deleting_the_message_applies_the_rotation_onc
             >= 1.0
     );
 }
+
+/// Red team, finding 7: an event that arrives while the namespace labels are still being listed
+/// is not decided against empty labels (where a `DoesNotExist` rule would grant): AWS sees no
+/// request for the denied secret, then or after the event comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_before_the_policies_are_listed_waits_and_reads_nothing_denied() {
+    let (c, moto, queue) = ground().await;
+    moto.create_json("prod/db/credentials", &creds("one")).await;
+    let arn = moto.arn_of("prod/db/credentials").await;
+    // (The test's own DescribeSecret for the ARN is the last read before the operator's.)
+    let before = moto.reads_of("prod/db/credentials").await;
+    c.label_namespace(json!({"frozen": "true"})).await;
+    c.apply_policy(
+        "unfrozen",
+        json!({"rules": [{"namespaceSelector": {"matchExpressions": [{"key": "frozen", "operator": "DoesNotExist"}]},
+                          "secrets": ["prod/*"]}]}),
+    )
+    .await;
+    create_rolling_ms(&c).await;
+    moto.send_message(
+        &queue,
+        &event("UpdateSecretVersionStage", "prod/db/credentials", &arn),
+    )
+    .await;
+    // The operator's first list of namespaces is slow (emulator only), so the event comes first.
+    c.kube_latency_cluster("list", "namespaces", 3000, 1).await;
+    let q = SqsQueue::new(&moto.sdk_config(), &queue, Duration::from_secs(1));
+    let es = EventSettings {
+        queue: Arc::new(q),
+        wait: Duration::from_secs(1),
+        visibility: Duration::from_secs(2),
+        backstop: Duration::from_secs(3600),
+    };
+    let op = Operator::start_with(&c, &moto, move |s| {
+        s.events = Some(es);
+        s.access_policy = managed_secrets::controller::AccessPolicy::Enforce;
+    })
+    .await;
+    wait_for("the event received", DEADLINE, || async {
+        (op.metrics
+            .events_received
+            .get_or_create(&TypeLabels {
+                r#type: "UpdateSecretVersionStage".into(),
+            })
+            .get()
+            >= 1)
+            .then_some(())
+    })
+    .await;
+    c.wait_ready("db", "False", "PolicyDenied").await;
+    drained(&moto, &queue).await;
+    assert_eq!(
+        moto.reads_of("prod/db/credentials").await,
+        before,
+        "AWS never sees a request for a denied secret"
+    );
+    assert!(c.secret_data("db").await.is_none());
+}

@@ -180,3 +180,103 @@ async fn a_denial_names_no_other_tenants_policies() {
     assert!(msg.contains(&mine), "{msg}");
     assert!(!msg.contains(&others), "{msg}");
 }
+
+/// Finding 6: once a policy stops granting a secret, AWS is asked nothing more about it: no
+/// sweep-driven batch read, no DescribeSecret or GetSecretValue, even when it rotates. The
+/// Secret synced before is kept as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_no_longer_granted_is_no_longer_read_by_sweeps_or_batches() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let _op = Operator::start_tuned(
+        &c,
+        &moto,
+        |s| s.access_policy = managed_secrets::controller::AccessPolicy::Enforce,
+        managed_secrets::source::cache::Limits {
+            sweep_threshold: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let ns = c.namespace.clone();
+    c.apply_policy(
+        "fleet",
+        json!({"rules": [{"namespaces": [ns], "secrets": ["team/*"]}]}),
+    )
+    .await;
+    for i in 0..5 {
+        moto.create_json(&format!("team/s{i}"), &creds("one")).await;
+        c.create_ms(
+            &format!("ms{i}"),
+            json!({"secretId": format!("team/s{i}"), "refreshInterval": "2s", "data": {"allKeys": true}}),
+        )
+        .await;
+    }
+    for i in 0..5 {
+        c.wait_secret_value(&format!("ms{i}"), "password", "one")
+            .await;
+    }
+    // team/s0 is granted no more.
+    c.apply_policy(
+        "fleet",
+        json!({"rules": [{"namespaces": [ns], "secrets": ["team/s1", "team/s2", "team/s3", "team/s4"]}]}),
+    )
+    .await;
+    c.wait_ready("ms0", "False", "PolicyDenied").await;
+    moto.rotate_like_lambda("team/s0", &creds("two")).await;
+    // (after the rotation's own DescribeSecret)
+    let before = moto.reads_of("team/s0").await;
+    moto.rotate_like_lambda("team/s1", &creds("two")).await;
+    // A sweep saw team/s1 move and read it: sweeps run, and would have seen team/s0 too.
+    c.wait_secret_value("ms1", "password", "two").await;
+    let lists = moto.calls("ListSecrets").await;
+    support::wait_for("two more sweeps", support::DEADLINE, || async {
+        (moto.calls("ListSecrets").await >= lists + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        moto.reads_of("team/s0").await,
+        before,
+        "AWS is not asked about a denied secret"
+    );
+    assert_eq!(c.secret_data("ms0").await.unwrap()["password"], "one");
+}
+
+/// Finding 5: who may read ManagedSecrets and Events (but not Secrets) does not learn the field
+/// names of an AWS value synced with allKeys (some secrets use a credential as a key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_keys_names_reach_neither_status_nor_events() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let _op = Operator::start(&c, &moto).await;
+    let key = "ghp_CredentialUsedAsAKey";
+    moto.create_json("team/keys", &json!({ key: "1", "user": "app" }))
+        .await;
+    c.create_ms(
+        "keys",
+        json!({"secretId": "team/keys", "data": {"allKeys": true}}),
+    )
+    .await;
+    c.wait_secret_value("keys", key, "1").await;
+    let ms = c.wait_ready("keys", "True", "Synced").await;
+    let status = serde_json::to_string(&ms.status).unwrap();
+    assert!(!status.contains(key), "{status}");
+    assert!(!status.contains("\"user\""), "{status}");
+    assert_eq!(ms.status.unwrap().synced_keys.len(), 2);
+    let events = c.events_for("keys").await;
+    assert!(!events.is_empty());
+    assert!(
+        events.iter().all(|(_, note)| !note.contains(key)),
+        "{events:?}"
+    );
+    // The operator still notices an edit of the Secret and repairs it.
+    c.secrets()
+        .patch(
+            "keys",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {key: "tampered"}})),
+        )
+        .await
+        .unwrap();
+    c.wait_secret_value("keys", key, "1").await;
+}

@@ -191,6 +191,18 @@ async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome 
         }
     };
     ctx.metrics.event_received(&event.name);
+    let managed_listed = ctx.scopes.iter().all(|s| {
+        ctx.health
+            .is_listed(&super::watches::kind_key("managedsecrets", &s.scope))
+    });
+    if !managed_listed || !policies::ready(ctx) {
+        // Not everything the decision reads is listed yet: an event decided now could find no
+        // reader (and be dropped as unmanaged), or grant what a NotIn or DoesNotExist rule on
+        // namespace labels refuses. It comes back after its visibility timeout.
+        return Outcome::Retry(
+            "ManagedSecrets, access policies or namespace labels are not listed yet".into(),
+        );
+    }
     // The ManagedSecrets it concerns, grouped by what they read (secret, version, identity).
     let default_region = ctx.settings.default_region.as_deref();
     let mut groups: HashMap<crate::source::SecretRef, Vec<Arc<ManagedSecret>>> = HashMap::new();

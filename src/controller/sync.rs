@@ -162,7 +162,11 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let interval = ctx.stretched(validate_spec(ms, ctx.settings.min_refresh)?);
     known.interval = Some(interval);
     // Before anything is read from AWS: may this namespace read this secret, and as whom?
-    let identity = policies::authorize(ctx, ms)?;
+    let identity = policies::authorize(ctx, ms).inspect_err(|_| {
+        // Denied: it claims no AWS value any more, so sweeps and batches stop reading its secret
+        // (unless a ManagedSecret that is granted it still reads it).
+        ctx.source.release(&uid(ms));
+    })?;
     // A sweep that saw a new version makes this sync now, not at the next refresh.
     let source_moved = ctx
         .source
@@ -283,9 +287,14 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
             EventType::Normal,
             "Synced",
             format!(
-                "Secret {target} now holds AWS version {} (keys: {})",
+                "Secret {target} now holds AWS version {} ({})",
                 fetched.version_id,
-                data.keys().join(", ")
+                if ms.spec.data.all_keys {
+                    // The names came from the AWS value: Events are readable more widely.
+                    format!("{} keys", data.0.len())
+                } else {
+                    format!("keys: {}", data.keys().join(", "))
+                }
             ),
         )
         .await;
@@ -316,7 +325,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
             version_id: fetched.version_id.clone(),
             version_stages: fetched.version_stages.clone(),
             data_hash: data.hash(&hash_key),
-            keys: data.keys(),
+            keys: status_keys(ms, &data, &hash_key),
             now,
             next_refresh: next,
             forced: if bypass_cache { force } else { None },
@@ -370,9 +379,28 @@ fn name_managers(ctx: &Context, ns: &str, e: Error) -> Error {
     }
 }
 
+/// The key names status.syncedKeys shows: as written when the spec names them, as digests when
+/// they came from the AWS value (allKeys), sorted.
+fn status_keys(
+    ms: &ManagedSecret,
+    data: &crate::render::SecretData,
+    hash_key: &[u8],
+) -> Vec<String> {
+    if !ms.spec.data.all_keys {
+        return data.keys();
+    }
+    let mut keys: Vec<String> = data
+        .keys()
+        .iter()
+        .map(|k| crate::render::key_digest(hash_key, k))
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// A failure: the Secret is left as it is; status and an Event say what failed and when the next
 /// attempt is. Transient errors back off (5s ... 5m with jitter, or what a 429 asked for);
-/// permanent ones wait for a spec change or the next refresh.
+/// permanent ones wait for a change, or retry at the refresh interval doubling to an hour.
 pub(super) async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, known: Known) -> Action {
     let now = Utc::now();
     let prev = known
@@ -386,7 +414,11 @@ pub(super) async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, known: K
     let wait = if transient {
         retry_wait(&err, failures)
     } else {
-        schedule::jittered(interval, rand::random::<f64>())
+        // A permanent failure that repeats costs less and less: doubling from the interval.
+        schedule::jittered(
+            schedule::permanent_retry(interval, failures),
+            rand::random::<f64>(),
+        )
     };
     let next_attempt = schedule::after(now, wait).unwrap_or(now);
     ctx.schedule(ms, next_attempt);

@@ -298,7 +298,8 @@ pub struct ManagedSecretStatus {
     pub synced_version_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub synced_version_stages: Vec<String>,
-    /// The keys written to the Secret (names only).
+    /// The keys written to the Secret (names only; with allKeys, whose names come from the AWS
+    /// value, an HMAC of each name, `hmac:<hex>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub synced_keys: Vec<String>,
     /// SHA-256 of the synced keys and values (never the data itself).

@@ -273,12 +273,19 @@ pub fn in_sync(current: &Secret, desired: &Value, manager: &str) -> bool {
     true
 }
 
-/// Hash of the given keys as the Secret holds them now (to notice edits and deletions).
+/// Hash of the given keys as the Secret holds them now (to notice edits and deletions). A key
+/// listed by its digest (`hmac:…`, see `render::key_digest`) is found among the Secret's keys.
 pub fn current_hash(current: &Secret, keys: &[String], hash_key: &[u8]) -> Option<String> {
     let data = current.data.as_ref()?;
     let mut items = vec![];
     for k in keys {
-        items.push((k.as_str(), data.get(k)?.0.as_slice()));
+        let name = match k.strip_prefix("hmac:") {
+            Some(_) => data
+                .keys()
+                .find(|n| crate::render::key_digest(hash_key, n) == *k)?,
+            None => k,
+        };
+        items.push((name.as_str(), data.get(name)?.0.as_slice()));
     }
     items.sort();
     Some(hash_data(hash_key, items.into_iter()))
@@ -708,5 +715,16 @@ mod tests {
         let s = secret_from(&desired_secret(&ms(CreationPolicy::Owner), &d, "v1"));
         assert_eq!(current_hash(&s, &d.keys(), b"k"), Some(d.hash(b"k")));
         assert_eq!(current_hash(&s, &["missing".to_string()], b"k"), None);
+        // Keys listed by digest are found by it (and only with the same installation key).
+        let digests: Vec<String> = d
+            .keys()
+            .iter()
+            .map(|k| crate::render::key_digest(b"k", k))
+            .collect();
+        assert!(digests
+            .iter()
+            .all(|x| x.starts_with("hmac:") && x.len() == 21));
+        assert_eq!(current_hash(&s, &digests, b"k"), Some(d.hash(b"k")));
+        assert_eq!(current_hash(&s, &digests, b"other"), None);
     }
 }

@@ -93,6 +93,16 @@ impl SecretData {
     }
 }
 
+/// What status.syncedKeys shows for a key whose name came from the AWS value (allKeys): an
+/// HMAC of the name with the installation's key, `hmac:<16 hex>`, so that whoever may read
+/// ManagedSecrets (but not Secrets) does not learn the value's field names, while the operator
+/// can still find the key among a Secret's.
+pub fn key_digest(key: &[u8], name: &str) -> String {
+    let h = hash_data(key, std::iter::once(("syncedKey", name.as_bytes())));
+    let hex = h.trim_start_matches("hmac-sha256:");
+    format!("hmac:{}", &hex[..16.min(hex.len())])
+}
+
 pub fn hash_data<'a>(key: &[u8], items: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
     use hmac::Mac;
     let mut h = hmac::Hmac::<Sha256>::new_from_slice(key)

@@ -124,6 +124,22 @@ pub fn region_of_arn(id: &str) -> Option<String> {
         .then(|| parts[3].to_string())
 }
 
+/// Whether a secret (its name and full ARN) is the one an id names: the name, the full ARN, or a
+/// partial ARN (the full one without the `-` and six random characters AWS appends). A prefix is
+/// not enough: `...:secret:prod/db` must not answer for `...:secret:prod/db-admin-AbCdEf`.
+pub fn answers(id: &str, name: Option<&str>, arn: Option<&str>) -> bool {
+    if Some(id) == name || Some(id) == arn {
+        return true;
+    }
+    let Some(rest) = arn.and_then(|a| a.strip_prefix(id)) else {
+        return false;
+    };
+    id.starts_with("arn:")
+        && rest.len() == 7
+        && rest.starts_with('-')
+        && rest[1..].chars().all(|c| c.is_ascii_alphanumeric())
+}
+
 /// Maps an SDK error to the operator's reasons. Messages carry the AWS error code, never payloads.
 pub fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     secret: &str,
@@ -333,11 +349,7 @@ impl SecretsBackend for AwsBackend {
                         _ => continue,
                     };
                     // Which id was asked for this answer (a name or an ARN, as the spec says).
-                    let asked = chunk.iter().find(|id| {
-                        Some(id.as_str()) == v.name()
-                            || Some(id.as_str()) == v.arn()
-                            || v.arn().is_some_and(|a| a.starts_with(id.as_str()))
-                    });
+                    let asked = chunk.iter().find(|id| answers(id, v.name(), v.arn()));
                     if let Some(id) = asked {
                         out.push((
                             id.clone(),
@@ -369,6 +381,27 @@ impl SecretsBackend for AwsBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_answer_is_matched_to_the_exact_id_asked() {
+        let arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:prod/db-AbCdEf";
+        let admin = "arn:aws:secretsmanager:us-east-1:111122223333:secret:prod/db-admin-XyZ123";
+        let partial = "arn:aws:secretsmanager:us-east-1:111122223333:secret:prod/db";
+        assert!(answers("prod/db", Some("prod/db"), Some(arn)));
+        assert!(answers(arn, Some("prod/db"), Some(arn)));
+        assert!(answers(partial, Some("prod/db"), Some(arn)));
+        assert!(
+            !answers(partial, Some("prod/db-admin"), Some(admin)),
+            "a longer name is another secret"
+        );
+        assert!(!answers("prod/db", Some("prod/db-admin"), Some(admin)));
+        assert!(!answers("prod", Some("prod/db"), Some(arn)));
+        assert!(!answers(
+            "arn:aws:secretsmanager:us-east-1:111122223333:secret:prod/d",
+            Some("prod/db"),
+            Some(arn)
+        ));
+    }
 
     #[tokio::test]
     async fn clients_per_region_are_bounded() {

@@ -45,7 +45,7 @@ class TestControl:
     POST /__faults {"action": "GetSecretValue", "secret_id": "prod/db/x", "code": "ThrottlingException",
                     "status": 400, "count": 1}  -> the next matching calls answer that AWS error
     GET  /__calls -> {"GetSecretValue": 3, ...};  DELETE /__calls resets.
-    GET  /__requests -> every call: action, secret_id, the signing access key and region, and for
+    GET  /__requests -> every call: action, secret_id (secret_ids for BatchGetSecretValue), the signing access key and region, and for
          STS the role, session name, external id, session tags and the web identity token's
          audience and subject.
     The SDK under test receives real HTTP error responses in the AWS JSON protocol.
@@ -128,12 +128,16 @@ class TestControl:
             action = form.get("Action", "")
         if action:
             try:
-                secret_id = json.loads(raw or b"{}").get("SecretId", "") if not form else ""
+                body = json.loads(raw or b"{}") if not form else {}
             except ValueError:
-                secret_id = ""
+                body = {}
+            secret_id = body.get("SecretId", "") if isinstance(body, dict) else ""
             with self.lock:
                 self.calls[action] += 1
-                self.requests.append(self._describe(environ, action, secret_id, form))
+                entry = self._describe(environ, action, secret_id, form)
+                if isinstance(body, dict) and isinstance(body.get("SecretIdList"), list):
+                    entry["secret_ids"] = body["SecretIdList"]
+                self.requests.append(entry)
                 for f in self.faults:
                     if f["count"] > 0 and f.get("action", action) == action and f.get("secret_id", secret_id) == secret_id:
                         f["count"] -= 1

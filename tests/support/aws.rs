@@ -314,6 +314,25 @@ impl Moto {
             .count()
     }
 
+    /// Calls that read `secret_id`'s value or versions: GetSecretValue and DescribeSecret for it,
+    /// and BatchGetSecretValue calls that list it.
+    pub async fn reads_of(&self, secret_id: &str) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| {
+                (matches!(
+                    r["action"].as_str(),
+                    Some("GetSecretValue" | "DescribeSecret")
+                ) && r["secret_id"] == secret_id)
+                    || (r["action"] == "BatchGetSecretValue"
+                        && r["secret_ids"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|x| x == secret_id)))
+            })
+            .count()
+    }
+
     pub async fn calls(&self, action: &str) -> u64 {
         let v: Value = self
             .http
