@@ -546,17 +546,18 @@ fn apply_create_denied(
     }
     let name = t.name.as_deref()?;
     let srt = storage(state, rt);
-    let inner = state.lock();
-    if inner
+    let exists = state
+        .lock()
         .get(&srt, t.namespace.as_deref().unwrap_or(""), name)
-        .is_some()
-    {
+        .is_some();
+    if exists {
         return None;
     }
-    if auth::authorize(&inner, user, &attrs.with_verb("create")).allowed {
-        return None;
+    // Checked (and audited) like a request of its own.
+    match authorize(state, user, &attrs.with_verb("create")) {
+        Ok(()) => None,
+        Err(_) => Some(auth::forbidden_create(&t.group, &t.plural, name)),
     }
-    Some(auth::forbidden_create(&t.group, &t.plural, name))
 }
 
 /// The access review APIs (authorization.k8s.io): create only.
