@@ -240,10 +240,141 @@ pub fn failed(prev: &ManagedSecretStatus, f: Failed) -> (ManagedSecretStatus, bo
     (status, stale)
 }
 
+/// A condition message without its trailing "next attempt at <time>" (which moves with every
+/// attempt).
+fn without_next_attempt(message: &str) -> &str {
+    const AT: &str = "next attempt at ";
+    match message.rfind(AT) {
+        Some(i) if !message[i + AT.len()..].contains(char::is_whitespace) => {
+            message[..i].trim_end_matches([' ', ',', ';'])
+        }
+        _ => message,
+    }
+}
+
+/// Whether a failure's status says anything the previous status did not: another observed
+/// generation, or a condition that appeared, went, or changed status, reason or message (its
+/// next-attempt time aside). A failure that repeats unchanged is worth no status write and no
+/// Event: only the attempt's times and count would move.
+pub fn failure_is_news(prev: &ManagedSecretStatus, new: &ManagedSecretStatus) -> bool {
+    let view = |s: &ManagedSecretStatus| -> Vec<(String, String, String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    without_next_attempt(&c.message).to_string(),
+                )
+            })
+            .collect()
+    };
+    prev.observed_generation != new.observed_generation || view(prev) != view(new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_failure_that_repeats_unchanged_is_no_news() {
+        let f = |now: &str, next: &str, reason: &'static str, generation: i64| Failed {
+            generation: Some(generation),
+            secret_id: "prod/db/credentials".into(),
+            target: "db".into(),
+            reason,
+            message: "the error".into(),
+            transient: false,
+            secret_intact: true,
+            now: t(now),
+            next_attempt: t(next),
+            confirmed_at: None,
+            refresh_interval: Duration::from_secs(60),
+        };
+        let (first, _) = failed(
+            &ManagedSecretStatus::default(),
+            f(
+                "2026-11-29T10:00:00Z",
+                "2026-11-29T10:01:00Z",
+                "PolicyDenied",
+                1,
+            ),
+        );
+        assert!(failure_is_news(&ManagedSecretStatus::default(), &first));
+        let (again, _) = failed(
+            &first,
+            f(
+                "2026-11-29T10:01:00Z",
+                "2026-11-29T10:03:00Z",
+                "PolicyDenied",
+                1,
+            ),
+        );
+        assert_ne!(again, first, "times and count moved");
+        assert!(!failure_is_news(&first, &again));
+        let (other, _) = failed(
+            &first,
+            f(
+                "2026-11-29T10:01:00Z",
+                "2026-11-29T10:03:00Z",
+                "InvalidSpec",
+                1,
+            ),
+        );
+        assert!(failure_is_news(&first, &other), "another reason");
+        let (edited, _) = failed(
+            &first,
+            f(
+                "2026-11-29T10:01:00Z",
+                "2026-11-29T10:03:00Z",
+                "PolicyDenied",
+                2,
+            ),
+        );
+        assert!(failure_is_news(&first, &edited), "another generation");
+        // A synced object whose refresh starts failing is news; the repeat is not.
+        let (failing, _) = failed(
+            &good(),
+            Failed {
+                transient: true,
+                ..f(
+                    "2026-11-29T10:02:00Z",
+                    "2026-11-29T10:02:05Z",
+                    "AwsUnavailable",
+                    1,
+                )
+            },
+        );
+        assert!(failure_is_news(&good(), &failing));
+        let (still, _) = failed(
+            &failing,
+            Failed {
+                transient: true,
+                ..f(
+                    "2026-11-29T10:02:05Z",
+                    "2026-11-29T10:02:15Z",
+                    "AwsUnavailable",
+                    1,
+                )
+            },
+        );
+        assert!(!failure_is_news(&failing, &still));
+    }
+
+    #[test]
+    fn next_attempt_times_are_cut_from_messages() {
+        assert_eq!(
+            without_next_attempt("the error; next attempt at 2026-11-29T10:02:05Z"),
+            "the error"
+        );
+        assert_eq!(
+            without_next_attempt("failed (X), next attempt at 2026-11-29T10:02:05Z"),
+            "failed (X)"
+        );
+        assert_eq!(without_next_attempt("no time here"), "no time here");
+    }
 
     fn t(s: &str) -> DateTime<Utc> {
         parse_ts(Some(s)).unwrap()

@@ -280,3 +280,62 @@ async fn all_keys_names_reach_neither_status_nor_events() {
         .unwrap();
     c.wait_secret_value("keys", key, "1").await;
 }
+
+/// Finding 3 (a tenant's share of the API budget): a ManagedSecret that keeps failing the same
+/// way costs no Kubernetes request after the first (no status write, no Event), and its retries
+/// back off from the refresh interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_repeats_unchanged_costs_no_request() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let op = Operator::start_enforcing(&c, &moto).await;
+    moto.create_json("team/db", &creds("one")).await;
+    c.create_ms(
+        "denied",
+        json!({"secretId": "team/db", "refreshInterval": "1s", "data": {"allKeys": true}}),
+    )
+    .await;
+    let ms = c.wait_ready("denied", "False", "PolicyDenied").await;
+    let denied = || {
+        op.metrics
+            .failures
+            .get_or_create(&managed_secrets::metrics::ReasonLabels {
+                reason: "PolicyDenied".into(),
+            })
+            .get()
+    };
+    let first = denied();
+    let status_patches = c.count("patch", "managedsecrets/status").await;
+    let event_writes = (
+        c.count("create", "events").await,
+        c.count("patch", "events").await,
+    );
+    support::wait_for("two more attempts", support::DEADLINE, || async {
+        (denied() >= first + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.managed()
+            .get("denied")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        ms.metadata.resource_version,
+        "no status write for the same failure"
+    );
+    assert_eq!(
+        c.count("patch", "managedsecrets/status").await,
+        status_patches
+    );
+    assert_eq!(
+        (
+            c.count("create", "events").await,
+            c.count("patch", "events").await
+        ),
+        event_writes,
+        "no Event for the same failure"
+    );
+    let counts = c.event_counts("denied").await;
+    assert_eq!(counts, vec![("PolicyDenied".to_string(), 1)]);
+}

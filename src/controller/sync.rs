@@ -453,10 +453,19 @@ pub(super) async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, known: K
     } else {
         warn!(reason, transient, error = %err, retry_in = ?wait, "sync failed");
     }
-    ctx.event(ms, EventType::Warning, reason, err.to_string())
-        .await;
-    if let Err(e) = write_status(ctx, ms, &st).await {
-        warn!(error = %e, "could not record the failure in status; retrying with back-off");
+    // The same failure again costs no request: status and the Event already say it (the
+    // failures metric counts every attempt).
+    if status::failure_is_news(&prev, &st) {
+        ctx.event(ms, EventType::Warning, reason, err.to_string())
+            .await;
+        if let Err(e) = write_status(ctx, ms, &st).await {
+            warn!(error = %e, "could not record the failure in status; retrying with back-off");
+        }
+    } else {
+        debug!(
+            reason,
+            "the same failure as recorded: no status write, no Event"
+        );
     }
     Action::requeue(wait)
 }

@@ -18,6 +18,7 @@ import urllib.parse
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -45,7 +46,7 @@ class TestControl:
     POST /__faults {"action": "GetSecretValue", "secret_id": "prod/db/x", "code": "ThrottlingException",
                     "status": 400, "count": 1}  -> the next matching calls answer that AWS error
     GET  /__calls -> {"GetSecretValue": 3, ...};  DELETE /__calls resets.
-    GET  /__requests -> every call: action, secret_id (secret_ids for BatchGetSecretValue), the signing access key and region, and for
+    GET  /__requests -> every call: action, secret_id (secret_ids for BatchGetSecretValue), time (unix seconds), the signing access key and region, and for
          STS the role, session name, external id, session tags and the web identity token's
          audience and subject.
     The SDK under test receives real HTTP error responses in the AWS JSON protocol.
@@ -63,7 +64,7 @@ class TestControl:
         """What a test may ask of one call: who signed it, and for STS what was asked."""
         auth = environ.get("HTTP_AUTHORIZATION", "")
         m = re.search(r"Credential=([^/]+)/[^/]+/([^/]+)/", auth)
-        entry = {"action": action, "secret_id": secret_id,
+        entry = {"action": action, "secret_id": secret_id, "time": time.time(),
                  "access_key": m.group(1) if m else None, "region": m.group(2) if m else None}
         if form:
             entry["role_arn"] = form.get("RoleArn")
