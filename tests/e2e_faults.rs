@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::aws::Moto;
 use support::workloads::*;
-use support::{wait_for, Cluster, Operator, DEADLINE};
+use support::{wait_for, Cluster, Operator};
 
 async fn setup() -> (Cluster, Moto, Operator) {
     let cluster = Cluster::start().await;
@@ -69,19 +69,7 @@ async fn aws_unreachable_keeps_the_secret_stale_appears_then_clears() {
     );
     // Another attempt without AWS (it reaches no AWS endpoint and, being the same failure,
     // writes nothing: the operator's failure counter shows it).
-    let unavailable = || {
-        op.metrics
-            .failures
-            .get_or_create(&managed_secrets::metrics::ReasonLabels {
-                reason: "AwsUnavailable".into(),
-            })
-            .get()
-    };
-    let attempts = unavailable();
-    wait_for("another attempt", DEADLINE, || async {
-        (unavailable() > attempts).then_some(())
-    })
-    .await;
+    op.wait_failures("AwsUnavailable", 1).await;
     let m = op.metrics.render();
     assert_eq!(
         metric(&m, "managed_secrets_stale_objects"),
@@ -127,18 +115,7 @@ async fn throttling_backs_off_without_a_hot_loop_and_recovers() {
         6,
     )
     .await;
-    let throttled = || {
-        op.metrics
-            .failures
-            .get_or_create(&managed_secrets::metrics::ReasonLabels {
-                reason: "Throttled".into(),
-            })
-            .get()
-    };
-    wait_for("two throttled attempts", DEADLINE, || async {
-        (throttled() >= 2).then_some(())
-    })
-    .await;
+    op.wait_failures("Throttled", 2).await;
     // The calls' own times: the SDK's retries of one attempt come within seconds; between the
     // operator's attempts it waits 5s, then 10s (+ jitter), not the 1s refresh.
     let times: Vec<f64> = moto.requests().await[seen..]

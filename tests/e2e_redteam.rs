@@ -296,24 +296,12 @@ async fn a_failure_that_repeats_unchanged_costs_no_request() {
     )
     .await;
     let ms = c.wait_ready("denied", "False", "PolicyDenied").await;
-    let denied = || {
-        op.metrics
-            .failures
-            .get_or_create(&managed_secrets::metrics::ReasonLabels {
-                reason: "PolicyDenied".into(),
-            })
-            .get()
-    };
-    let first = denied();
     let status_patches = c.count("patch", "managedsecrets/status").await;
     let event_writes = (
         c.count("create", "events").await,
         c.count("patch", "events").await,
     );
-    support::wait_for("two more attempts", support::DEADLINE, || async {
-        (denied() >= first + 2).then_some(())
-    })
-    .await;
+    op.wait_failures("PolicyDenied", 2).await;
     assert_eq!(
         c.managed()
             .get("denied")

@@ -427,7 +427,7 @@ async fn merge_then_owner_cannot_take_over_and_foreign_or_protected_secrets_are_
 async fn two_managed_secrets_on_one_secret_give_one_stable_conflict() {
     let c = Cluster::start().await;
     let moto = Moto::start().await;
-    let _op = Operator::start(&c, &moto).await;
+    let op = Operator::start(&c, &moto).await;
     moto.create_json("prod/a", &creds("a")).await;
     moto.create_json("prod/b", &creds("b")).await;
     c.create_ms("first", json!({"secretId": "prod/a", "refreshInterval": "1s", "data": {"allKeys": true}, "target": {"name": "shared"}}))
@@ -447,7 +447,7 @@ async fn two_managed_secrets_on_one_secret_give_one_stable_conflict() {
         .metadata
         .resource_version;
     c.wait_attempts(&moto, "first", 3).await;
-    c.wait_attempts(&moto, "second", 1).await;
+    op.wait_failures("SecretConflict", 1).await;
     assert_eq!(
         c.secrets()
             .get("shared")

@@ -188,7 +188,8 @@ impl Cluster {
 
     /// Waits until the operator has made `n` more attempts for `name`: each seen as AWS calls for
     /// its secret (a refresh that finds nothing new writes nothing) or a new lastAttemptTime (a
-    /// failure is recorded in status).
+    /// new failure is recorded in status; one that repeats the last writes nothing: use
+    /// `Operator::wait_failures` for those).
     pub async fn wait_attempts(&self, moto: &aws::Moto, name: &str, n: usize) {
         let id = self.managed().get(name).await.unwrap().spec.secret_id;
         let calls = || async {
@@ -786,6 +787,26 @@ impl Operator {
             metrics,
             health,
         }
+    }
+
+    /// Attempts that failed with `reason` so far (every attempt counts, also one that wrote
+    /// nothing because it failed as the last did).
+    pub fn failures(&self, reason: &str) -> u64 {
+        self.metrics
+            .failures
+            .get_or_create(&managed_secrets::metrics::ReasonLabels {
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    /// Waits until `n` more attempts have failed with `reason`.
+    pub async fn wait_failures(&self, reason: &str, n: u64) {
+        let start = self.failures(reason);
+        wait_for(&format!("{n} more {reason} failures"), DEADLINE, || async {
+            (self.failures(reason) >= start + n).then_some(())
+        })
+        .await;
     }
 
     /// Stops at once, with no graceful shutdown (as SIGKILL would).
