@@ -3,7 +3,7 @@
 //! (Deployments, StatefulSets, DaemonSets, Argo Rollouts: metadata and pod template only). A
 //! refresh that finds nothing new then makes no Kubernetes request at all.
 
-use crate::crd::{ManagedSecret, WorkloadKind, FIELD_MANAGER};
+use crate::crd::{ManagedSecret, WorkloadKind, FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::rollout::Workload;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
@@ -74,27 +74,91 @@ impl ScopeStores {
     }
 }
 
-/// A Secret as the cache keeps it: of managedFields only our managers' entries, and of those only
-/// what says which keys we wrote (manager, operation, `f:data`); everything else of metadata and the
-/// data as they are. (Whole managedFields were the largest part of the cache at 10,000 Secrets.)
-pub fn trim_secret(s: &mut Secret) {
-    if let Some(mf) = s.metadata.managed_fields.as_mut() {
-        let prefix = format!("{FIELD_MANAGER}/");
-        mf.retain(|m| m.manager.as_deref().is_some_and(|n| n.starts_with(&prefix)));
-        for m in mf.iter_mut() {
-            let data = m
-                .fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:data"))
-                .cloned();
-            *m = ManagedFieldsEntry {
-                manager: m.manager.take(),
-                operation: m.operation.take(),
-                fields_v1: data.map(|d| FieldsV1(serde_json::json!({ "f:data": d }))),
-                ..Default::default()
+/// A Secret as the cache keeps it, a small bounded record whoever wrote it and however large it is
+/// (anyone may put the managed-by label on a Secret of theirs): name, namespace, uid,
+/// resourceVersion, type; of labels and annotations only the operator's own and the keys its
+/// field managers applied; of ownerReferences the controller reference to a ManagedSecret; of
+/// managedFields only our managers' entries, cut to the data keys and label/annotation keys they
+/// own; and of data only the keys our managers own, each value replaced by its keyed digest
+/// (`render::value_digest`): enough to tell whether it changed, never the value.
+pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
+    let prefix = format!("{FIELD_MANAGER}/");
+    let mut ours: Vec<ManagedFieldsEntry> = s
+        .metadata
+        .managed_fields
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.manager.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+        .map(|m| {
+            let f = m.fields_v1.as_ref().map(|f| &f.0);
+            let keys = |v: Option<&serde_json::Value>| -> serde_json::Value {
+                serde_json::Value::Object(
+                    v.and_then(|x| x.as_object())
+                        .map(|o| {
+                            o.keys()
+                                .filter(|k| k.starts_with("f:"))
+                                .map(|k| (k.clone(), serde_json::json!({})))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )
             };
+            let data = keys(f.and_then(|f| f.get("f:data")));
+            let labels = keys(f.and_then(|f| f.pointer("/f:metadata/f:labels")));
+            let annotations = keys(f.and_then(|f| f.pointer("/f:metadata/f:annotations")));
+            ManagedFieldsEntry {
+                manager: m.manager,
+                operation: m.operation,
+                fields_v1: Some(FieldsV1(serde_json::json!({
+                    "f:data": data,
+                    "f:metadata": {"f:labels": labels, "f:annotations": annotations},
+                }))),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ours.shrink_to_fit();
+    let owned = |section: &str| -> std::collections::BTreeSet<String> {
+        ours.iter()
+            .filter_map(|m| {
+                m.fields_v1
+                    .as_ref()?
+                    .0
+                    .pointer(section)?
+                    .as_object()
+                    .cloned()
+            })
+            .flat_map(|o| o.into_iter().map(|(k, _)| k))
+            .filter_map(|k| k.strip_prefix("f:").map(String::from))
+            .collect()
+    };
+    let (data_keys, label_keys, annotation_keys) = (
+        owned("/f:data"),
+        owned("/f:metadata/f:labels"),
+        owned("/f:metadata/f:annotations"),
+    );
+    crate::k8s::digest_data(s, hash_key, |k| data_keys.contains(k));
+    let md = &mut s.metadata;
+    if let Some(l) = md.labels.as_mut() {
+        l.retain(|k, _| k == MANAGED_BY_LABEL || label_keys.contains(k));
+    }
+    if let Some(a) = md.annotations.as_mut() {
+        a.retain(|k, _| crate::k8s::reserved_key(k) || annotation_keys.contains(k));
+    }
+    if let Some(r) = md.owner_references.as_mut() {
+        r.retain(|r| r.controller == Some(true) && r.kind == "ManagedSecret");
+        r.truncate(1);
+    }
+    md.managed_fields = (!ours.is_empty()).then_some(ours);
+    md.finalizers = None;
+    md.creation_timestamp = None;
+    md.generate_name = None;
+    md.self_link = None;
+    if let Some(t) = s.type_.as_mut() {
+        if t.len() > 253 {
+            *t = "<too long>".into();
         }
-        mf.shrink_to_fit();
     }
 }
 
@@ -249,26 +313,85 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn cached_secrets_keep_only_our_managed_fields() {
-        let mut s: Secret = serde_json::from_value(json!({"metadata": {"name": "db", "managedFields": [
-            {"manager": "managed-secrets/uid-1", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1",
+    fn cached_secrets_keep_what_our_managers_own_with_values_as_digests() {
+        let mut s: Secret = serde_json::from_value(json!({"metadata": {"name": "db",
+            "labels": {"app.kubernetes.io/managed-by": "managed-secrets", "a": "1", "theirs": "x"},
+            "annotations": {"managedsecrets.io/owner-uid": "uid-1", "theirs": "y".repeat(100_000)},
+            "finalizers": ["example.com/x"],
+            "managedFields": [
+            {"manager": "managed-secrets/uid-1", "operation": "Apply", "apiVersion": "v1",
              "time": "2026-11-29T10:00:00Z", "fieldsV1": {"f:data": {"f:password": {}}, "f:metadata": {"f:labels": {"f:a": {}}}}},
             {"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:data": {"f:other": {}}}}
-        ]}, "data": {"password": "eA=="}}))
+        ]}, "data": {"password": "eA==", "other": "eQ=="}}))
         .unwrap();
-        trim_secret(&mut s);
+        trim_secret(&mut s, b"k");
         let owned = crate::k8s::owned_keys(&s, "managed-secrets/uid-1");
         let mf = s.metadata.managed_fields.clone().unwrap();
         assert_eq!(
             serde_json::to_value(&mf).unwrap(),
             json!([{"manager": "managed-secrets/uid-1", "operation": "Apply",
-                    "fieldsV1": {"f:data": {"f:password": {}}}}])
+                    "fieldsV1": {"f:data": {"f:password": {}}, "f:metadata": {"f:labels": {"f:a": {}}, "f:annotations": {}}}}])
         );
         assert_eq!(
             owned.into_iter().collect::<Vec<_>>(),
             vec!["password".to_string()]
         );
-        assert!(s.data.unwrap().contains_key("password"));
+        let data = s.data.clone().unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            vec!["password"],
+            "only our keys"
+        );
+        assert_eq!(data["password"].0, crate::render::value_digest(b"k", b"x"));
+        assert_eq!(
+            s.metadata
+                .labels
+                .clone()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            vec!["a", "app.kubernetes.io/managed-by"]
+        );
+        assert_eq!(
+            s.metadata
+                .annotations
+                .clone()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            vec!["managedsecrets.io/owner-uid"]
+        );
+        assert!(s.metadata.finalizers.is_none());
+    }
+
+    #[test]
+    fn a_large_foreign_secret_with_our_label_costs_a_small_constant() {
+        let big = "eHh4".repeat(200_000);
+        let mut data = serde_json::Map::new();
+        for i in 0..1000 {
+            data.insert(
+                format!("k{i}"),
+                json!(if i == 0 {
+                    big.clone()
+                } else {
+                    "eA==".to_string()
+                }),
+            );
+        }
+        let mut s: Secret = serde_json::from_value(json!({"metadata": {"name": "planted", "namespace": "tenant",
+            "labels": {"app.kubernetes.io/managed-by": "managed-secrets"},
+            "annotations": {"a": "y".repeat(200_000)},
+            "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:data": {"f:k0": {}}}}]},
+            "data": data}))
+        .unwrap();
+        trim_secret(&mut s, b"k");
+        let size = serde_json::to_vec(&s).unwrap().len();
+        assert!(
+            size < 300,
+            "{size} bytes kept: {}",
+            serde_json::to_string(&s).unwrap()
+        );
+        assert!(s.data.unwrap_or_default().is_empty());
     }
 
     #[test]

@@ -177,9 +177,17 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = ms.target_name();
     // From the watch cache; only a Secret the cache does not hold (not ours, or not there) is read.
+    // Either way as the cache keeps it: our keys, values as digests.
     let current = match super::stores::secret(&ctx.scopes, &ns, &target) {
         Some(s) => Some((*s).clone()),
-        None => secrets.get_opt(&target).await.map_err(Error::Kube)?,
+        None => secrets
+            .get_opt(&target)
+            .await
+            .map_err(Error::Kube)?
+            .map(|mut s| {
+                super::stores::trim_secret(&mut s, &hash_key);
+                s
+            }),
     };
     let intact = match &status.data_hash {
         None => true,
@@ -271,7 +279,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let data = mapping.render(&fetched.value)?;
     let desired = k8s::desired_secret(ms, &data, &fetched.version_id);
     let changed = match &current {
-        Some(c) if k8s::in_sync(c, &desired, &k8s::field_manager(ms)) => false,
+        Some(c) if k8s::in_sync(c, &desired, &k8s::field_manager(ms), &hash_key) => false,
         _ => {
             k8s::apply_secret(&secrets, ms, &desired)
                 .await

@@ -242,7 +242,10 @@ async fn scope_controller(
         health,
         metrics,
     ))
-    .modify(stores::trim_secret)
+    .modify({
+        let key = ctx.settings.hash_key.0.clone();
+        move |s: &mut Secret| stores::trim_secret(s, &key)
+    })
     .reflect(writers.secrets)
     .touched_objects();
     let workloads = futures::stream::select_all(vec![

@@ -211,15 +211,31 @@ pub fn owned_keys(s: &Secret, manager: &str) -> BTreeSet<String> {
     out
 }
 
-/// Whether `current` already holds everything `desired` says (so no write is needed).
-pub fn in_sync(current: &Secret, desired: &Value, manager: &str) -> bool {
+/// Replaces each value of `s.data` that `keep` keeps by its digest (`render::value_digest`) and
+/// drops the others, as the operator's cache keeps Secrets.
+pub fn digest_data(s: &mut Secret, hash_key: &[u8], keep: impl Fn(&str) -> bool) {
+    if let Some(data) = s.data.as_mut() {
+        data.retain(|k, _| keep(k));
+        for v in data.values_mut() {
+            let d = crate::render::value_digest(hash_key, &v.0);
+            v.0.iter_mut().for_each(|b| *b = 0);
+            v.0 = d;
+        }
+    }
+    s.string_data = None;
+}
+
+/// Whether `current` (as the cache keeps it: values as digests, see `stores::trim_secret`)
+/// already holds everything `desired` says (so no write is needed).
+pub fn in_sync(current: &Secret, desired: &Value, manager: &str, hash_key: &[u8]) -> bool {
     let cur_data = current.data.clone().unwrap_or_default();
     let want = desired["data"].as_object().cloned().unwrap_or_default();
     for (k, v) in &want {
         let b = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or(""))
             .unwrap_or_default();
-        if cur_data.get(k).map(|x| x.0.as_slice()) != Some(b.as_slice()) {
+        let digest = crate::render::value_digest(hash_key, &b);
+        if cur_data.get(k).map(|x| x.0.as_slice()) != Some(digest.as_slice()) {
             return false;
         }
     }
@@ -273,8 +289,9 @@ pub fn in_sync(current: &Secret, desired: &Value, manager: &str) -> bool {
     true
 }
 
-/// Hash of the given keys as the Secret holds them now (to notice edits and deletions). A key
-/// listed by its digest (`hmac:…`, see `render::key_digest`) is found among the Secret's keys.
+/// Hash of the given keys as the Secret holds them now (to notice edits and deletions), from the
+/// cached Secret, whose values are digests (see `stores::trim_secret`). A key listed by its
+/// digest (`hmac:…`, see `render::key_digest`) is found among the Secret's keys.
 pub fn current_hash(current: &Secret, keys: &[String], hash_key: &[u8]) -> Option<String> {
     let data = current.data.as_ref()?;
     let mut items = vec![];
@@ -634,20 +651,22 @@ mod tests {
     fn in_sync_compares_data_metadata_and_ownership() {
         let m = ms(CreationPolicy::Owner);
         let d = desired_secret(&m, &data(), "v1");
-        let s = secret_from(&d);
+        let mut s = secret_from(&d);
+        digest_data(&mut s, b"k", |_| true);
         let fm = field_manager(&m);
-        assert!(in_sync(&s, &d, &fm));
+        assert!(in_sync(&s, &d, &fm, b"k"));
+        assert!(!in_sync(&s, &d, &fm, b"another key"));
         let changed = desired_secret(
             &m,
             &SecretData(BTreeMap::from([("password".to_string(), b"y".to_vec())])),
             "v1",
         );
-        assert!(!in_sync(&s, &changed, &fm));
+        assert!(!in_sync(&s, &changed, &fm, b"k"));
         let new_version = desired_secret(&m, &data(), "v2");
-        assert!(!in_sync(&s, &new_version, &fm));
+        assert!(!in_sync(&s, &new_version, &fm, b"k"));
         let mut no_owner = s.clone();
         no_owner.metadata.owner_references = None;
-        assert!(!in_sync(&no_owner, &d, &fm));
+        assert!(!in_sync(&no_owner, &d, &fm, b"k"));
     }
 
     #[test]
@@ -712,7 +731,8 @@ mod tests {
     #[test]
     fn current_hash_matches_the_rendered_hash() {
         let d = data();
-        let s = secret_from(&desired_secret(&ms(CreationPolicy::Owner), &d, "v1"));
+        let mut s = secret_from(&desired_secret(&ms(CreationPolicy::Owner), &d, "v1"));
+        digest_data(&mut s, b"k", |_| true);
         assert_eq!(current_hash(&s, &d.keys(), b"k"), Some(d.hash(b"k")));
         assert_eq!(current_hash(&s, &["missing".to_string()], b"k"), None);
         // Keys listed by digest are found by it (and only with the same installation key).

@@ -85,12 +85,29 @@ impl SecretData {
     pub fn keys(&self) -> Vec<String> {
         self.0.keys().cloned().collect()
     }
-    /// SHA-256 over keys and values, for status and change detection (the data itself is never stored).
-    /// HMAC-SHA256 over keys and values with the installation's key (for status and change
-    /// detection; the data itself is never stored, and without the key a guess cannot be tested).
+    /// HMAC-SHA256 over the keys and the values' digests ([`value_digest`]) with the
+    /// installation's key, for status and change detection: the data itself is never stored,
+    /// without the key a guess cannot be tested, and the operator's cache, which keeps digests
+    /// instead of values, can compute it again.
     pub fn hash(&self, key: &[u8]) -> String {
-        hash_data(key, self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        let digests: Vec<(&str, Vec<u8>)> = self
+            .0
+            .iter()
+            .map(|(k, v)| (k.as_str(), value_digest(key, v)))
+            .collect();
+        hash_data(key, digests.iter().map(|(k, d)| (*k, d.as_slice())))
     }
+}
+
+/// What the operator keeps of a Secret value it wrote: 16 bytes of HMAC-SHA256 with the
+/// installation's key (enough to tell whether the value changed; the value cannot be had back).
+pub fn value_digest(key: &[u8], value: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut h = hmac::Hmac::<Sha256>::new_from_slice(key)
+        .unwrap_or_else(|_| hmac::Hmac::<Sha256>::new_from_slice(&[0u8; 32]).expect("fixed key"));
+    h.update(b"value\0");
+    h.update(value);
+    h.finalize().into_bytes()[..16].to_vec()
 }
 
 /// What status.syncedKeys shows for a key whose name came from the AWS value (allKeys): an
