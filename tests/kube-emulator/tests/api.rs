@@ -1049,31 +1049,13 @@ async fn tokens_authenticate_their_service_account_until_it_is_deleted() {
         json!(["https://kubernetes.default.svc", "sts.amazonaws.com"])
     );
     let (c, e) = api
-        .send_as(
-            Some(&token),
-            &[],
-            "GET",
-            "/api/v1/namespaces/ref/secrets",
-            "application/json",
-            None,
-        )
+        .get_as(Some(&token), &[], "/api/v1/namespaces/ref/secrets")
         .await;
     assert_eq!(c, 403);
     assert_eq!(e["message"], "secrets is forbidden: User \"system:serviceaccount:ref:op\" cannot list resource \"secrets\" in API group \"\" in the namespace \"ref\"");
-    let (c, _) = api
-        .send_as(
-            Some(&token),
-            &[],
-            "GET",
-            "/version",
-            "application/json",
-            None,
-        )
-        .await;
+    let (c, _) = api.get_as(Some(&token), &[], "/version").await;
     assert_eq!(c, 200, "system:public-info-viewer");
-    let (c, _) = api
-        .send_as(None, &[], "GET", "/apis", "application/json", None)
-        .await;
+    let (c, _) = api.get_as(None, &[], "/apis").await;
     assert_eq!(c, 403, "discovery is for signed-in users only");
     // A token for another audience is not for the API server.
     let (_, other) = api
@@ -1083,30 +1065,14 @@ async fn tokens_authenticate_their_service_account_until_it_is_deleted() {
         )
         .await;
     let (c, e) = api
-        .send_as(
-            other["status"]["token"].as_str(),
-            &[],
-            "GET",
-            "/version",
-            "application/json",
-            None,
-        )
+        .get_as(other["status"]["token"].as_str(), &[], "/version")
         .await;
     assert_eq!((c, e["reason"].as_str()), (401, Some("Unauthorized")));
     let (c, _) = api
         .delete("/api/v1/namespaces/ref/serviceaccounts/op", None)
         .await;
     assert_eq!(c, 200);
-    let (c, e) = api
-        .send_as(
-            Some(&token),
-            &[],
-            "GET",
-            "/version",
-            "application/json",
-            None,
-        )
-        .await;
+    let (c, e) = api.get_as(Some(&token), &[], "/version").await;
     assert_eq!((c, e["message"].as_str()), (401, Some("Unauthorized")));
 }
 
@@ -1132,7 +1098,7 @@ async fn rbac_bindings_scope_names_groups_and_impersonation() {
         "subjects": [{"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}]})).await;
     let jane = [("Impersonate-User", "jane"), ("Impersonate-Group", "devs")];
     let admin = Some(kube_emulator::auth::ADMIN_TOKEN);
-    let get = |path: &'static str| api.send_as(admin, &jane, "GET", path, "application/json", None);
+    let get = |path: &'static str| api.get_as(admin, &jane, path);
     assert_eq!(get("/api/v1/namespaces/a/configmaps").await.0, 200);
     let (c, e) = get("/api/v1/namespaces/b/configmaps").await;
     assert_eq!(c, 403, "{e}");
@@ -1171,14 +1137,7 @@ async fn rbac_bindings_scope_names_groups_and_impersonation() {
     let sudo = tr["status"]["token"].as_str().unwrap().to_string();
     let as_jane = [("Impersonate-User", "jane")];
     let (c, e) = api
-        .send_as(
-            Some(&sudo),
-            &as_jane,
-            "GET",
-            "/api/v1/configmaps",
-            "application/json",
-            None,
-        )
+        .get_as(Some(&sudo), &as_jane, "/api/v1/configmaps")
         .await;
     assert_eq!(c, 403);
     assert_eq!(e["details"], json!({"name": "jane", "kind": "users"}));
@@ -1188,27 +1147,11 @@ async fn rbac_bindings_scope_names_groups_and_impersonation() {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "impersonator"},
         "subjects": [{"kind": "ServiceAccount", "name": "sudo", "namespace": "ref"}]})).await;
     let (c, e) = api
-        .send_as(
-            Some(&sudo),
-            &as_jane,
-            "GET",
-            "/api/v1/configmaps",
-            "application/json",
-            None,
-        )
+        .get_as(Some(&sudo), &as_jane, "/api/v1/configmaps")
         .await;
     assert_eq!(c, 200, "{e}");
     // Impersonating a group needs its own grant.
-    let (c, e) = api
-        .send_as(
-            Some(&sudo),
-            &jane,
-            "GET",
-            "/api/v1/configmaps",
-            "application/json",
-            None,
-        )
-        .await;
+    let (c, e) = api.get_as(Some(&sudo), &jane, "/api/v1/configmaps").await;
     assert_eq!(c, 403);
     assert_eq!(e["details"]["kind"], "groups");
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 pub struct Api {
     pub emu: Emulator,
+    /// Sends the administrator's token with every request.
     pub http: reqwest::Client,
+    /// Sends no credentials of its own (send_as adds them).
+    plain: reqwest::Client,
 }
 
 pub async fn start() -> Api {
@@ -24,6 +27,7 @@ pub async fn start_with(opts: Options) -> Api {
     let api = Api {
         emu,
         http: admin_client(),
+        plain: reqwest::Client::new(),
     };
     api.send("POST", "/api/v1/namespaces", "application/json", Some(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ref"}}))).await;
     api
@@ -65,7 +69,8 @@ impl Api {
         body: Option<Value>,
     ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut rb = reqwest::Client::new()
+        let mut rb = self
+            .plain
             .request(m, self.url(path))
             .header("content-type", ctype)
             .header("user-agent", "emulator-tests/1.0");
@@ -91,6 +96,7 @@ impl Api {
         format!("{}{}", self.emu.url(), path)
     }
 
+    /// A request as the administrator.
     pub async fn send(
         &self,
         method: &str,
@@ -98,22 +104,26 @@ impl Api {
         ctype: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut rb = self
-            .http
-            .request(m, self.url(path))
-            .header("content-type", ctype)
-            .header("user-agent", "emulator-tests/1.0");
-        if let Some(b) = body {
-            rb = rb.body(b.to_string());
-        }
-        let resp = rb.send().await.expect("request");
-        let code = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        self.send_as(
+            Some(kube_emulator::auth::ADMIN_TOKEN),
+            &[],
+            method,
+            path,
+            ctype,
+            body,
         )
+        .await
+    }
+
+    /// A GET with the given bearer token and extra headers.
+    pub async fn get_as(
+        &self,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        path: &str,
+    ) -> (u16, Value) {
+        self.send_as(token, headers, "GET", path, "application/json", None)
+            .await
     }
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send("GET", path, "application/json", None).await
