@@ -70,7 +70,7 @@ impl UserInfo {
                 .collect(),
         }
     }
-    fn is_master(&self) -> bool {
+    pub fn is_master(&self) -> bool {
         self.groups.iter().any(|g| g == MASTERS)
     }
 }
@@ -118,17 +118,24 @@ impl Tokens {
     }
 }
 
+/// Whether the request carries the administrator's token.
+pub fn is_admin_token(headers: &HeaderMap) -> bool {
+    bearer(headers) == Some(ADMIN_TOKEN)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// What authentication found: a user, or 401.
 pub fn authenticate(headers: &HeaderMap, tokens: &Tokens, inner: &Inner) -> Option<UserInfo> {
-    let Some(h) = headers.get("authorization") else {
+    if headers.get("authorization").is_none() {
         return Some(UserInfo::anonymous());
-    };
-    let token = h
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .or_else(|| h.to_str().ok()?.strip_prefix("bearer "))?
-        .trim();
+    }
+    let token = bearer(headers)?;
     if token == ADMIN_TOKEN {
         return Some(UserInfo::admin());
     }

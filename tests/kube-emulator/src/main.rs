@@ -41,10 +41,20 @@ async fn main() -> std::io::Result<()> {
     if let Some(p) = &args.write_kubeconfig {
         emu.write_kubeconfig(p)?;
     }
-    println!("listening on {}", emu.url());
-    println!("serving HTTPS on {}", emu.https_url());
+    // Both lines in one write: a reader that takes the first line and closes the pipe must not
+    // make a later write fail.
     use std::io::Write;
-    std::io::stdout().flush()?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(
+        format!(
+            "listening on {}\nserving HTTPS on {}\n",
+            emu.url(),
+            emu.https_url()
+        )
+        .as_bytes(),
+    )?;
+    out.flush()?;
+    drop(out);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
