@@ -78,8 +78,7 @@ impl ScopeStores {
 /// (anyone may put the managed-by label on a Secret of theirs): name, namespace, uid,
 /// resourceVersion, type; of labels and annotations only the operator's own and the keys its
 /// field managers applied; of ownerReferences the controller reference to a ManagedSecret; of
-/// managedFields only our managers' entries, cut to the data keys and label/annotation keys they
-/// own; and of data only the keys our managers own, each value replaced by its keyed digest
+/// managedFields only our managers' entries, cut to the data keys they own; and of data only the keys our managers own, each value replaced by its keyed digest
 /// (`render::value_digest`): enough to tell whether it changed, never the value.
 pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
     let prefix = format!("{FIELD_MANAGER}/");
@@ -138,6 +137,15 @@ pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
         owned("/f:metadata/f:labels"),
         owned("/f:metadata/f:annotations"),
     );
+    // Kept: which data keys each of our managers owns (what in_sync and release need); the
+    // label and annotation keys served only to filter them here.
+    for m in ours.iter_mut() {
+        if let Some(f) = m.fields_v1.as_mut() {
+            if let Some(o) = f.0.as_object_mut() {
+                o.remove("f:metadata");
+            }
+        }
+    }
     crate::k8s::digest_data(s, hash_key, |k| data_keys.contains(k));
     let md = &mut s.metadata;
     if let Some(l) = md.labels.as_mut() {
@@ -330,7 +338,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&mf).unwrap(),
             json!([{"manager": "managed-secrets/uid-1", "operation": "Apply",
-                    "fieldsV1": {"f:data": {"f:password": {}}, "f:metadata": {"f:labels": {"f:a": {}}, "f:annotations": {}}}}])
+                    "fieldsV1": {"f:data": {"f:password": {}}}}])
         );
         assert_eq!(
             owned.into_iter().collect::<Vec<_>>(),
