@@ -82,53 +82,27 @@ impl ScopeStores {
 /// (`render::value_digest`): enough to tell whether it changed, never the value.
 pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
     let prefix = format!("{FIELD_MANAGER}/");
-    let mut ours: Vec<ManagedFieldsEntry> = s
+    let entries: Vec<ManagedFieldsEntry> = s
         .metadata
         .managed_fields
         .take()
         .unwrap_or_default()
         .into_iter()
         .filter(|m| m.manager.as_deref().is_some_and(|n| n.starts_with(&prefix)))
-        .map(|m| {
-            let f = m.fields_v1.as_ref().map(|f| &f.0);
-            let keys = |v: Option<&serde_json::Value>| -> serde_json::Value {
-                serde_json::Value::Object(
-                    v.and_then(|x| x.as_object())
-                        .map(|o| {
-                            o.keys()
-                                .filter(|k| k.starts_with("f:"))
-                                .map(|k| (k.clone(), serde_json::json!({})))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                )
-            };
-            let data = keys(f.and_then(|f| f.get("f:data")));
-            let labels = keys(f.and_then(|f| f.pointer("/f:metadata/f:labels")));
-            let annotations = keys(f.and_then(|f| f.pointer("/f:metadata/f:annotations")));
-            ManagedFieldsEntry {
-                manager: m.manager,
-                operation: m.operation,
-                fields_v1: Some(FieldsV1(serde_json::json!({
-                    "f:data": data,
-                    "f:metadata": {"f:labels": labels, "f:annotations": annotations},
-                }))),
-                ..Default::default()
-            }
-        })
         .collect();
-    ours.shrink_to_fit();
-    let owned = |section: &str| -> std::collections::BTreeSet<String> {
-        ours.iter()
-            .filter_map(|m| {
-                m.fields_v1
-                    .as_ref()?
-                    .0
-                    .pointer(section)?
-                    .as_object()
-                    .cloned()
-            })
-            .flat_map(|o| o.into_iter().map(|(k, _)| k))
+    // The field names (`f:<key>`) our managers own under a path of their fieldsV1.
+    let names = |m: &ManagedFieldsEntry, path: &str| -> Vec<String> {
+        m.fields_v1
+            .as_ref()
+            .and_then(|f| f.0.pointer(path))
+            .and_then(serde_json::Value::as_object)
+            .map(|o| o.keys().filter(|k| k.starts_with("f:")).cloned().collect())
+            .unwrap_or_default()
+    };
+    let owned = |path: &str| -> std::collections::BTreeSet<String> {
+        entries
+            .iter()
+            .flat_map(|m| names(m, path))
             .filter_map(|k| k.strip_prefix("f:").map(String::from))
             .collect()
     };
@@ -137,15 +111,23 @@ pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
         owned("/f:metadata/f:labels"),
         owned("/f:metadata/f:annotations"),
     );
-    // Kept: which data keys each of our managers owns (what in_sync and release need); the
-    // label and annotation keys served only to filter them here.
-    for m in ours.iter_mut() {
-        if let Some(f) = m.fields_v1.as_mut() {
-            if let Some(o) = f.0.as_object_mut() {
-                o.remove("f:metadata");
+    // Kept of each entry: which data keys it owns (what in_sync and release read).
+    let mut ours: Vec<ManagedFieldsEntry> = entries
+        .iter()
+        .map(|m| {
+            let data: serde_json::Map<String, serde_json::Value> = names(m, "/f:data")
+                .into_iter()
+                .map(|k| (k, serde_json::json!({})))
+                .collect();
+            ManagedFieldsEntry {
+                manager: m.manager.clone(),
+                operation: m.operation.clone(),
+                fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": data }))),
+                ..Default::default()
             }
-        }
-    }
+        })
+        .collect();
+    ours.shrink_to_fit();
     crate::k8s::digest_data(s, hash_key, |k| data_keys.contains(k));
     let md = &mut s.metadata;
     if let Some(l) = md.labels.as_mut() {

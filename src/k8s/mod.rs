@@ -294,12 +294,20 @@ pub fn in_sync(current: &Secret, desired: &Value, manager: &str, hash_key: &[u8]
 /// digest (`hmac:…`, see `render::key_digest`) is found among the Secret's keys.
 pub fn current_hash(current: &Secret, keys: &[String], hash_key: &[u8]) -> Option<String> {
     let data = current.data.as_ref()?;
+    // Each of the Secret's key names digested once (not once per listed key: allKeys can list
+    // as many keys as the AWS value has fields).
+    let by_digest: std::collections::HashMap<String, &String> =
+        if keys.iter().any(|k| k.starts_with("hmac:")) {
+            data.keys()
+                .map(|n| (crate::render::key_digest(hash_key, n), n))
+                .collect()
+        } else {
+            Default::default()
+        };
     let mut items = vec![];
     for k in keys {
         let name = match k.strip_prefix("hmac:") {
-            Some(_) => data
-                .keys()
-                .find(|n| crate::render::key_digest(hash_key, n) == *k)?,
+            Some(_) => *by_digest.get(k)?,
             None => k,
         };
         items.push((name.as_str(), data.get(name)?.0.as_slice()));
