@@ -537,17 +537,14 @@ impl Cluster {
         )
     }
 
-    /// Delays the next `count` requests matching verb/resource by `ms` (emulator only).
+    /// Delays the next `count` requests matching verb/resource in the test namespace by `ms`
+    /// (emulator only).
     pub async fn kube_latency(&self, verb: &str, resource: &str, ms: u64, count: u64) -> bool {
-        self.admin_post(
-            "faults",
-            json!({"verb": verb, "resource": resource, "latency_ms": ms, "count": count, "namespace": self.namespace}),
-        )
-        .await
+        self.latency(verb, resource, ms, count, Some(&self.namespace))
+            .await
     }
 
-    /// Delays the next `count` cluster-scoped requests matching verb/resource by `ms` (emulator
-    /// only).
+    /// The same for cluster-scoped requests (emulator only).
     pub async fn kube_latency_cluster(
         &self,
         verb: &str,
@@ -555,9 +552,20 @@ impl Cluster {
         ms: u64,
         count: u64,
     ) -> bool {
+        self.latency(verb, resource, ms, count, None).await
+    }
+
+    async fn latency(
+        &self,
+        verb: &str,
+        resource: &str,
+        ms: u64,
+        count: u64,
+        namespace: Option<&str>,
+    ) -> bool {
         self.admin_post(
             "faults",
-            json!({"verb": verb, "resource": resource, "latency_ms": ms, "count": count}),
+            json!({"verb": verb, "resource": resource, "latency_ms": ms, "count": count, "namespace": namespace}),
         )
         .await
     }

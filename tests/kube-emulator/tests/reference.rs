@@ -182,6 +182,25 @@ struct Replay {
 }
 
 impl Replay {
+    fn new(api: common::Api) -> Self {
+        Replay {
+            api,
+            tokens: HashMap::new(),
+            uids: HashMap::new(),
+            rvs: HashMap::new(),
+            failures: vec![],
+        }
+    }
+
+    fn assert_no_differences(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} differences from the recorded server:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
+    }
+
     fn learn(&mut self, want: &Value, got: &Value) {
         if let (Some(n), Some(u)) = (
             got.pointer("/metadata/name").and_then(Value::as_str),
@@ -387,13 +406,7 @@ fn civil(z: i64) -> (i64, u32, u32) {
 #[tokio::test]
 async fn responses_match_the_recorded_kubernetes_1_24_server() {
     let api = common::start().await;
-    let mut r = Replay {
-        api,
-        tokens: HashMap::new(),
-        uids: HashMap::new(),
-        rvs: HashMap::new(),
-        failures: vec![],
-    };
+    let mut r = Replay::new(api);
     for file in [
         "02-crd-lifecycle.json",
         "03-objects-and-errors.json",
@@ -501,12 +514,7 @@ async fn responses_match_the_recorded_kubernetes_1_24_server() {
         &mut diffs,
     );
     r.failures.extend(diffs);
-    assert!(
-        r.failures.is_empty(),
-        "{} differences from the recorded server:\n{}",
-        r.failures.len(),
-        r.failures.join("\n")
-    );
+    r.assert_no_differences();
 }
 
 #[tokio::test]
@@ -696,22 +704,11 @@ async fn authorization_matches_the_recorded_rbac_server() {
         )
         .await;
     assert_eq!(c, 200, "{v}");
-    let mut r = Replay {
-        api,
-        tokens: HashMap::new(),
-        uids: HashMap::new(),
-        rvs: HashMap::new(),
-        failures: vec![],
-    };
+    let mut r = Replay::new(api);
     let file = "10-authorization.json";
     let doc = load(file);
     for e in doc["exchanges"].as_array().unwrap() {
         r.exchange(file, e).await;
     }
-    assert!(
-        r.failures.is_empty(),
-        "{} differences from the recorded server:\n{}",
-        r.failures.len(),
-        r.failures.join("\n")
-    );
+    r.assert_no_differences();
 }
