@@ -10,26 +10,27 @@
 //! operator's CPU seconds and peak RSS. Results go to bench/results/*.json, a Markdown table and a
 //! PNG chart. Never a test: numbers from this machine, rerunnable by anyone.
 
+mod ground;
 mod naive;
 mod report;
+mod tenants;
 
 use anyhow::{bail, Context as _, Result};
 use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use managed_secrets::crd::ManagedSecret;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,10 +45,11 @@ enum Cli {
 
 #[derive(clap::Args, Clone)]
 struct RunArgs {
-    /// Scenarios as NxM (ManagedSecrets x AWS secrets), comma-separated.
+    /// Scenarios as NxM (ManagedSecrets x AWS secrets), and the tenants' scenarios `noisy` and
+    /// `tenant-secrets` (see `tenants`), comma-separated.
     #[arg(
         long,
-        default_value = "100x10,1000x100,10000x1000",
+        default_value = "100x10,1000x100,10000x1000,noisy,tenant-secrets",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
@@ -304,59 +306,14 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
         .context("scenario NxM")?;
     eprintln!("== {spec} ({mode})");
-    let dir = std::env::temp_dir().join(format!("ms-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    let mut emu = Command::new(args.bin_dir.join("kube-emulator"))
-        .args(["--write-kubeconfig"])
-        .arg(&kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("kube-emulator (build it in release first)")?;
-    let emu_url = first_line_url(&mut emu)?;
-    let _emu = Proc(emu);
-    let mut moto = Command::new(&args.python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/aws/moto_server.py"
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("moto")?;
-    let aws_url = first_line_url(&mut moto)?;
-    let _moto = Proc(moto);
-    let http = reqwest::Client::new();
-
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let client = Client::try_from(cfg)?;
-    install_crds(&client).await?;
-    let nss: Api<Namespace> = Api::all(client.clone());
+    let ground = ground::Ground::start(args).await?;
+    let (client, http) = (ground.client.clone(), ground.http.clone());
+    let (emu_url, aws_url) = (ground.emu_url.clone(), ground.aws_url.clone());
     for i in 0..NAMESPACES {
-        nss.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": format!("bench-{i}")}}))?,
-        )
-        .await?;
+        ground.namespace(&format!("bench-{i}"), json!({})).await?;
     }
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&aws_url)
-        .credentials_provider(
-            aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(
-                aws_sdk_secretsmanager::config::Credentials::new(
-                    "bench", "bench", None, None, "bench",
-                ),
-            ),
-        )
-        .build();
-    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     // Events mode: the queue an EventBridge rule would feed; each rotation sends its event.
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&ground.sdk);
     let queue = if mode == "events" {
         Some(
             sqs.create_queue()
@@ -370,23 +327,7 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     } else {
         None
     };
-    futures::stream::iter(0..m)
-        .map(|j| {
-            let sm = sm.clone();
-            async move {
-                sm.create_secret()
-                    .name(format!("bench/s{j}"))
-                    .secret_string(
-                        json!({"username": "app", "password": format!("p-{j}-0")}).to_string(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("CreateSecret: {}", DisplayErrorContext(&e)))
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
+    ground.aws_secrets("bench/s", m).await?;
     // A quarter of the ManagedSecrets roll out a Deployment that reads their Secret, spread so
     // that every AWS secret has some (ManagedSecret i reads secret i % m).
     let t = Instant::now();
@@ -408,20 +349,9 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let deployment_secs = t.elapsed().as_secs_f64();
 
     // The operator under test.
-    let port = free_port();
-    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
-    let mut cmd = match mode {
+    let op = match mode {
         "built" | "events" => {
-            // BENCH_WRAPPER=heaptrack (or another profiler) runs the operator under it.
-            let mut c = match std::env::var("BENCH_WRAPPER") {
-                Ok(w) if !w.is_empty() => {
-                    let mut c = Command::new(w);
-                    c.arg(args.bin_dir.join("managed-secrets"));
-                    c
-                }
-                _ => Command::new(args.bin_dir.join("managed-secrets")),
-            };
-            c.args([
+            let mut flags: Vec<String> = [
                 "run",
                 "--access-policy",
                 "off",
@@ -435,36 +365,28 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
                 "4000",
                 "--log-format",
                 "json",
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-            ]);
+            ]
+            .map(String::from)
+            .to_vec();
             if let Some(q) = &queue {
-                c.args(["--events-queue-url", q]);
+                flags.extend(["--events-queue-url".to_string(), q.clone()]);
             }
-            c
+            ground.start_operator(
+                &args.bin_dir.join("managed-secrets"),
+                true,
+                &flags,
+                "op.log",
+            )?
         }
-        "naive" => {
-            let mut c = Command::new(args.bin_dir.join("managed-secrets-bench"));
-            c.args(["naive", "--metrics-port", &port.to_string()]);
-            c
-        }
+        "naive" => ground.start_operator(
+            &args.bin_dir.join("managed-secrets-bench"),
+            false,
+            &["naive".to_string()],
+            "naive.log",
+        )?,
         other => bail!("unknown mode {other}"),
     };
-    let op = cmd
-        .env("KUBECONFIG", &kubeconfig)
-        .env("AWS_ENDPOINT_URL", &aws_url)
-        .env("AWS_ACCESS_KEY_ID", "bench")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .env("AWS_REGION", "us-east-1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{mode}.log")))?)
-        // Its own process group, so that a profiler wrapper's child dies with it.
-        .process_group(0)
-        .spawn()
-        .context("operator")?;
-    let pid = op.id();
-    let _op = Group(Proc(op));
+    let (pid, metrics_url) = (op.pid, op.metrics_url.clone());
 
     // Watch readiness (one watch; the bench reads nothing else of the API while measuring).
     let ready: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
@@ -609,40 +531,7 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let spacing = window / 2 / rotations as u32;
     for j in &rotated {
         let name = format!("bench/s{j}");
-        // A ClientRequestToken is 32 to 64 characters, as a rotation Lambda's is.
-        let token = format!("rot-{j}-{:032x}", rand::random::<u128>());
-        sm.put_secret_value()
-            .secret_id(&name)
-            .secret_string(json!({"username": "app", "password": format!("p-{j}-1")}).to_string())
-            .client_request_token(&token)
-            .version_stages("AWSPENDING")
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("PutSecretValue: {}", DisplayErrorContext(&e)))?;
-        let cur = sm
-            .describe_secret()
-            .secret_id(&name)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("DescribeSecret: {}", DisplayErrorContext(&e)))?;
-        let current = cur
-            .version_ids_to_stages()
-            .and_then(|m| {
-                m.iter()
-                    .find(|(_, s)| s.iter().any(|x| x == "AWSCURRENT"))
-                    .map(|(v, _)| v.clone())
-            })
-            .unwrap_or_default();
-        sm.update_secret_version_stage()
-            .secret_id(&name)
-            .version_stage("AWSCURRENT")
-            .move_to_version_id(&token)
-            .remove_from_version_id(current)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("UpdateSecretVersionStage: {}", DisplayErrorContext(&e))
-            })?;
+        let token = ground.rotate(&name, &format!("p-{j}-1")).await?;
         rotated_at
             .lock()
             .unwrap()
@@ -787,41 +676,6 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     })
 }
 
-async fn install_crds(client: &Client) -> Result<()> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, yaml) in managed_secrets::crd::all_crds() {
-        let crd: CustomResourceDefinition = serde_yaml_from(&yaml)?;
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        api.patch(
-            &name,
-            &PatchParams::apply("bench").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        for _ in 0..100 {
-            let c = api.get(&name).await?;
-            let ok = c
-                .status
-                .and_then(|s| s.conditions)
-                .map(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
-}
-
-fn serde_yaml_from<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T> {
-    Ok(serde_yaml::from_str(yaml)?)
-}
-
 fn main() -> Result<()> {
     managed_secrets::install_crypto_provider();
     let cli = Cli::parse();
@@ -834,6 +688,20 @@ fn main() -> Result<()> {
             std::fs::create_dir_all(&args.out)?;
             let mut all = vec![];
             for spec in &args.scenarios {
+                // The tenants' scenarios run once, with the operator as shipped.
+                let tenant = match spec.as_str() {
+                    "noisy" => Some(serde_json::to_value(tenants::noisy(&args).await?)?),
+                    "tenant-secrets" => {
+                        Some(serde_json::to_value(tenants::tenant_secrets(&args).await?)?)
+                    }
+                    _ => None,
+                };
+                if let Some(r) = tenant {
+                    let path = args.out.join(format!("tenants-{spec}.json"));
+                    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+                    eprintln!("   wrote {}", path.display());
+                    continue;
+                }
                 for mode in &args.modes {
                     let r = scenario(&args, spec, mode).await?;
                     let path = args.out.join(format!("{spec}-{mode}.json"));
@@ -846,7 +714,11 @@ fn main() -> Result<()> {
             let mut everything = vec![];
             for e in std::fs::read_dir(&args.out)? {
                 let p = e?.path();
-                if p.extension().and_then(|x| x.to_str()) == Some("json") {
+                let tenants = p
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with("tenants-"));
+                if p.extension().and_then(|x| x.to_str()) == Some("json") && !tenants {
                     let r: Result1 = serde_json::from_str(&std::fs::read_to_string(&p)?)
                         .with_context(|| format!("reading {}", p.display()))?;
                     everything.push(r);
@@ -858,7 +730,15 @@ fn main() -> Result<()> {
                 all.len(),
                 everything.len()
             );
-            report::write(&args.out, &everything)?;
+            let read = |name: &str| -> Option<serde_json::Value> {
+                let text = std::fs::read_to_string(args.out.join(name)).ok()?;
+                serde_json::from_str(&text).ok()
+            };
+            let noisy = read("tenants-noisy.json").and_then(|v| serde_json::from_value(v).ok());
+            let memory =
+                read("tenants-tenant-secrets.json").and_then(|v| serde_json::from_value(v).ok());
+            let extra = tenants::markdown(noisy.as_ref(), memory.as_ref());
+            report::write(&args.out, &everything, &extra)?;
             Ok(())
         }),
     }

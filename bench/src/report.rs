@@ -249,8 +249,8 @@ pub fn chart(all: &[Result1], path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn write(dir: &Path, all: &[Result1]) -> Result<()> {
-    let md = markdown(all);
+pub fn write(dir: &Path, all: &[Result1], extra: &str) -> Result<()> {
+    let md = markdown(all) + extra;
     std::fs::write(dir.join("results.md"), &md)?;
     println!("{md}");
     chart(all, &dir.join("calls-per-minute.png"))?;

@@ -1,0 +1,245 @@
+//! What every scenario stands on: the Kubernetes API emulator and moto started fresh, the CRDs
+//! installed, clients for both, the operator under test started, and a Lambda-style rotation.
+
+use crate::{first_line_url, free_port, Group, Proc, RunArgs};
+use anyhow::{Context as _, Result};
+use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub struct Ground {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub emu_url: String,
+    pub aws_url: String,
+    pub client: Client,
+    pub sdk: aws_config::SdkConfig,
+    pub sm: aws_sdk_secretsmanager::Client,
+    pub http: reqwest::Client,
+    _emu: Proc,
+    _moto: Proc,
+}
+
+/// The operator under test: its pid (for /proc), its metrics URL, and the process group that
+/// dies with the bench.
+pub struct Operator {
+    pub pid: u32,
+    pub metrics_url: String,
+    _group: Group,
+}
+
+impl Ground {
+    pub async fn start(args: &RunArgs) -> Result<Ground> {
+        let dir = std::env::temp_dir().join(format!("ms-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let kubeconfig = dir.join("kubeconfig");
+        let mut emu = Command::new(args.bin_dir.join("kube-emulator"))
+            .args(["--write-kubeconfig"])
+            .arg(&kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("kube-emulator (build it in release first)")?;
+        let emu_url = first_line_url(&mut emu)?;
+        let emu = Proc(emu);
+        let mut moto = Command::new(&args.python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/aws/moto_server.py"
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("moto")?;
+        let aws_url = first_line_url(&mut moto)?;
+        let moto = Proc(moto);
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let client = Client::try_from(cfg)?;
+        install_crds(&client).await?;
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&aws_url)
+            .credentials_provider(
+                aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(
+                    aws_sdk_secretsmanager::config::Credentials::new(
+                        "bench", "bench", None, None, "bench",
+                    ),
+                ),
+            )
+            .build();
+        let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+        Ok(Ground {
+            dir,
+            kubeconfig,
+            emu_url,
+            aws_url,
+            client,
+            sdk,
+            sm,
+            http: reqwest::Client::new(),
+            _emu: emu,
+            _moto: moto,
+        })
+    }
+
+    pub async fn namespace(&self, name: &str, labels: serde_json::Value) -> Result<()> {
+        Api::<Namespace>::all(self.client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Creates AWS secrets `<prefix><j>` for j in 0..m, each `{"username", "password"}`.
+    pub async fn aws_secrets(&self, prefix: &str, m: usize) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(0..m)
+            .map(|j| {
+                let sm = self.sm.clone();
+                let name = format!("{prefix}{j}");
+                async move {
+                    sm.create_secret()
+                        .name(name)
+                        .secret_string(
+                            json!({"username": "app", "password": format!("p-{j}-0")}).to_string(),
+                        )
+                        .send()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("CreateSecret: {}", DisplayErrorContext(&e)))
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Starts `program` (the operator, or the naive baseline) with the emulators' settings,
+    /// `BENCH_WRAPPER` (e.g. heaptrack) around the operator when set.
+    pub fn start_operator(
+        &self,
+        program: &std::path::Path,
+        wrap: bool,
+        args: &[String],
+        log: &str,
+    ) -> Result<Operator> {
+        let port = free_port();
+        let mut cmd = match std::env::var("BENCH_WRAPPER") {
+            Ok(w) if wrap && !w.is_empty() => {
+                let mut c = Command::new(w);
+                c.arg(program);
+                c
+            }
+            _ => Command::new(program),
+        };
+        cmd.args(args);
+        if wrap {
+            cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
+        } else {
+            cmd.args(["--metrics-port", &port.to_string()]);
+        }
+        let op = cmd
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("AWS_ENDPOINT_URL", &self.aws_url)
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("AWS_REGION", "us-east-1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(log))?)
+            // Its own process group, so that a profiler wrapper's child dies with it.
+            .process_group(0)
+            .spawn()
+            .context("operator")?;
+        Ok(Operator {
+            pid: op.id(),
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            _group: Group(Proc(op)),
+        })
+    }
+
+    /// Rotates `name` as a rotation Lambda does (AWSPENDING, then AWSCURRENT moved to it) to the
+    /// value `{"username": "app", "password": <password>}`; returns the new version id.
+    pub async fn rotate(&self, name: &str, password: &str) -> Result<String> {
+        // A ClientRequestToken is 32 to 64 characters, as a rotation Lambda's is.
+        let token = format!("rot-{:032x}", rand::random::<u128>());
+        self.sm
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(json!({"username": "app", "password": password}).to_string())
+            .client_request_token(&token)
+            .version_stages("AWSPENDING")
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("PutSecretValue: {}", DisplayErrorContext(&e)))?;
+        let cur = self
+            .sm
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("DescribeSecret: {}", DisplayErrorContext(&e)))?;
+        let current = cur
+            .version_ids_to_stages()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(_, s)| s.iter().any(|x| x == "AWSCURRENT"))
+                    .map(|(v, _)| v.clone())
+            })
+            .unwrap_or_default();
+        self.sm
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage("AWSCURRENT")
+            .move_to_version_id(&token)
+            .remove_from_version_id(current)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("UpdateSecretVersionStage: {}", DisplayErrorContext(&e))
+            })?;
+        Ok(token)
+    }
+}
+
+async fn install_crds(client: &Client) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, yaml) in managed_secrets::crd::all_crds() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        for _ in 0..100 {
+            let c = api.get(&name).await?;
+            let ok = c
+                .status
+                .and_then(|s| s.conditions)
+                .map(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
