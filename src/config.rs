@@ -134,7 +134,8 @@ pub struct RunArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-    /// ManagedSecrets reconciled at once.
+    /// ManagedSecrets reconciled at once (in all watched namespaces together; namespaces with
+    /// due reconciles take the free workers in turn).
     #[arg(long, env = "MANAGED_SECRETS_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
     /// Smallest refreshInterval a ManagedSecret may ask for.

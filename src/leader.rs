@@ -1,7 +1,8 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease (kube-lease-manager). Only the leader
 //! reconciles and writes; standbys keep their watch caches warm and report ready, take over when
 //! the lease expires, and at once when the leader releases it (SIGTERM): a watch on the Lease
-//! wakes them.
+//! wakes them. Without leader election the Lease is still held: it names the installation and
+//! shows that it runs (`claim`).
 
 use crate::metrics::Metrics;
 use futures::StreamExt;
@@ -94,14 +95,18 @@ pub async fn run(
 ) {
     tokio::pin!(shutdown);
     if !settings.enabled {
+        // Reconciling does not wait for the Lease.
         leadership.set(true);
         metrics.leader.set(1);
-        shutdown.await;
-        return;
     }
     let Some(mut manager) = build_manager(&client, &settings, &mut shutdown).await else {
         return;
     };
+    if !settings.enabled {
+        heartbeat(&settings, &mut manager, shutdown).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), manager.release()).await;
+        return;
+    }
     // A released lease wakes a standby at once instead of at the old expiry. (The manager only
     // re-reads the Lease once its cached copy has expired, so a standby that sees the release
     // starts over with a fresh manager, which reads it at once.)
@@ -162,6 +167,31 @@ pub async fn run(
         Ok(Ok(())) => info!("released the leader Lease"),
         Ok(Err(e)) => warn!(error = %e, "could not release the leader Lease; it expires by itself"),
         Err(_) => warn!("releasing the leader Lease timed out; it expires by itself"),
+    }
+}
+
+/// Without leader election the process reconciles regardless, and still holds the Lease: it is
+/// the installation's sign of life, which another installation watching the same namespaces
+/// checks before it takes over a ManagedSecret this one claims (`claim`).
+async fn heartbeat(
+    settings: &Settings,
+    manager: &mut LeaseManager,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) {
+    info!(identity = %settings.identity, lease = %settings.lease_name, "holding the Lease as this installation's sign of life (no leader election)");
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return,
+            r = manager.changed() => match r {
+                Ok(true) => info!("holding the installation's Lease"),
+                Ok(false) => warn!("another process holds this installation's Lease (a second replica without leader election?)"),
+                Err(e) => {
+                    warn!(error = %e, "renewing the installation's Lease failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! managed-secrets: keeps Kubernetes Secrets in sync with AWS Secrets Manager.
 #![forbid(unsafe_code)]
 
+pub mod claim;
 pub mod cmd;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod events;
+pub mod fair;
 pub mod health;
 pub mod http;
 pub mod k8s;

@@ -150,7 +150,8 @@ fn render(a: &RenderArgs) -> i32 {
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
-    if args.leader_election && args.lease_grace >= args.lease_duration {
+    // The Lease is held with or without leader election (it names the installation).
+    if args.lease_grace >= args.lease_duration {
         anyhow::bail!("--lease-grace must be shorter than --lease-duration");
     }
     let leadership = if args.leader_election {
@@ -249,6 +250,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             })
             .await
     });
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| args.operator_namespace.clone());
     let settings = controller::Settings {
         namespaces: args.namespaces.clone(),
         concurrency: args.concurrency,
@@ -262,6 +267,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         hash_key: controller::HashKey(Arc::from(hash_key)),
         leadership: leadership.clone(),
         events,
+        installation: managed_secrets::claim::installation(&lease_namespace, &args.lease_name),
         ..Default::default()
     };
     let identity = std::env::var("POD_NAME")
@@ -271,10 +277,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         leader::Settings {
             enabled: args.leader_election,
             lease_name: args.lease_name.clone(),
-            lease_namespace: args
-                .lease_namespace
-                .clone()
-                .unwrap_or_else(|| args.operator_namespace.clone()),
+            lease_namespace,
             duration: args.lease_duration,
             grace: args.lease_grace,
             identity,

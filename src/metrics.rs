@@ -75,9 +75,52 @@ impl PermissionMetrics {
     }
 }
 
+/// The reconcile workers, shared between namespaces (`fair`).
+#[derive(Default)]
+pub struct WorkerMetrics {
+    /// Reconciles due and waiting for a worker.
+    pub waiting: Gauge,
+}
+
+impl WorkerMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "reconciles_waiting",
+            "Reconciles due and waiting for a worker (workers go to namespaces in turn)",
+            self.waiting.clone(),
+        );
+    }
+}
+
+/// Objects claimed by other installations (`claim`).
+#[derive(Default)]
+pub struct ClaimMetrics {
+    /// ManagedSecrets this installation watches and leaves to another, live installation.
+    pub contested: Gauge,
+    /// ManagedSecrets taken over from an installation whose Lease lapsed.
+    pub taken_over: Counter,
+}
+
+impl ClaimMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "contested_objects",
+            "ManagedSecrets this installation watches but leaves to another installation that claims them and runs (two installations watch the same namespaces)",
+            self.contested.clone(),
+        );
+        registry.register(
+            "claims_taken_over",
+            "ManagedSecrets taken over from another installation whose Lease lapsed",
+            self.taken_over.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub permissions: PermissionMetrics,
+    pub workers: WorkerMetrics,
+    pub claims: ClaimMetrics,
     pub reconciles: Counter,
     pub reconciles_completed: Counter,
     pub syncs: Counter,
@@ -138,6 +181,10 @@ impl Default for Metrics {
         let event_queue_errors = Counter::default();
         let permissions = PermissionMetrics::default();
         permissions.register(&mut registry);
+        let workers = WorkerMetrics::default();
+        workers.register(&mut registry);
+        let claims = ClaimMetrics::default();
+        claims.register(&mut registry);
         registry.register(
             "events_received",
             "Event source messages received, by event type",
@@ -253,6 +300,8 @@ impl Default for Metrics {
         Metrics {
             registry,
             permissions,
+            workers,
+            claims,
             reconciles,
             reconciles_completed,
             syncs,

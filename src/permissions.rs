@@ -43,7 +43,7 @@ pub enum Named {
     Any,
     /// The hash key Secret (`--hash-key-secret`).
     HashKey,
-    /// The leader Lease (`--lease-name`).
+    /// The installation's Lease (`--lease-name`).
     Lease,
 }
 
@@ -211,27 +211,41 @@ pub const RULES: &[Rule] = &[
             "the key of `status.dataHash`, read at start",
         )
     },
+    rule(
+        &["create"],
+        "coordination.k8s.io",
+        "leases",
+        Scope::LeaseNamespace,
+        "the installation's Lease, created by the first replica (held with or without leader election: it names the installation and shows that it runs)",
+    ),
     Rule {
-        needed: Needed::LeaderElection,
+        named: Named::Lease,
         ..rule(
-            &["create"],
+            &["get", "patch"],
             "coordination.k8s.io",
             "leases",
             Scope::LeaseNamespace,
-            "leader election: the Lease, created by the first replica",
+            "read, take, renew and release the Lease",
         )
     },
     Rule {
         needed: Needed::LeaderElection,
         named: Named::Lease,
         ..rule(
-            &["get", "list", "watch", "patch"],
+            &["list", "watch"],
             "coordination.k8s.io",
             "leases",
             Scope::LeaseNamespace,
-            "leader election: read, watch, take, renew and release the Lease",
+            "leader election: a standby wakes when the leader releases the Lease",
         )
     },
+    rule(
+        &["get"],
+        "coordination.k8s.io",
+        "leases",
+        Scope::Cluster,
+        "another installation's Lease, when it claims a ManagedSecret this one watches: while it is renewed, this installation leaves the object alone",
+    ),
 ];
 
 /// What the operator is configured to do, as far as its permissions go.
@@ -334,7 +348,7 @@ pub fn markdown_table() -> String {
         let only = match r.named {
             Named::Any => "",
             Named::HashKey => "the hash key Secret",
-            Named::Lease => "the leader Lease",
+            Named::Lease => "the installation's Lease",
         };
         let when = match r.needed {
             Needed::Always => "",
@@ -376,7 +390,7 @@ mod tests {
     fn a_cluster_wide_operator_asks_cluster_wide_and_in_its_own_namespace() {
         let c = checks(&deployment(&[]));
         let s = short(&c);
-        assert_eq!(s.len(), 38, "{s:#?}");
+        assert_eq!(s.len(), 39, "{s:#?}");
         assert_eq!(
             &s[..4],
             [
@@ -390,6 +404,8 @@ mod tests {
         assert!(s.contains(&"create serviceaccounts/token (cluster-wide)".to_string()));
         assert!(s.contains(&"get secrets \"hk\" in ops".to_string()));
         assert!(s.contains(&"patch leases.coordination.k8s.io \"lead\" in ops".to_string()));
+        assert!(s.contains(&"watch leases.coordination.k8s.io \"lead\" in ops".to_string()));
+        assert!(s.contains(&"get leases.coordination.k8s.io (cluster-wide)".to_string()));
         assert!(
             !s.iter().any(|x| x.contains("finalizers")),
             "admission-only rules are not asked"
@@ -404,9 +420,17 @@ mod tests {
         let s = short(&checks(&d));
         assert_eq!(s.iter().filter(|x| x.ends_with(" in a")).count(), 26);
         assert_eq!(s.iter().filter(|x| x.ends_with(" in b")).count(), 26);
-        assert!(!s.iter().any(|x| x.contains("cluster-wide")), "{s:#?}");
-        assert!(!s.iter().any(|x| x.contains("leases")));
-        assert_eq!(s.len(), 54);
+        // Only other installations' Leases are read cluster-wide (claims); without leader
+        // election the own Lease is still held, not watched.
+        let wide: Vec<&String> = s.iter().filter(|x| x.contains("cluster-wide")).collect();
+        assert_eq!(
+            wide,
+            ["get leases.coordination.k8s.io (cluster-wide)"],
+            "{s:#?}"
+        );
+        assert!(s.contains(&"patch leases.coordination.k8s.io \"lead\" in ops".to_string()));
+        assert!(!s.iter().any(|x| x.starts_with("watch leases")));
+        assert_eq!(s.len(), 58);
     }
 
     #[test]

@@ -127,6 +127,7 @@ pub fn synced(prev: &ManagedSecretStatus, s: Synced) -> ManagedSecretStatus {
         failures: 0,
         rollouts: prev.rollouts.clone(),
         rollout_pending_since: prev.rollout_pending_since.clone(),
+        claimed_by: prev.claimed_by.clone(),
     }
 }
 

@@ -327,3 +327,102 @@ async fn a_failure_that_repeats_unchanged_costs_no_request() {
     let counts = c.event_counts("denied").await;
     assert_eq!(counts, vec![("PolicyDenied".to_string(), 1)]);
 }
+
+fn claimed_by(ms: &managed_secrets::crd::ManagedSecret) -> Option<String> {
+    ms.status.as_ref().and_then(|s| s.claimed_by.clone())
+}
+
+/// Finding 11: two installations watching the same namespace (a second chart release during a
+/// migration) whose AWS endpoints hold different values under the same name. The second finds the
+/// object claimed by the first, whose Lease is renewed: it leaves it alone (no Secret write, no
+/// AWS read, the first's status untouched) and says so in the Contested condition and an Event
+/// naming the first. When the first stops (its Lease released), the second takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_installation_leaves_claimed_objects_alone_and_takes_over_when_the_first_is_gone()
+{
+    let c = Cluster::start().await;
+    let (first_aws, second_aws) = (Moto::start().await, Moto::start().await);
+    first_aws.create_json("team/db", &creds("first")).await;
+    second_aws.create_json("team/db", &creds("second")).await;
+    let mut first = Operator::start(&c, &first_aws).await;
+    c.create_ms(
+        "db",
+        json!({"secretId": "team/db", "refreshInterval": "2s", "data": {"allKeys": true}}),
+    )
+    .await;
+    c.wait_secret_value("db", "password", "first").await;
+    let ms = c.wait_ready("db", "True", "Synced").await;
+    let first_name = format!("{}/{}", c.operator_namespace, support::rbac::LEASE);
+    assert_eq!(claimed_by(&ms).as_deref(), Some(first_name.as_str()));
+
+    let other = c.another_installation().await;
+    let second_name = format!("{}/{}", other.namespace, support::rbac::LEASE);
+    let mut second = Operator::start_as(&c, &other, &second_aws).await;
+    let ms = c
+        .wait_condition("db", "Contested", "True", "ClaimedByAnotherInstallation")
+        .await;
+    let contested = ms
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Contested")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        contested.starts_with(&format!(
+            "installation {first_name} syncs this ManagedSecret (its Lease {first_name} is renewed); installation {second_name} also watches it and leaves it alone"
+        )),
+        "{contested}"
+    );
+    let rv = c
+        .secrets()
+        .get("db")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    // Several refreshes of both: the Secret keeps the first's value, untouched, and the first's
+    // status (Ready, its claim) stays beside the second's note.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let s = c.secrets().get("db").await.unwrap();
+    assert_eq!(s.metadata.resource_version, rv, "nobody rewrote the Secret");
+    assert_eq!(c.secret_data("db").await.unwrap()["password"], "first");
+    let ms = c.managed().get("db").await.unwrap();
+    assert_eq!(claimed_by(&ms).as_deref(), Some(first_name.as_str()));
+    let st = ms.status.unwrap();
+    assert!(st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(st.conditions.iter().any(|c| c.type_ == "Contested"));
+    assert_eq!(
+        second_aws.reads_of("team/db").await,
+        0,
+        "the second read nothing"
+    );
+    let events = c.events_for("db").await;
+    let notes: Vec<_> = events
+        .iter()
+        .filter(|(r, _)| r == "ClaimedByAnotherInstallation")
+        .collect();
+    assert_eq!(notes.len(), 1, "one Event, not one per look: {events:?}");
+    assert_eq!(notes[0].1, contested);
+    assert_eq!(second.metrics.claims.contested.get(), 1);
+
+    // The first goes (uninstalled: its Lease released): the second takes over.
+    first.stop().await;
+    c.wait_secret_value("db", "password", "second").await;
+    let ms = c.wait_no_condition("db", "Contested").await;
+    assert_eq!(claimed_by(&ms).as_deref(), Some(second_name.as_str()));
+    assert!(c
+        .events_for("db")
+        .await
+        .iter()
+        .any(|(r, n)| r == "TakenOver" && n.contains(&first_name)));
+    assert_eq!(second.metrics.claims.contested.get(), 0);
+    assert_eq!(second.metrics.claims.taken_over.get(), 1);
+    second.stop().await;
+}

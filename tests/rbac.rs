@@ -154,8 +154,8 @@ fn the_chart_grants_exactly_the_permission_list_in_every_mode() {
         role(&docs, "ClusterRole", "ops-managed-secrets", None),
         Some(wanted(Scope::Cluster, true, true))
     );
-    // Without access policies and with listed namespaces, nothing cluster-wide at all; without
-    // leader election, no Lease rights.
+    // Without access policies and with listed namespaces, nothing cluster-wide but other
+    // installations' Leases; without leader election, the Lease is held but not watched.
     let docs = render(
         "ops",
         &set(&[
@@ -165,14 +165,19 @@ fn the_chart_grants_exactly_the_permission_list_in_every_mode() {
             "replicaCount=1",
         ]),
     );
-    assert!(!docs.iter().any(|d| d["kind"] == "ClusterRole"));
-    assert!(role(
-        &docs,
-        "Role",
-        "managed-secrets-leader-election",
-        Some("ops")
-    )
-    .is_none());
+    assert_eq!(
+        role(&docs, "ClusterRole", "ops-managed-secrets", None),
+        Some(wanted(Scope::Cluster, false, false))
+    );
+    assert_eq!(
+        role(
+            &docs,
+            "Role",
+            "managed-secrets-leader-election",
+            Some("ops")
+        ),
+        Some(wanted(Scope::LeaseNamespace, false, false))
+    );
     assert_eq!(
         role(&docs, "Role", "managed-secrets", Some("apps")),
         Some(wanted(Scope::Watched, false, false))

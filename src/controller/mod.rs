@@ -2,6 +2,7 @@
 //! and the one place every error goes through. What a sync does is in `sync`, rollouts in
 //! `rollout`, the finalizer's cleanup in `cleanup`; every decision lives in a pure module.
 
+mod claims;
 mod cleanup;
 pub mod events;
 mod policies;
@@ -64,6 +65,9 @@ pub struct Settings {
     pub leadership: crate::leader::Leadership,
     /// The event source (SQS), when configured.
     pub events: Option<events::EventSettings>,
+    /// This installation's name (its Lease, `namespace/name`), recorded in the status of every
+    /// ManagedSecret it syncs (`claim`).
+    pub installation: String,
 }
 
 impl Default for Settings {
@@ -79,6 +83,7 @@ impl Default for Settings {
             hash_key: HashKey(Arc::from(rand::random::<[u8; 32]>().to_vec())),
             leadership: crate::leader::Leadership::alone(),
             events: None,
+            installation: crate::claim::installation("managed-secrets", "managed-secrets"),
         }
     }
 }
@@ -117,6 +122,11 @@ pub struct Context {
     /// Per namespace, the workloads as rollouts see them, built once per change of the workload
     /// caches (a resting reconcile then converts nothing).
     workloads: Mutex<WorkloadSnapshots>,
+    /// The reconcile workers (`settings.concurrency` of them, for every scope), taken by
+    /// namespaces in turn.
+    workers: crate::fair::FairWorkers,
+    /// Other installations' Leases as last read, and the objects left to them.
+    claims: claims::Claims,
 }
 
 #[derive(Default)]
@@ -262,6 +272,7 @@ impl Context {
         if let Some(st) = removed {
             self.metrics.forget(&st.key);
         }
+        self.claims.settled(uid, &self.metrics);
         self.source.release(uid);
     }
 
@@ -320,12 +331,23 @@ fn retry_wait(err: &Error, failures: u32) -> Duration {
     err.retry_after().map(|r| r.max(wait)).unwrap_or(wait)
 }
 
-#[instrument(skip_all, fields(namespace = %ms.namespace().unwrap_or_default(), name = %ms.name_any()))]
+/// A reconcile waits for a worker in its namespace's turn (`fair`), then runs. The waiting
+/// future is small (the work is boxed once it has a worker): thousands of due objects cost
+/// little while they wait.
 async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
     if !ctx.settings.leadership.is_leader() {
         // A standby keeps its caches warm and waits; taking the lead reconciles everything.
         return Ok(Action::await_change());
     }
+    let _worker = ctx
+        .workers
+        .acquire(ms.metadata.namespace.as_deref().unwrap_or_default())
+        .await;
+    work(ms, ctx).boxed().await
+}
+
+#[instrument(skip_all, fields(namespace = %ms.namespace().unwrap_or_default(), name = %ms.name_any()))]
+async fn work(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let api: Api<ManagedSecret> =
@@ -445,6 +467,10 @@ pub async fn run(
         }
         AccessPolicy::Off => (None, None),
     };
+    let workers = crate::fair::FairWorkers::new(
+        usize::from(settings.concurrency),
+        metrics.workers.waiting.clone(),
+    );
     let ctx = Arc::new(Context {
         client,
         source,
@@ -457,6 +483,8 @@ pub async fn run(
         policy: view,
         events: events::EventState::default(),
         workloads: Mutex::new(WorkloadSnapshots::default()),
+        workers,
+        claims: claims::Claims::default(),
     });
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let consumer = events::run(ctx.clone(), shutdown.clone());

@@ -123,6 +123,10 @@ pub(super) async fn apply(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
         // The grants are not known yet: deciding now could deny what a policy allows.
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
+    // Another installation that runs and claims it keeps it (two installations must not fight).
+    if let Some(left) = super::claims::check(ms, ctx).await {
+        return Ok(left);
+    }
     let mut known = Known::default();
     let started = std::time::Instant::now();
     let out = match run(ms, ctx, &mut known).await {
@@ -138,12 +142,23 @@ pub(super) async fn write_status(
     ms: &ManagedSecret,
     status: &ManagedSecretStatus,
 ) -> Result<()> {
+    // Every status write claims the object for this installation (`claim`).
+    let status = &ManagedSecretStatus {
+        claimed_by: Some(ctx.settings.installation.clone()),
+        ..status.clone()
+    };
     if ms.status.as_ref() == Some(status) {
         return Ok(());
     }
     let api: Api<ManagedSecret> =
         Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
-    let body = json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret", "status": status});
+    // The Contested condition is another installation's note (its own field manager): never
+    // applied here, so never taken over or removed by this write.
+    let mut applied = status.clone();
+    applied
+        .conditions
+        .retain(|c| c.type_ != crate::claim::CONTESTED);
+    let body = json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret", "status": applied});
     api.patch_status(
         &ms.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -350,7 +365,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         wait = wait.min(hint);
     }
     ctx.schedule(ms, next);
-    if changed || !status::same_apart_from_times(&status, &new_status) {
+    if changed || unclaimed(ctx, &status) || !status::same_apart_from_times(&status, &new_status) {
         write_status(ctx, ms, &new_status).await?;
     } else {
         debug!("nothing new: no status write");
@@ -365,6 +380,12 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         return Err(e);
     }
     Ok(Action::requeue(wait))
+}
+
+/// Whether the status does not yet name this installation as the one that syncs the object
+/// (new, written by an earlier version, or taken over): the next write claims it.
+fn unclaimed(ctx: &Context, status: &ManagedSecretStatus) -> bool {
+    status.claimed_by.as_deref() != Some(ctx.settings.installation.as_str())
 }
 
 /// A server-side apply conflict names field managers; ours are `managed-secrets/<uid>`: say which
@@ -463,9 +484,12 @@ pub(super) async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, known: K
     }
     // The same failure again costs no request: status and the Event already say it (the
     // failures metric counts every attempt).
-    if status::failure_is_news(&prev, &st) {
-        ctx.event(ms, EventType::Warning, reason, err.to_string())
-            .await;
+    let news = status::failure_is_news(&prev, &st);
+    if news || unclaimed(ctx, &prev) {
+        if news {
+            ctx.event(ms, EventType::Warning, reason, err.to_string())
+                .await;
+        }
         if let Err(e) = write_status(ctx, ms, &st).await {
             warn!(error = %e, "could not record the failure in status; retrying with back-off");
         }

@@ -310,9 +310,9 @@ async fn scope_controller(
         .watches_stream(secret_events, move |s: Secret| owners_of(&mapper_store, &s))
         .reconcile_on(workloads)
         .reconcile_on(swept)
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
-        );
+        // Unlimited here: the reconcile waits for one of the shared workers (`fair`), which
+        // go to namespaces in turn, across every scope.
+        .with_config(kube::runtime::controller::Config::default().concurrency(0));
     if let Some(rx) = policy_changes {
         let (all_rx, ns_rx) = (rx.resubscribe(), rx);
         let store = stores.managed.clone();

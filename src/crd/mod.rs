@@ -323,6 +323,12 @@ pub struct ManagedSecretStatus {
     /// Consecutive failures (drives the back-off).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,
+    /// The installation of the operator that syncs this object (its Lease, `namespace/name`).
+    /// Another installation watching the same namespace leaves the object alone while that Lease
+    /// is renewed, and says so in the `Contested` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 507))]
+    pub claimed_by: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -47,6 +47,8 @@ enum ClusterKind {
 
 pub struct Cluster {
     kind: ClusterKind,
+    /// How to reach the API server (the administrator's credentials).
+    config: kube::Config,
     /// The administrator (the test itself).
     pub client: Client,
     /// The operator: the chart's ServiceAccount, with exactly the chart's RBAC.
@@ -68,6 +70,21 @@ pub struct Cluster {
     /// Whether the operator's requests are kept for the RBAC table check (not when a test takes
     /// permissions away on purpose).
     keep_audit: std::sync::atomic::AtomicBool,
+    /// Further installations of the operator a test made (`another_installation`): their
+    /// namespaces, users and cluster-scoped RBAC objects.
+    others: std::sync::Mutex<Vec<(Installation, ClusterScoped)>>,
+}
+
+/// Cluster-scoped objects a test made, as (kind, name).
+type ClusterScoped = Vec<(String, String)>;
+
+/// One installation of the operator: the chart's ServiceAccount and RBAC in its own namespace,
+/// which also holds its hash key and its Lease.
+#[derive(Clone)]
+pub struct Installation {
+    pub client: Client,
+    pub namespace: String,
+    pub user: String,
 }
 
 fn unique(prefix: &str) -> String {
@@ -134,7 +151,7 @@ impl Cluster {
         let identity = rbac::identity_objects(&rbac::render(&operator_namespace, &set));
         let rbac_objects = rbac::install(&client, &identity).await;
         let operator_token = rbac::token(&client, &operator_namespace, rbac::RELEASE).await;
-        let mut op_cfg = cfg;
+        let mut op_cfg = cfg.clone();
         op_cfg.auth_info = kube::config::AuthInfo {
             token: Some(operator_token.clone().into()),
             ..Default::default()
@@ -142,6 +159,7 @@ impl Cluster {
         let operator_client = Client::try_from(op_cfg).expect("operator client");
         let c = Cluster {
             kind,
+            config: cfg,
             client,
             operator_client,
             operator_user: format!(
@@ -156,9 +174,52 @@ impl Cluster {
             rbac_objects,
             identity,
             keep_audit: std::sync::atomic::AtomicBool::new(true),
+            others: Default::default(),
         };
         c.install_crd().await;
         c
+    }
+
+    fn client_config(&self) -> kube::Config {
+        self.config.clone()
+    }
+
+    /// The installation every test has (`<namespace>-op`).
+    pub fn installation(&self) -> Installation {
+        Installation {
+            client: self.operator_client.clone(),
+            namespace: self.operator_namespace.clone(),
+            user: self.operator_user.clone(),
+        }
+    }
+
+    /// A second installation of the chart, in a namespace of its own (`<namespace>-op2`), also
+    /// watching the whole cluster: as a second release during a migration would.
+    pub async fn another_installation(&self) -> Installation {
+        let ns = format!("{}-op2", self.namespace);
+        Api::<Namespace>::all(self.client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .expect("second operator namespace");
+        let set = vec![format!("leaderElection.leaseName={}", rbac::LEASE)];
+        let identity = rbac::identity_objects(&rbac::render(&ns, &set));
+        let objects = rbac::install(&self.client, &identity).await;
+        let token = rbac::token(&self.client, &ns, rbac::RELEASE).await;
+        let mut cfg = self.client_config();
+        cfg.auth_info = kube::config::AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        };
+        let inst = Installation {
+            client: Client::try_from(cfg).expect("second operator client"),
+            user: format!("system:serviceaccount:{ns}:{}", rbac::RELEASE),
+            namespace: ns,
+        };
+        self.others.lock().unwrap().push((inst.clone(), objects));
+        inst
     }
 
     /// Waits until a CRD is Established.
@@ -645,14 +706,21 @@ impl Drop for Cluster {
                     &self.namespace,
                     &self.operator_namespace,
                 );
+                for (o, _) in self.others.lock().unwrap().iter() {
+                    rbac::keep_audit(&o.user, &audit, &self.namespace, &o.namespace);
+                }
             }
         }
         if let ClusterKind::Real = self.kind {
             // Best effort: remove the test namespace on the real cluster.
             let client = self.client.clone();
-            let nss = [self.namespace.clone(), self.operator_namespace.clone()];
+            let mut nss = vec![self.namespace.clone(), self.operator_namespace.clone()];
             let policies = std::mem::take(&mut *self.policies.lock().unwrap());
-            let rbac_objects = std::mem::take(&mut self.rbac_objects);
+            let mut rbac_objects = std::mem::take(&mut self.rbac_objects);
+            for (o, objects) in std::mem::take(&mut *self.others.lock().unwrap()) {
+                nss.push(o.namespace);
+                rbac_objects.extend(objects);
+            }
             let _ = std::thread::spawn(move || {
                 if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -680,6 +748,11 @@ impl Drop for Cluster {
 /// The operator under test, running as a task against the cluster and moto; restartable.
 pub struct Operator {
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The installation's Lease holder, and what stops it (released on a graceful stop).
+    lease: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
     rbac_check: Option<tokio::task::JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub metrics: Arc<Metrics>,
@@ -716,6 +789,23 @@ impl Operator {
         tune: impl FnOnce(&mut controller::Settings),
         limits: source::cache::Limits,
     ) -> Operator {
+        Self::start_installed(cluster, &cluster.installation(), aws, tune, limits).await
+    }
+
+    /// The operator of another installation (`Cluster::another_installation`), with access
+    /// policies off.
+    pub async fn start_as(cluster: &Cluster, inst: &Installation, aws: &aws::Moto) -> Operator {
+        Self::start_installed(cluster, inst, aws, |_| {}, Default::default()).await
+    }
+
+    /// The operator as `inst` installed it: its identity, hash key and Lease in its namespace.
+    async fn start_installed(
+        cluster: &Cluster,
+        inst: &Installation,
+        aws: &aws::Moto,
+        tune: impl FnOnce(&mut controller::Settings),
+        limits: source::cache::Limits,
+    ) -> Operator {
         // E2E_LOG=managed_secrets=debug shows the operator's logs in test output.
         if std::env::var("E2E_LOG").is_ok() {
             let _ = tracing_subscriber::fmt()
@@ -726,7 +816,7 @@ impl Operator {
         let metrics = Arc::new(Metrics::default());
         let tokens: Arc<dyn source::identity::TokenIssuer> =
             Arc::new(managed_secrets::k8s::tokens::KubeTokens {
-                client: cluster.operator_client.clone(),
+                client: inst.client.clone(),
             });
         let backend = source::aws::AwsBackend::new(aws.sdk_config(), metrics.clone())
             .with_tokens(Some(tokens));
@@ -739,8 +829,8 @@ impl Operator {
         let health = Arc::new(managed_secrets::health::Health::default());
         // The hash key lives in the operator's namespace.
         let key = managed_secrets::k8s::hash_key::load_or_create(
-            &cluster.operator_client,
-            &cluster.operator_namespace,
+            &inst.client,
+            &inst.namespace,
             "managed-secrets-hash-key",
         )
         .await
@@ -757,6 +847,7 @@ impl Operator {
             hash_key: controller::HashKey(Arc::from(key)),
             leadership: managed_secrets::leader::Leadership::alone(),
             events: None,
+            installation: managed_secrets::claim::installation(&inst.namespace, rbac::LEASE),
         };
         tune(&mut settings);
         // The start-up RBAC check, as the binary runs it (in-process operators lead alone).
@@ -765,21 +856,39 @@ impl Operator {
                 namespaces: settings.namespaces.clone(),
                 access_policies: settings.access_policy == controller::AccessPolicy::Enforce,
                 leader_election: false,
-                operator_namespace: cluster.operator_namespace.clone(),
+                operator_namespace: inst.namespace.clone(),
                 hash_key_secret: "managed-secrets-hash-key".into(),
-                lease_namespace: cluster.operator_namespace.clone(),
+                lease_namespace: inst.namespace.clone(),
                 lease_name: rbac::LEASE.into(),
             });
         let rbac_check = tokio::spawn(managed_secrets::k8s::access::verify(
-            cluster.operator_client.clone(),
+            inst.client.clone(),
             checks,
             health.clone(),
             metrics.clone(),
             std::future::pending::<()>(),
         ));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // The installation's Lease, held as the binary holds it without leader election.
+        let (lease_tx, lease_rx) = tokio::sync::oneshot::channel::<()>();
+        let lease = tokio::spawn(managed_secrets::leader::run(
+            inst.client.clone(),
+            managed_secrets::leader::Settings {
+                enabled: false,
+                lease_name: rbac::LEASE.into(),
+                lease_namespace: inst.namespace.clone(),
+                duration: Duration::from_secs(15),
+                grace: Duration::from_secs(5),
+                identity: format!("e2e-{}", uuid_like()),
+            },
+            settings.leadership.clone(),
+            metrics.clone(),
+            async move {
+                let _ = lease_rx.await;
+            },
+        ));
         let task = tokio::spawn(controller::run(
-            cluster.operator_client.clone(),
+            inst.client.clone(),
             src,
             metrics.clone(),
             health.clone(),
@@ -792,6 +901,7 @@ impl Operator {
             task: Some(task),
             rbac_check: Some(rbac_check),
             stop: Some(tx),
+            lease: Some((lease, lease_tx)),
             metrics,
             health,
         }
@@ -820,6 +930,10 @@ impl Operator {
     /// Stops at once, with no graceful shutdown (as SIGKILL would).
     pub fn kill(&mut self) {
         self.stop.take();
+        if let Some((t, _)) = self.lease.take() {
+            // Not released: it lapses, as a killed process's would.
+            t.abort();
+        }
         if let Some(t) = self.task.take() {
             t.abort();
         }
@@ -842,6 +956,10 @@ impl Operator {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        if let Some((t, tx)) = self.lease.take() {
+            let _ = tx.send(());
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         if let Some(t) = self.rbac_check.take() {

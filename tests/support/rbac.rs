@@ -171,7 +171,7 @@ pub fn keep_audit(user: &str, audit: &Value, test_namespace: &str, operator_name
     let body = serde_json::json!({"namespace": test_namespace, "operator_namespace": operator_namespace,
                                   "user": user, "requests": rows});
     let _ = std::fs::write(
-        dir.join(format!("{test_namespace}.json")),
+        dir.join(format!("{operator_namespace}.json")),
         serde_json::to_vec_pretty(&body).unwrap(),
     );
 }
