@@ -4,6 +4,7 @@
 
 mod claims;
 mod cleanup;
+mod compact;
 pub mod events;
 mod policies;
 mod rollout;
@@ -479,7 +480,7 @@ pub async fn run(
         settings,
         health,
         objects: Mutex::new(HashMap::new()),
-        scopes: scopes.iter().map(|(s, _, _)| s.clone()).collect(),
+        scopes: scopes.iter().map(|(s, _)| s.clone()).collect(),
         policy: view,
         events: events::EventState::default(),
         workloads: Mutex::new(WorkloadSnapshots::default()),

@@ -5,66 +5,51 @@
 
 use crate::crd::{ManagedSecret, WorkloadKind, FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::rollout::Workload;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::api::DynamicObject;
-use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
+use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::Resource;
 use serde_json::Value;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+
+/// The workloads of one kind in a scope, as rollout decisions read them.
+pub type WorkloadCache = super::compact::CompactCache<Workload>;
 
 /// The caches of one scope (all namespaces, or one).
 #[derive(Clone)]
 pub struct ScopeStores {
     pub scope: Option<String>,
     pub managed: Store<ManagedSecret>,
-    pub secrets: Store<Secret>,
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
-    pub daemonsets: Store<DaemonSet>,
-    pub rollouts: Store<DynamicObject>,
+    pub secrets: super::compact::SecretCache,
+    pub deployments: WorkloadCache,
+    pub statefulsets: WorkloadCache,
+    pub daemonsets: WorkloadCache,
+    /// Argo Rollouts (filled once their CRD is served).
+    pub rollouts: WorkloadCache,
 }
 
-/// Their writers, consumed by the watches.
+/// The writer of the ManagedSecrets cache, consumed by its watch (the other caches are written
+/// through their clones).
 pub struct ScopeWriters {
     pub managed: Writer<ManagedSecret>,
-    pub secrets: Writer<Secret>,
-    pub deployments: Writer<Deployment>,
-    pub statefulsets: Writer<StatefulSet>,
-    pub daemonsets: Writer<DaemonSet>,
 }
 
-/// The caches of a scope, their writers, and the writer of the Argo Rollouts cache (whose watch
-/// starts once the CRD is served).
-pub fn scope(scope: Option<String>) -> (ScopeStores, ScopeWriters, Writer<DynamicObject>) {
+/// The caches of a scope and the writer of its ManagedSecrets cache.
+pub fn scope(scope: Option<String>) -> (ScopeStores, ScopeWriters) {
     let (managed, mw) = reflector::store();
-    let (secrets, sw) = reflector::store();
-    let (deployments, dw) = reflector::store();
-    let (statefulsets, stw) = reflector::store();
-    let (daemonsets, dsw) = reflector::store();
-    let rw = Writer::new(crate::k8s::workloads::argo_rollout());
-    let rollouts = rw.as_reader();
     (
         ScopeStores {
             scope,
             managed,
-            secrets,
-            deployments,
-            statefulsets,
-            daemonsets,
-            rollouts,
+            secrets: Default::default(),
+            deployments: Default::default(),
+            statefulsets: Default::default(),
+            daemonsets: Default::default(),
+            rollouts: Default::default(),
         },
-        ScopeWriters {
-            managed: mw,
-            secrets: sw,
-            deployments: dw,
-            statefulsets: stw,
-            daemonsets: dsw,
-        },
-        rw,
+        ScopeWriters { managed: mw },
     )
 }
 
@@ -257,49 +242,32 @@ pub fn to_workload<K: Resource + serde::Serialize>(kind: WorkloadKind, obj: &K) 
     )
 }
 
-fn in_ns<'a, K: Resource + 'a>(
-    objs: Vec<Arc<K>>,
-    ns: &'a str,
-) -> impl Iterator<Item = Arc<K>> + 'a {
-    objs.into_iter()
-        .filter(move |o| o.meta().namespace.as_deref() == Some(ns))
-}
-
 /// Every workload of a namespace, from the caches.
 pub fn workloads_in(scopes: &[ScopeStores], ns: &str) -> Vec<Workload> {
     let mut out = vec![];
     for s in scopes.iter().filter(|s| s.covers(ns)) {
-        out.extend(
-            in_ns(s.deployments.state(), ns)
-                .map(|d| to_workload(WorkloadKind::Deployment, d.as_ref())),
-        );
-        out.extend(
-            in_ns(s.statefulsets.state(), ns)
-                .map(|d| to_workload(WorkloadKind::StatefulSet, d.as_ref())),
-        );
-        out.extend(
-            in_ns(s.daemonsets.state(), ns)
-                .map(|d| to_workload(WorkloadKind::DaemonSet, d.as_ref())),
-        );
-        out.extend(
-            in_ns(s.rollouts.state(), ns).map(|d| to_workload(WorkloadKind::Rollout, d.as_ref())),
-        );
+        for cache in [&s.deployments, &s.statefulsets, &s.daemonsets, &s.rollouts] {
+            out.extend(cache.in_namespace(ns).iter().map(|w| (**w).clone()));
+        }
     }
+    // In a stable order (the caches are hash maps).
+    out.sort_by(|a, b| (a.kind as u8, &a.name).cmp(&(b.kind as u8, &b.name)));
     out
 }
 
 /// A managed Secret from the caches (None: not cached, which may mean it does not exist or is not
 /// labelled as ours yet).
-pub fn secret(scopes: &[ScopeStores], ns: &str, name: &str) -> Option<Arc<Secret>> {
+pub fn secret(scopes: &[ScopeStores], ns: &str, name: &str) -> Option<Secret> {
     scopes
         .iter()
         .filter(|s| s.covers(ns))
-        .find_map(|s| s.secrets.get(&ObjectRef::new(name).within(ns)))
+        .find_map(|s| s.secrets.secret(ns, name))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
 
     #[test]

@@ -194,7 +194,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     // From the watch cache; only a Secret the cache does not hold (not ours, or not there) is read.
     // Either way as the cache keeps it: our keys, values as digests.
     let current = match super::stores::secret(&ctx.scopes, &ns, &target) {
-        Some(s) => Some((*s).clone()),
+        Some(s) => Some(s),
         None => secrets
             .get_opt(&target)
             .await

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::api::DynamicObject;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use std::collections::HashSet;
@@ -122,7 +122,7 @@ fn readers_of(store: &Store<ManagedSecret>, c: &Changed) -> Vec<ObjectRef<Manage
 /// workload concerns (selected now, or recorded as a target).
 fn workload_triggers<K>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
+    cache: stores::WorkloadCache,
     key: String,
     kind: &'static str,
     wkind: crate::crd::WorkloadKind,
@@ -148,7 +148,11 @@ where
             ctx.metrics.clone(),
         ))
         .modify(stores::trim_workload)
-        .reflect(writer)
+        .inspect(move |ev| {
+            if let Ok(ev) = ev {
+                cache.apply(ev, |o| stores::to_workload(wkind, o));
+            }
+        })
         .inspect(workloads_changed(ctx.clone()))
         .applied_objects()
         .predicate_filter(stores::workload_relevant, Default::default())
@@ -246,12 +250,19 @@ async fn scope_controller(
         let key = ctx.settings.hash_key.0.clone();
         move |s: &mut Secret| stores::trim_secret(s, &key)
     })
-    .reflect(writers.secrets)
+    .inspect({
+        let cache = stores.secrets.clone();
+        move |ev| {
+            if let Ok(ev) = ev {
+                cache.apply_secret(ev);
+            }
+        }
+    })
     .touched_objects();
     let workloads = futures::stream::select_all(vec![
         workload_triggers::<Deployment>(
             api_for(&client, &scope),
-            writers.deployments,
+            stores.deployments.clone(),
             kind_key("deployments", &scope),
             "deployments",
             crate::crd::WorkloadKind::Deployment,
@@ -261,7 +272,7 @@ async fn scope_controller(
         .boxed(),
         workload_triggers::<StatefulSet>(
             api_for(&client, &scope),
-            writers.statefulsets,
+            stores.statefulsets.clone(),
             kind_key("statefulsets", &scope),
             "statefulsets",
             crate::crd::WorkloadKind::StatefulSet,
@@ -271,7 +282,7 @@ async fn scope_controller(
         .boxed(),
         workload_triggers::<DaemonSet>(
             api_for(&client, &scope),
-            writers.daemonsets,
+            stores.daemonsets.clone(),
             kind_key("daemonsets", &scope),
             "daemonsets",
             crate::crd::WorkloadKind::DaemonSet,
@@ -352,7 +363,7 @@ async fn scope_controller(
 /// What a scope's Rollout watch needs: its scope, cache writer, trigger channel, ManagedSecrets.
 type RolloutScope = (
     Option<String>,
-    reflector::store::Writer<DynamicObject>,
+    stores::WorkloadCache,
     mpsc::UnboundedSender<ObjectRef<ManagedSecret>>,
     Store<ManagedSecret>,
 );
@@ -384,7 +395,7 @@ impl PendingRollouts {
         }
         info!("Argo Rollouts are served: watching them");
         let ar = crate::k8s::workloads::argo_rollout();
-        for (scope, writer, tx, managed) in self.scopes.drain(..) {
+        for (scope, cache, tx, managed) in self.scopes.drain(..) {
             let api: Api<DynamicObject> = match &scope {
                 Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
                 None => Api::all_with(ctx.client.clone(), &ar),
@@ -401,7 +412,13 @@ impl PendingRollouts {
                         c.metrics.clone(),
                     ))
                     .modify(stores::trim_dynamic)
-                    .reflect(writer)
+                    .inspect(move |ev| {
+                        if let Ok(ev) = ev {
+                            cache.apply(ev, |o| {
+                                stores::to_workload(crate::crd::WorkloadKind::Rollout, o)
+                            });
+                        }
+                    })
                     .inspect(workloads_changed(c.clone()))
                     .applied_objects()
                     .filter_map(|w| async move { w.ok() })
@@ -428,18 +445,14 @@ impl PendingRollouts {
 /// Runs every pipeline until `shutdown`; returns early only if one of them stops by itself.
 pub(super) async fn run_all(
     ctx: Arc<Context>,
-    scopes: Vec<(
-        ScopeStores,
-        ScopeWriters,
-        reflector::store::Writer<DynamicObject>,
-    )>,
+    scopes: Vec<(ScopeStores, ScopeWriters)>,
     policy: Option<policies::Watches>,
     shutdown: BoxFuture<'static, ()>,
 ) {
     let shutdown: Shutdown = shutdown.shared();
     let health = ctx.health.clone();
     let mut keys = vec![];
-    for (s, _, _) in &scopes {
+    for (s, _) in &scopes {
         for kind in [
             "managedsecrets",
             "secrets",
@@ -486,12 +499,12 @@ pub(super) async fn run_all(
         scopes: vec![],
         last_check: None,
     };
-    for (stores, writers, rollouts_writer) in scopes {
+    for (stores, writers) in scopes {
         let rx = ctx.policy.is_some().then(|| tx.subscribe());
         let (rtx, rrx) = mpsc::unbounded_channel();
         pending.scopes.push((
             stores.scope.clone(),
-            rollouts_writer,
+            stores.rollouts.clone(),
             rtx,
             stores.managed.clone(),
         ));

@@ -43,7 +43,9 @@ const BINARY: &str = "b64decode produced binary data; templates produce text";
 pub struct Templates {
     /// Built only when there are templates (most ManagedSecrets have none; thousands of empty
     /// environments would be memory for nothing).
-    env: Option<Environment<'static>>,
+    /// (Boxed: an environment is several hundred bytes inline, and every ManagedSecret's
+    /// compiled mapping holds this field.)
+    env: Option<Box<Environment<'static>>>,
     /// (Secret key, template name in `env`).
     keys: Vec<String>,
 }
@@ -83,7 +85,7 @@ fn environment() -> Environment<'static> {
 impl Templates {
     /// Compiles the templates (key -> source). Errors name the key and a line, not the source.
     pub fn compile<'a>(templates: impl Iterator<Item = (&'a String, &'a String)>) -> Result<Self> {
-        let mut env: Option<Environment<'static>> = None;
+        let mut env: Option<Box<Environment<'static>>> = None;
         let mut keys = vec![];
         for (key, src) in templates {
             if keys.len() >= MAX_TEMPLATES {
@@ -102,7 +104,7 @@ impl Templates {
                     "template {key}: unclosed tag or string at line {line}"
                 ))
             })?;
-            env.get_or_insert_with(environment)
+            env.get_or_insert_with(|| Box::new(environment()))
                 .add_template_owned(key.clone(), prepared)
                 .map_err(|e| Error::InvalidSpec(describe(key, &e)))?;
             keys.push(key.clone());
