@@ -328,6 +328,29 @@ async fn a_failure_that_repeats_unchanged_costs_no_request() {
     assert_eq!(counts, vec![("PolicyDenied".to_string(), 1)]);
 }
 
+/// Finding 3, found by the noisy-neighbour bench: a ManagedSecret whose AWS secret is missing
+/// read its (absent) target Secret from the API on every attempt, 1,000 of them 14 requests a
+/// second at rest. The target is read only once AWS has answered (before a write); a failing
+/// attempt reads nothing from the Kubernetes API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_managed_secret_reads_nothing_from_the_kubernetes_api() {
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let op = Operator::start(&c, &moto).await;
+    c.create_ms(
+        "missing",
+        json!({"secretId": "team/missing", "refreshInterval": "1s", "data": {"allKeys": true}}),
+    )
+    .await;
+    c.wait_ready("missing", "False", "SecretNotFound").await;
+    let reads = c.count("get", "secrets").await;
+    op.wait_failures("SecretNotFound", 2).await;
+    assert_eq!(c.count("get", "secrets").await, reads, "no GET per attempt");
+    // Once the secret exists, the first sync reads the target (absent) and creates it.
+    moto.create_json("team/missing", &creds("now")).await;
+    c.wait_secret_value("missing", "password", "now").await;
+}
+
 fn claimed_by(ms: &managed_secrets::crd::ManagedSecret) -> Option<String> {
     ms.status.as_ref().and_then(|s| s.claimed_by.clone())
 }

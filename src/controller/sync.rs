@@ -191,30 +191,30 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let hash_key = ctx.settings.hash_key.0.clone();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = ms.target_name();
-    // From the watch cache; only a Secret the cache does not hold (not ours, or not there) is read.
-    // Either way as the cache keeps it: our keys, values as digests.
-    let current = match super::stores::secret(&ctx.scopes, &ns, &target) {
-        Some(s) => Some(s),
-        None => secrets
-            .get_opt(&target)
-            .await
-            .map_err(Error::Kube)?
-            .map(|mut s| {
-                super::stores::trim_secret(&mut s, &hash_key);
-                s
-            }),
+    // From the watch cache. A Secret the cache does not hold (not ours, or not there) is read
+    // from the API only when the answer matters now: whether a synced Secret is intact; else just
+    // before a write, once AWS has answered, so that a ManagedSecret that keeps failing costs no
+    // Kubernetes read. Either way as the cache keeps it: our keys, values as digests.
+    let mut current: Option<Option<Secret>> = match super::stores::secret(&ctx.scopes, &ns, &target)
+    {
+        Some(s) => Some(Some(s)),
+        None if status.data_hash.is_some() => {
+            Some(read_secret(&secrets, &target, &hash_key).await?)
+        }
+        None => None,
     };
     let intact = match &status.data_hash {
         None => true,
         Some(h) => {
             current
                 .as_ref()
+                .and_then(Option::as_ref)
                 .and_then(|c| k8s::current_hash(c, &status.synced_keys, &hash_key))
                 .as_deref()
                 == Some(h.as_str())
         }
     };
-    known.secret_intact = Some(intact && current.is_some());
+    known.secret_intact = Some(intact && current.as_ref().is_some_and(Option::is_some));
     let plan = schedule::plan(&Observed {
         now,
         generation: ms.metadata.generation,
@@ -269,12 +269,6 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
             bypass_cache
         }
     };
-    let owner = current
-        .as_ref()
-        .and_then(k8s::owner_uid)
-        .and_then(|u| ctx.name_of(&ns, &u));
-    k8s::check_target(ms, current.as_ref(), owner.as_deref())?;
-    k8s::check_type_change(ms, current.as_ref())?;
     let req = FetchRequest {
         secret: secret_ref(ms, identity),
         bypass_cache,
@@ -283,6 +277,16 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     };
     let fetched = ctx.source.fetch(&req).await?;
     ctx.confirmed(ms, now);
+    let current = match current.take() {
+        Some(c) => c,
+        None => read_secret(&secrets, &target, &hash_key).await?,
+    };
+    let owner = current
+        .as_ref()
+        .and_then(k8s::owner_uid)
+        .and_then(|u| ctx.name_of(&ns, &u));
+    k8s::check_target(ms, current.as_ref(), owner.as_deref())?;
+    k8s::check_type_change(ms, current.as_ref())?;
     if let Some(id) = &ms.spec.version_id {
         let stages = &fetched.version_stages;
         if !stages.is_empty() && stages.iter().all(|s| s == "AWSPENDING") {
@@ -380,6 +384,18 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         return Err(e);
     }
     Ok(Action::requeue(wait))
+}
+
+/// The target Secret from the API, as the cache would keep it.
+async fn read_secret(secrets: &Api<Secret>, name: &str, hash_key: &[u8]) -> Result<Option<Secret>> {
+    Ok(secrets
+        .get_opt(name)
+        .await
+        .map_err(Error::Kube)?
+        .map(|mut s| {
+            super::stores::trim_secret(&mut s, hash_key);
+            s
+        }))
 }
 
 /// Whether the status does not yet name this installation as the one that syncs the object
