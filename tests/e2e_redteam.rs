@@ -400,13 +400,7 @@ async fn a_second_installation_leaves_claimed_objects_alone_and_takes_over_when_
         )),
         "{contested}"
     );
-    let rv = c
-        .secrets()
-        .get("db")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
+    let rv = c.secret_version("db").await;
     // Several refreshes of both: the Secret keeps the first's value, untouched, and the first's
     // status (Ready, its claim) stays beside the second's note.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;

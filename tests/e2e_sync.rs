@@ -457,13 +457,7 @@ async fn refreshes_that_find_nothing_new_write_nothing_and_reread_nothing() {
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1s", "data": {"allKeys": true}})).await;
     c.wait_secret_value("db", "password", "pw").await;
     c.wait_ready("db", "True", "Synced").await;
-    let rv = c
-        .secrets()
-        .get("db")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
+    let rv = c.secret_version("db").await;
     let writes = (
         c.count("patch", "secrets").await,
         c.count("create", "secrets").await,
@@ -507,13 +501,7 @@ async fn an_operator_restart_writes_nothing() {
     c.wait_secret_value("db", "password", "pw").await;
     c.wait_ready("db", "True", "Synced").await;
     op.stop().await;
-    let secret_rv = c
-        .secrets()
-        .get("db")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
+    let secret_rv = c.secret_version("db").await;
     let ms_rv = c
         .managed()
         .get("db")
@@ -727,13 +715,7 @@ async fn a_new_target_type_for_an_existing_secret_is_an_invalid_spec() {
     .await;
     c.wait_secret_value("db", "password", "pw").await;
     c.wait_ready("db", "True", "Synced").await;
-    let rv = c
-        .secrets()
-        .get("db")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
+    let rv = c.secret_version("db").await;
     c.patch_ms(
         "db",
         json!({"spec": {"target": {"type": "kubernetes.io/basic-auth"}}}),
@@ -808,13 +790,7 @@ async fn a_refresh_that_finds_nothing_new_makes_no_kubernetes_request() {
     support::workloads::wait_rollouts_recorded(&c, "db", &v1, 1).await;
     c.wait_ready("db", "True", "Synced").await;
     c.wait_attempts(&moto, "db", 1).await;
-    let secret_rv = c
-        .secrets()
-        .get("db")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
+    let secret_rv = c.secret_version("db").await;
     let ms_rv = c
         .managed()
         .get("db")

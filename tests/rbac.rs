@@ -112,6 +112,11 @@ fn role(docs: &[Value], kind: &str, name: &str, ns: Option<&str>) -> Option<BTre
         .map(|d| grants(&d["rules"]))
 }
 
+/// The installation's Lease Role in the release namespace `ops`.
+fn lease_role(docs: &[Value]) -> Option<BTreeSet<Grant>> {
+    role(docs, "Role", "managed-secrets-leader-election", Some("ops"))
+}
+
 fn union(a: BTreeSet<Grant>, b: BTreeSet<Grant>) -> BTreeSet<Grant> {
     a.into_iter().chain(b).collect()
 }
@@ -133,12 +138,7 @@ fn the_chart_grants_exactly_the_permission_list_in_every_mode() {
         Some(wanted(Scope::OperatorNamespace, true, true))
     );
     assert_eq!(
-        role(
-            &docs,
-            "Role",
-            "managed-secrets-leader-election",
-            Some("ops")
-        ),
+        lease_role(&docs),
         Some(wanted(Scope::LeaseNamespace, true, true))
     );
     // Listed namespaces: a Role in each; the ClusterRole keeps the cluster rows.
@@ -170,12 +170,7 @@ fn the_chart_grants_exactly_the_permission_list_in_every_mode() {
         Some(wanted(Scope::Cluster, false, false))
     );
     assert_eq!(
-        role(
-            &docs,
-            "Role",
-            "managed-secrets-leader-election",
-            Some("ops")
-        ),
+        lease_role(&docs),
         Some(wanted(Scope::LeaseNamespace, false, false))
     );
     assert_eq!(

@@ -303,6 +303,17 @@ impl Context {
             .collect()
     }
 
+    /// The cached copy of `ms` (None: no longer cached, e.g. deleted meanwhile).
+    fn latest(&self, ms: &ManagedSecret) -> Option<Arc<ManagedSecret>> {
+        let ns = ms.metadata.namespace.as_deref().unwrap_or_default();
+        let key = kube::runtime::reflector::ObjectRef::from_obj(ms);
+        self.scopes
+            .iter()
+            .filter(|s| s.covers(ns))
+            .find_map(|s| s.managed.get(&key))
+            .filter(|m| m.metadata.uid == ms.metadata.uid)
+    }
+
     /// The name of the ManagedSecret with this UID in `ns`, if the operator knows it.
     fn name_of(&self, ns: &str, uid_: &str) -> Option<String> {
         self.managed_in(ns)
@@ -344,6 +355,9 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
         .workers
         .acquire(ms.metadata.namespace.as_deref().unwrap_or_default())
         .await;
+    // The object as it is now: the wait may have seen it change (a status write of an earlier
+    // reconcile, a spec edit), and a stale copy would write again what is already written.
+    let ms = ctx.latest(&ms).unwrap_or(ms);
     work(ms, ctx).boxed().await
 }
 

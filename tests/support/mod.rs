@@ -452,6 +452,16 @@ impl Cluster {
     }
 
     /// The Secret's data as strings, when it exists.
+    /// The resourceVersion of Secret `name` (which must exist).
+    pub async fn secret_version(&self, name: &str) -> Option<String> {
+        self.secrets()
+            .get(name)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+    }
+
     pub async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
         let s = self.secrets().get_opt(name).await.ok()??;
         Some(
