@@ -104,6 +104,9 @@ pub async fn run(
     };
     if !settings.enabled {
         heartbeat(&settings, &mut manager, shutdown).await;
+        // Stopping: reconciles still waiting for a worker need not run.
+        leadership.set(false);
+        metrics.leader.set(0);
         let _ = tokio::time::timeout(Duration::from_secs(5), manager.release()).await;
         return;
     }

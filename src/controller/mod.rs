@@ -355,6 +355,11 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
         .workers
         .acquire(ms.metadata.namespace.as_deref().unwrap_or_default())
         .await;
+    if !ctx.settings.leadership.is_leader() {
+        // The lead was lost, or the operator is stopping, while this waited: nothing to do (the
+        // next leader reconciles everything).
+        return Ok(Action::await_change());
+    }
     // The object as it is now: the wait may have seen it change (a status write of an earlier
     // reconcile, a spec edit), and a stale copy would write again what is already written.
     let ms = ctx.latest(&ms).unwrap_or(ms);

@@ -59,6 +59,16 @@ impl ScopeStores {
     }
 }
 
+/// A ManagedSecret as the cache keeps it: without managedFields and without the copy of the
+/// whole object that a client-side `kubectl apply` (and Argo CD's default sync) leaves in an
+/// annotation; the operator reads neither.
+pub fn trim_managed(ms: &mut ManagedSecret) {
+    ms.metadata.managed_fields = None;
+    if let Some(a) = ms.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// A Secret as the cache keeps it, a small bounded record whoever wrote it and however large it is
 /// (anyone may put the managed-by label on a Secret of theirs): name, namespace, uid,
 /// resourceVersion, type; of labels and annotations only the operator's own and the keys its
@@ -350,6 +360,24 @@ mod tests {
             serde_json::to_string(&s).unwrap()
         );
         assert!(s.data.unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn cached_managed_secrets_drop_managed_fields_and_the_last_applied_copy() {
+        let mut ms: ManagedSecret =
+            serde_json::from_value(json!({"apiVersion": "managedsecrets.io/v1alpha1",
+            "kind": "ManagedSecret", "metadata": {"name": "db", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                "managedsecrets.io/force-sync": "1"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"secretId": "team/db", "data": {"allKeys": true}}}))
+            .unwrap();
+        trim_managed(&mut ms);
+        assert!(ms.metadata.managed_fields.is_none());
+        assert_eq!(
+            ms.metadata.annotations.unwrap().keys().collect::<Vec<_>>(),
+            vec!["managedsecrets.io/force-sync"]
+        );
     }
 
     #[test]

@@ -226,7 +226,7 @@ async fn scope_controller(
             health.clone(),
             metrics.clone(),
         ))
-        .modify(|ms: &mut ManagedSecret| ms.metadata.managed_fields = None)
+        .modify(stores::trim_managed)
         .reflect(writers.managed)
         .inspect(move |ev| {
             if let Ok(watcher::Event::Delete(o)) = ev {
