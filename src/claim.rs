@@ -11,7 +11,6 @@
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::LeaseSpec;
-use std::time::Duration;
 
 /// The condition a second installation sets on an object it leaves to the first.
 pub const CONTESTED: &str = "Contested";
@@ -49,30 +48,52 @@ pub enum Holder {
     Unknown(String),
 }
 
+/// A Lease's duration when it does not say (the chart's `leaderElection.leaseDuration`).
+pub const DEFAULT_LEASE_SECONDS: u64 = 15;
+
 /// Whether a Lease shows a running installation at `now`: a holder, renewed within its
 /// duration plus as much again (a renewal late by a full period is still a live installation
-/// under load, not a dead one).
-pub fn holder(lease: Option<&LeaseSpec>, now: DateTime<Utc>) -> Holder {
-    let Some(spec) = lease else {
-        return Holder::Gone;
+/// under load, not a dead one). A Lease that nobody holds, or that is missing, was released:
+/// by an installation that is gone, or by a replica that restarts (a rollout, a failover) and
+/// takes it again in a moment. So it counts as gone only once it has been free (since
+/// `free_since`, when this installation first saw it free) for twice its duration.
+pub fn holder(
+    lease: Option<&LeaseSpec>,
+    now: DateTime<Utc>,
+    free_since: Option<DateTime<Utc>>,
+) -> Holder {
+    let secs = lease
+        .and_then(|l| l.lease_duration_seconds)
+        .map_or(DEFAULT_LEASE_SECONDS, |s| u64::try_from(s).unwrap_or(0))
+        .clamp(1, 3600);
+    let twice = chrono::Duration::seconds(i64::try_from(secs.saturating_mul(2)).unwrap_or(7200));
+    let within = |since: DateTime<Utc>| since.checked_add_signed(twice).is_some_and(|t| t >= now);
+    let held = lease.filter(|l| l.holder_identity.as_deref().is_some_and(|h| !h.is_empty()));
+    let Some(spec) = held else {
+        return match free_since {
+            Some(since) if !within(since) => Holder::Gone,
+            _ => Holder::Live,
+        };
     };
-    if spec.holder_identity.as_deref().is_none_or(str::is_empty) {
-        return Holder::Gone;
+    match spec.renew_time.as_ref() {
+        // Held but never renewed: the holder just took it.
+        None => Holder::Live,
+        Some(r) => {
+            let renewed = DateTime::<Utc>::from_timestamp(r.0.as_second(), 0).unwrap_or(now);
+            if within(renewed) {
+                Holder::Live
+            } else {
+                Holder::Gone
+            }
+        }
     }
-    let (Some(renewed), Some(secs)) = (spec.renew_time.as_ref(), spec.lease_duration_seconds)
-    else {
-        return Holder::Live;
-    };
-    let renewed = DateTime::<Utc>::from_timestamp(renewed.0.as_second(), 0).unwrap_or(now);
-    let secs = u64::try_from(secs).unwrap_or(0).clamp(1, 3600);
-    let slack = Duration::from_secs(secs.saturating_mul(2));
-    match chrono::Duration::from_std(slack)
-        .ok()
-        .and_then(|d| renewed.checked_add_signed(d))
-    {
-        Some(until) if until >= now => Holder::Live,
-        _ => Holder::Gone,
-    }
+}
+
+/// Whether a Lease nobody holds (or a missing one) is what `holder` sees.
+pub fn is_free(lease: Option<&LeaseSpec>) -> bool {
+    lease
+        .and_then(|l| l.holder_identity.as_deref())
+        .is_none_or(str::is_empty)
 }
 
 /// What an installation does with a ManagedSecret.
@@ -149,44 +170,38 @@ mod tests {
     #[test]
     fn a_lease_is_live_while_held_and_renewed_within_twice_its_duration() {
         let now = at(100);
-        assert_eq!(holder(None, now), Holder::Gone);
+        let h = |l: LeaseSpec| holder(Some(&l), now, None);
+        assert_eq!(h(lease(Some("pod-a"), Some(99), Some(15))), Holder::Live);
+        assert_eq!(h(lease(Some("pod-a"), Some(70), Some(15))), Holder::Live);
+        assert_eq!(h(lease(Some("pod-a"), Some(69), Some(15))), Holder::Gone);
+        // A duration out of range is bounded (at most an hour, doubled; at least a second).
         assert_eq!(
-            holder(Some(&lease(None, Some(99), Some(15))), now),
+            h(lease(Some("a"), Some(100 - 7201), Some(i32::MAX))),
             Holder::Gone
         );
-        assert_eq!(
-            holder(Some(&lease(Some(""), Some(99), Some(15))), now),
-            Holder::Gone
+        assert_eq!(h(lease(Some("a"), Some(97), Some(-5))), Holder::Gone);
+        // Without a duration, the default (15 s) is assumed.
+        assert_eq!(h(lease(Some("a"), Some(71), None)), Holder::Live);
+        assert_eq!(h(lease(Some("a"), Some(69), None)), Holder::Gone);
+        // Held but never renewed: taken as live, as the holder just took it.
+        assert_eq!(h(lease(Some("a"), None, Some(15))), Holder::Live);
+    }
+
+    #[test]
+    fn a_free_or_missing_lease_is_gone_only_after_twice_its_duration() {
+        let now = at(100);
+        let free = lease(None, None, Some(10));
+        assert!(
+            is_free(Some(&free)) && is_free(None) && is_free(Some(&lease(Some(""), None, None)))
         );
-        assert_eq!(
-            holder(Some(&lease(Some("pod-a"), Some(99), Some(15))), now),
-            Holder::Live
-        );
-        assert_eq!(
-            holder(Some(&lease(Some("pod-a"), Some(70), Some(15))), now),
-            Holder::Live
-        );
-        assert_eq!(
-            holder(Some(&lease(Some("pod-a"), Some(69), Some(15))), now),
-            Holder::Gone
-        );
-        // A duration out of range is bounded (at most an hour, doubled).
-        assert_eq!(
-            holder(
-                Some(&lease(Some("a"), Some(100 - 7201), Some(i32::MAX))),
-                now
-            ),
-            Holder::Gone
-        );
-        assert_eq!(
-            holder(Some(&lease(Some("a"), Some(97), Some(-5))), now),
-            Holder::Gone
-        );
-        // Held but never renewed (or no duration): taken as live, as the holder just took it.
-        assert_eq!(
-            holder(Some(&lease(Some("a"), None, Some(15))), now),
-            Holder::Live
-        );
+        assert!(!is_free(Some(&lease(Some("pod-a"), None, None))));
+        // Just released (a replica restarting): still live.
+        assert_eq!(holder(Some(&free), now, None), Holder::Live);
+        assert_eq!(holder(Some(&free), now, Some(at(80))), Holder::Live);
+        assert_eq!(holder(Some(&free), now, Some(at(79))), Holder::Gone);
+        // A missing Lease: the default duration.
+        assert_eq!(holder(None, now, Some(at(70))), Holder::Live);
+        assert_eq!(holder(None, now, Some(at(69))), Holder::Gone);
     }
 
     #[test]

@@ -359,7 +359,8 @@ fn claimed_by(ms: &managed_secrets::crd::ManagedSecret) -> Option<String> {
 /// migration) whose AWS endpoints hold different values under the same name. The second finds the
 /// object claimed by the first, whose Lease is renewed: it leaves it alone (no Secret write, no
 /// AWS read, the first's status untouched) and says so in the Contested condition and an Event
-/// naming the first. When the first stops (its Lease released), the second takes over.
+/// naming the first. When the first stops (its Lease released, and free for twice its
+/// duration), the second takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_installation_leaves_claimed_objects_alone_and_takes_over_when_the_first_is_gone()
 {
@@ -429,9 +430,19 @@ async fn a_second_installation_leaves_claimed_objects_alone_and_takes_over_when_
     assert_eq!(notes[0].1, contested);
     assert_eq!(second.metrics.claims.contested.get(), 1);
 
-    // The first goes (uninstalled: its Lease released): the second takes over.
+    // The first goes (uninstalled: its Lease released). A released Lease may be a replica
+    // restarting, so the second waits until it has stayed free for twice its duration (15 s),
+    // then takes over.
     first.stop().await;
-    c.wait_secret_value("db", "password", "second").await;
+    support::wait_for(
+        "the second installation to take over",
+        std::time::Duration::from_secs(90),
+        || async {
+            let d = c.secret_data("db").await?;
+            (d.get("password").map(String::as_str) == Some("second")).then_some(())
+        },
+    )
+    .await;
     let ms = c.wait_no_condition("db", "Contested").await;
     assert_eq!(claimed_by(&ms).as_deref(), Some(second_name.as_str()));
     assert!(c

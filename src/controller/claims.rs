@@ -27,6 +27,8 @@ const RECHECK: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub(super) struct Claims {
     leases: Mutex<HashMap<String, (Instant, Holder)>>,
+    /// Per claimant, since when its Lease has been seen free (released or missing).
+    free_since: Mutex<HashMap<String, chrono::DateTime<Utc>>>,
     contested: Mutex<HashSet<String>>,
 }
 
@@ -44,6 +46,14 @@ impl Claims {
                 .contested
                 .set(i64::try_from(c.len()).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Whether the object with this UID is left to another installation.
+    pub(super) fn is_contested(&self, uid: &str) -> bool {
+        self.contested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uid)
     }
 
     /// The object is this installation's again, or gone.
@@ -70,7 +80,24 @@ async fn holder(ctx: &Context, claimant: &str) -> Holder {
     };
     let api: Api<Lease> = Api::namespaced(ctx.client.clone(), ns);
     let h = match api.get_opt(name).await {
-        Ok(l) => claim::holder(l.and_then(|l| l.spec).as_ref(), Utc::now()),
+        Ok(l) => {
+            let spec = l.and_then(|l| l.spec);
+            let now = Utc::now();
+            let since = {
+                let mut free = ctx
+                    .claims
+                    .free_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if claim::is_free(spec.as_ref()) {
+                    Some(*free.entry(claimant.to_string()).or_insert(now))
+                } else {
+                    free.remove(claimant);
+                    None
+                }
+            };
+            claim::holder(spec.as_ref(), now, since)
+        }
         Err(kube::Error::Api(e)) => Holder::Unknown(format!("{} {}", e.code, e.reason)),
         Err(_) => Holder::Unknown("the API server did not answer".into()),
     };
@@ -95,6 +122,13 @@ pub(super) async fn check(ms: &ManagedSecret, ctx: &Context) -> Option<Action> {
     match decision {
         Decision::Sync => {
             ctx.claims.settled(&uid(ms), &ctx.metrics);
+            if noted_by(ms, me) {
+                // Left by this installation while another held it, and not removed when it took
+                // over (that removal failed): removed now.
+                if let Err(e) = apply_contested(ctx, ms, None).await {
+                    warn!(error = %e, "could not remove the Contested condition");
+                }
+            }
             None
         }
         Decision::TakeOver { from } => {
@@ -126,6 +160,16 @@ async fn take_over(ms: &ManagedSecret, ctx: &Context, from: &str) {
         format!("installation {me} syncs this ManagedSecret now: installation {from}, which did, no longer renews its Lease"),
     )
     .await;
+}
+
+/// Whether the object carries a `Contested` note written by installation `me`.
+fn noted_by(ms: &ManagedSecret, me: &str) -> bool {
+    let mine = format!("installation {me} also watches it");
+    ms.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == CONTESTED && c.message.contains(&mine))
+    })
 }
 
 fn has_contested(ms: &ManagedSecret) -> bool {

@@ -216,7 +216,11 @@ async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome 
                 event.region.as_deref(),
             )
         });
-        if !concerned || ms.metadata.deletion_timestamp.is_some() {
+        // Objects left to another installation are that installation's to refresh.
+        if !concerned
+            || ms.metadata.deletion_timestamp.is_some()
+            || ctx.claims.is_contested(&super::uid(&ms))
+        {
             continue;
         }
         // Only what the access policies let it read (as the identity they say).

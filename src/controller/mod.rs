@@ -363,6 +363,11 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
     // The object as it is now: the wait may have seen it change (a status write of an earlier
     // reconcile, a spec edit), and a stale copy would write again what is already written.
     let ms = ctx.latest(&ms).unwrap_or(ms);
+    // Another installation that runs and claims it keeps it, finalizer and cleanup included (two
+    // installations must not fight).
+    if let Some(left) = claims::check(&ms, &ctx).await {
+        return Ok(left);
+    }
     work(ms, ctx).boxed().await
 }
 

@@ -123,10 +123,6 @@ pub(super) async fn apply(ms: &ManagedSecret, ctx: &Context) -> Result<Action> {
         // The grants are not known yet: deciding now could deny what a policy allows.
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    // Another installation that runs and claims it keeps it (two installations must not fight).
-    if let Some(left) = super::claims::check(ms, ctx).await {
-        return Ok(left);
-    }
     let mut known = Known::default();
     let started = std::time::Instant::now();
     let out = match run(ms, ctx, &mut known).await {
@@ -276,7 +272,6 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         owner: uid(ms),
     };
     let fetched = ctx.source.fetch(&req).await?;
-    ctx.confirmed(ms, now);
     let current = match current.take() {
         Some(c) => c,
         None => read_secret(&secrets, &target, &hash_key).await?,
@@ -287,6 +282,9 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         .and_then(|u| ctx.name_of(&ns, &u));
     k8s::check_target(ms, current.as_ref(), owner.as_deref())?;
     k8s::check_type_change(ms, current.as_ref())?;
+    // Confirmed only once the Secret may be written (a confirmation resets the failure count
+    // that a target conflict's back-off doubles from).
+    ctx.confirmed(ms, now);
     if let Some(id) = &ms.spec.version_id {
         let stages = &fetched.version_stages;
         if !stages.is_empty() && stages.iter().all(|s| s == "AWSPENDING") {
