@@ -390,30 +390,7 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let (pid, metrics_url) = (op.pid, op.metrics_url.clone());
 
     // Watch readiness (one watch; the bench reads nothing else of the API while measuring).
-    let ready: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
-    let ready_w = ready.clone();
-    let ms_all: Api<ManagedSecret> = Api::all(client.clone());
-    let readiness = tokio::spawn(async move {
-        let _ = watcher(ms_all, watcher::Config::default())
-            .applied_objects()
-            .try_for_each(|ms| {
-                let ok = ms
-                    .status
-                    .as_ref()
-                    .map(|s| {
-                        s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
-                    .unwrap_or(false);
-                ready_w.lock().unwrap().insert(
-                    format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()),
-                    ok,
-                );
-                async { Ok(()) }
-            })
-            .await;
-    });
+    let (ready, readiness) = tenants::watch_readiness(&client);
 
     let created = Instant::now();
     futures::stream::iter(0..n)
@@ -437,14 +414,14 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let create_secs = created.elapsed().as_secs_f64();
     let mut all_ready = None;
     while created.elapsed() < Duration::from_secs(args.ready_timeout) {
-        let ok = ready.lock().unwrap().values().filter(|v| **v).count();
+        let ok = tenants::count_ready(&ready);
         if ok >= n {
             all_ready = Some(created.elapsed().as_secs_f64());
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let ok = ready.lock().unwrap().values().filter(|v| **v).count();
+    let ok = tenants::count_ready(&ready);
     eprintln!(
         "   ready: {ok}/{n} after {:?}",
         all_ready.map(Duration::from_secs_f64)

@@ -90,9 +90,18 @@ pub struct MemoryResult {
 
 /// Ready (Some(true)), failing with a reason (Some(false)) or not yet reported (None), per
 /// `namespace/name`, as a watch sees the ManagedSecrets.
-type Readiness = Arc<Mutex<HashMap<String, Option<bool>>>>;
+pub type Readiness = Arc<Mutex<HashMap<String, Option<bool>>>>;
 
-fn watch_readiness(client: &Client) -> (Readiness, tokio::task::JoinHandle<()>) {
+/// How many are Ready.
+pub fn count_ready(seen: &Readiness) -> usize {
+    seen.lock()
+        .unwrap()
+        .values()
+        .filter(|v| **v == Some(true))
+        .count()
+}
+
+pub fn watch_readiness(client: &Client) -> (Readiness, tokio::task::JoinHandle<()>) {
     let seen: Readiness = Arc::default();
     let w = seen.clone();
     let api: Api<ManagedSecret> = Api::all(client.clone());
