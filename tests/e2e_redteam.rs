@@ -404,7 +404,16 @@ async fn a_second_installation_leaves_claimed_objects_alone_and_takes_over_when_
     let rv = c.secret_version("db").await;
     // Several refreshes of both: the Secret keeps the first's value, untouched, and the first's
     // status (Ready, its claim) stays beside the second's note.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    // Three refreshes of the first (2 s each); the second looks as often (its recheck is the
+    // refresh interval).
+    let looks = || first.metrics.reconciles_completed.get();
+    let before = looks();
+    support::wait_for(
+        "three refreshes of the first installation",
+        std::time::Duration::from_secs(60),
+        || async { (looks() >= before + 3).then_some(()) },
+    )
+    .await;
     let s = c.secrets().get("db").await.unwrap();
     assert_eq!(s.metadata.resource_version, rv, "nobody rewrote the Secret");
     assert_eq!(c.secret_data("db").await.unwrap()["password"], "first");
