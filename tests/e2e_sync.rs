@@ -5,6 +5,7 @@ mod support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use std::time::Duration;
 use support::aws::Moto;
 use support::{wait_for, Cluster, Operator, DEADLINE};
 
@@ -44,7 +45,8 @@ async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_ref
         secret.metadata.owner_references.unwrap()[0].kind,
         "ManagedSecret"
     );
-    assert!(c.events_for("db").await.iter().any(|(r, _)| r == "Synced"));
+    // A first sync is no Event (the Ready condition says it); a new version is.
+    assert!(!c.events_for("db").await.iter().any(|(r, _)| r == "Synced"));
 
     let v2 = moto
         .rotate_like_lambda("prod/db/credentials", &creds("Rotated456"))
@@ -56,6 +58,81 @@ async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_ref
     })
     .await;
     assert!(st.synced_version_stages.contains(&"AWSCURRENT".to_string()));
+    wait_for("the Synced Event of the new version", DEADLINE, || async {
+        c.events_for("db")
+            .await
+            .into_iter()
+            .find(|(r, note)| r == "Synced" && note.contains(v2.as_str()))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_managed_secret_costs_one_secret_write_and_one_status_write() {
+    let (c, moto, _op) = setup().await;
+    moto.create_json("prod/db/credentials", &creds("pw")).await;
+    // Someone's Secret `theirs`: the name watch knows it, so a ManagedSecret that targets it
+    // reads it before anything is written (and is refused).
+    c.secrets()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "theirs"}, "stringData": {"password": "mine"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let before = |verb: &'static str, resource: &'static str| {
+        let c = &c;
+        async move { c.count(verb, resource).await }
+    };
+    let (gets, patches, statuses, events) = (
+        before("get", "secrets").await,
+        before("patch", "secrets").await,
+        before("patch", "managedsecrets/status").await,
+        before("create", "events").await,
+    );
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}})).await;
+    // Only the ManagedSecret is read until the counts are taken (the test's reads count too).
+    c.wait_ready("db", "True", "Synced").await;
+    if c.is_emulator() {
+        // Settle: what follows the first sync (its own watch events) has run.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let plus = |a: Option<u64>, n: u64| a.map(|a| a + n);
+        assert_eq!(
+            c.count("get", "secrets").await,
+            gets,
+            "no read of a Secret the name watch says is not there"
+        );
+        assert_eq!(c.count("patch", "secrets").await, plus(patches, 1));
+        assert_eq!(
+            c.count("patch", "managedsecrets/status").await,
+            plus(statuses, 1)
+        );
+        assert_eq!(
+            c.count("create", "events").await,
+            events,
+            "a first sync is no Event"
+        );
+    }
+    c.wait_secret_value("db", "password", "pw").await;
+    let gets = c.count("get", "secrets").await;
+    c.create_ms("taken", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}, "target": {"name": "theirs"}})).await;
+    c.wait_ready("taken", "False", "SecretConflict").await;
+    if c.is_emulator() {
+        assert_eq!(
+            c.count("get", "secrets").await,
+            gets.map(|g| g + 1),
+            "the known Secret was read before any write"
+        );
+    }
+    let theirs = c.secrets().get("theirs").await.unwrap();
+    assert!(theirs.metadata.owner_references.is_none());
+    assert_eq!(
+        theirs.data.unwrap().keys().collect::<Vec<_>>(),
+        ["password"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
