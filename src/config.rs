@@ -136,7 +136,7 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     /// ManagedSecrets reconciled at once (in all watched namespaces together; namespaces with
     /// due reconciles take the free workers in turn).
-    #[arg(long, env = "MANAGED_SECRETS_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "MANAGED_SECRETS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
     /// Smallest refreshInterval a ManagedSecret may ask for.
     #[arg(long, env = "MANAGED_SECRETS_MIN_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_interval)]
@@ -163,11 +163,13 @@ pub struct RunArgs {
     /// (per API and region; 0.5 = half).
     #[arg(long, env = "MANAGED_SECRETS_AWS_QUOTA_SHARE", default_value_t = 0.5, value_parser = parse_share)]
     pub aws_quota_share: f64,
-    /// Kubernetes API requests per second (sustained) the operator allows itself.
-    #[arg(long, env = "MANAGED_SECRETS_KUBE_QPS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Kubernetes API requests per second (sustained) the operator allows itself at most: it makes
+    /// none at rest, two per new object; an answer 429 from the API server's priority and
+    /// fairness holds requests for its Retry-After and halves this for a while.
+    #[arg(long, env = "MANAGED_SECRETS_KUBE_QPS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub kube_qps: u32,
     /// Kubernetes API requests the operator may make in a burst.
-    #[arg(long, env = "MANAGED_SECRETS_KUBE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "MANAGED_SECRETS_KUBE_BURST", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub kube_burst: u32,
     /// Leader election: only the replica holding the Lease reconciles (run two or more replicas for
     /// high availability). `false` for a single replica that needs no Lease.

@@ -137,6 +137,8 @@ pub struct Metrics {
     /// Seconds from the operator first seeing a new AWS version to the Secret holding it.
     pub sync_lag: Histogram,
     pub kube_requests: Family<VerbLabels, Counter>,
+    /// Answers 429 (the API server's priority and fairness turning requests away).
+    pub kube_throttled: Counter,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
     /// Event source (SQS): messages by event type (a known Secrets Manager event, `other`).
@@ -173,6 +175,7 @@ impl Default for Metrics {
         let aws_cost = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let sync_lag = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         let kube_requests = Family::<VerbLabels, Counter>::default();
+        let kube_throttled = Counter::default();
         let leader = Gauge::default();
         let events_received = Family::<TypeLabels, Counter>::default();
         let events_dropped = Family::<ReasonLabels, Counter>::default();
@@ -234,6 +237,11 @@ impl Default for Metrics {
             "kube_requests",
             "Kubernetes API requests by verb",
             kube_requests.clone(),
+        );
+        registry.register(
+            "kube_throttled",
+            "Kubernetes API answers 429 (each halves the client's pace for a while)",
+            kube_throttled.clone(),
         );
         registry.register(
             "sts_calls",
@@ -316,6 +324,7 @@ impl Default for Metrics {
             aws_cost,
             sync_lag,
             kube_requests,
+            kube_throttled,
             leader,
             events_received,
             events_dropped,

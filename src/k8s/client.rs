@@ -1,5 +1,8 @@
 //! The Kubernetes client the operator uses: every request goes through a token bucket (QPS and
-//! burst, like client-go's) and is counted by verb (`managed_secrets_kube_requests_total`).
+//! burst, like client-go's) and is counted by verb (`managed_secrets_kube_requests_total`). The
+//! pace adapts to the API server: an answer 429 (API Priority and Fairness turning requests
+//! away) holds every request for its Retry-After and halves the pace; each calm interval
+//! doubles it again, up to the configured QPS (`Pace`).
 
 use crate::metrics::Metrics;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -7,8 +10,9 @@ use http::Request;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tower::{Layer, Service};
 
 /// The verb of a request, as the API server's audit and metrics name it.
@@ -41,9 +45,76 @@ pub fn verb(method: &http::Method, path: &str, query: Option<&str>) -> &'static 
     }
 }
 
+/// The slowest pace after repeated 429s: one sixteenth of the configured QPS.
+pub const MAX_COST: u32 = 16;
+/// The longest a Retry-After holds every request.
+pub const MAX_HOLD: Duration = Duration::from_secs(10);
+/// A pace halved by a 429 doubles again after this long without one.
+pub const CALM: Duration = Duration::from_secs(5);
+
+/// How the client paces itself after the API server answered 429: each request costs `cost`
+/// tokens of the QPS bucket (1 when calm: the configured QPS; 2 after a 429: half of it; up to
+/// `MAX_COST`), and no request goes out before `hold_until` (the Retry-After). Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub cost: u32,
+    pub hold_until: Option<Instant>,
+    /// Since when no 429 came (or the pace last recovered a step).
+    pub calm_since: Instant,
+}
+
+impl Pace {
+    pub fn new(now: Instant) -> Pace {
+        Pace {
+            cost: 1,
+            hold_until: None,
+            calm_since: now,
+        }
+    }
+
+    /// A 429 arrived at `now` (with the server's Retry-After, if it sent one; 1 s if not).
+    pub fn throttled(&mut self, now: Instant, retry_after: Option<Duration>) {
+        self.cost = self.cost.saturating_mul(2).min(MAX_COST);
+        let until = now + retry_after.unwrap_or(Duration::from_secs(1)).min(MAX_HOLD);
+        self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+        self.calm_since = now;
+    }
+
+    /// What the next request must wait for at `now`: the hold still left, and its cost in tokens
+    /// (a step recovered per `CALM` without a 429).
+    pub fn next(&mut self, now: Instant) -> (Duration, u32) {
+        while self.cost > 1 && now.saturating_duration_since(self.calm_since) >= CALM {
+            self.cost /= 2;
+            self.calm_since += CALM;
+        }
+        let hold = self
+            .hold_until
+            .map(|h| h.saturating_duration_since(now))
+            .unwrap_or_default();
+        if hold.is_zero() {
+            self.hold_until = None;
+        }
+        (hold, self.cost)
+    }
+}
+
+/// Seconds of a Retry-After header (the API server sends whole seconds).
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
 #[derive(Clone)]
 pub struct LimitLayer {
     limiter: Arc<DefaultDirectRateLimiter>,
+    burst: u32,
+    pace: Arc<Mutex<Pace>>,
     metrics: Arc<Metrics>,
 }
 
@@ -53,6 +124,8 @@ impl LimitLayer {
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         LimitLayer {
             limiter: Arc::new(RateLimiter::direct(q)),
+            burst: burst.max(1),
+            pace: Arc::new(Mutex::new(Pace::new(Instant::now()))),
             metrics,
         }
     }
@@ -63,8 +136,7 @@ impl<S> Layer<S> for LimitLayer {
     fn layer(&self, inner: S) -> Limited<S> {
         Limited {
             inner,
-            limiter: self.limiter.clone(),
-            metrics: self.metrics.clone(),
+            layer: self.clone(),
             wait: None,
             permit: false,
         }
@@ -73,27 +145,42 @@ impl<S> Layer<S> for LimitLayer {
 
 pub struct Limited<S> {
     inner: S,
-    limiter: Arc<DefaultDirectRateLimiter>,
-    metrics: Arc<Metrics>,
+    layer: LimitLayer,
     wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// A token was taken for the next call.
     permit: bool,
 }
 
-impl<S, B> Service<Request<B>> for Limited<S>
+impl<S, B, RB> Service<Request<B>> for Limited<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if !self.permit {
-            let limiter = self.limiter.clone();
-            let wait = self
-                .wait
-                .get_or_insert_with(|| Box::pin(async move { limiter.until_ready().await }));
+            let (limiter, pace, burst) = (
+                self.layer.limiter.clone(),
+                self.layer.pace.clone(),
+                self.layer.burst,
+            );
+            let wait = self.wait.get_or_insert_with(|| {
+                Box::pin(async move {
+                    let (hold, cost) = pace
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .next(Instant::now());
+                    if !hold.is_zero() {
+                        tokio::time::sleep(hold).await;
+                    }
+                    let n = NonZeroU32::new(cost.min(burst)).unwrap_or(NonZeroU32::MIN);
+                    // `n` is at most the burst: never an error.
+                    let _ = limiter.until_n_ready(n).await;
+                })
+            });
             match wait.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     self.wait = None;
@@ -107,9 +194,21 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         self.permit = false;
-        self.metrics
+        self.layer
+            .metrics
             .kube_request(verb(req.method(), req.uri().path(), req.uri().query()));
-        self.inner.call(req)
+        let (pace, metrics) = (self.layer.pace.clone(), self.layer.metrics.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            if res.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                metrics.kube_throttled.inc();
+                pace.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .throttled(Instant::now(), retry_after(res.headers()));
+            }
+            Ok(res)
+        })
     }
 }
 
@@ -190,12 +289,75 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_429_holds_for_its_retry_after_halves_the_pace_and_calm_restores_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut p = Pace::new(t0);
+        assert_eq!(p.next(t0), (Duration::ZERO, 1));
+        p.throttled(t0, Some(s(3)));
+        assert_eq!(p.next(t0 + s(1)), (s(2), 2));
+        // A second 429 while held: half again, the later hold wins.
+        p.throttled(t0 + s(1), Some(s(1)));
+        assert_eq!(p.next(t0 + s(1)), (s(2), 4));
+        assert_eq!(p.next(t0 + s(3)), (Duration::ZERO, 4));
+        // One step back per calm interval.
+        assert_eq!(p.next(t0 + s(6)), (Duration::ZERO, 2));
+        assert_eq!(p.next(t0 + s(11)), (Duration::ZERO, 1));
+        assert_eq!(p.next(t0 + s(60)), (Duration::ZERO, 1));
+        // Never slower than MAX_COST, never held longer than MAX_HOLD, 1 s without Retry-After.
+        let mut p = Pace::new(t0);
+        for _ in 0..10 {
+            p.throttled(t0, Some(s(3600)));
+        }
+        assert_eq!(p.next(t0), (MAX_HOLD, MAX_COST));
+        let mut p = Pace::new(t0);
+        p.throttled(t0, None);
+        assert_eq!(p.next(t0), (s(1), 2));
+    }
+
+    #[test]
+    fn retry_after_reads_whole_seconds() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[tokio::test]
+    async fn a_429_slows_every_request_after_it() {
+        let metrics = Arc::new(Metrics::default());
+        let layer = LimitLayer::new(1000, 1000, metrics.clone());
+        let mut svc = layer.layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(429)
+                    .header("Retry-After", "1")
+                    .body(())
+                    .unwrap(),
+            )
+        }));
+        use tower::ServiceExt;
+        svc.ready().await.unwrap();
+        svc.call(Request::get("/api/v1/secrets").body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(metrics.kube_throttled.get(), 1);
+        // Held for the Retry-After: not ready now.
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(svc.poll_ready(&mut cx).is_pending());
+        assert_eq!(layer.pace.lock().unwrap().cost, 2);
+    }
+
     #[tokio::test]
     async fn requests_over_the_burst_wait_for_tokens() {
         let metrics = Arc::new(Metrics::default());
         let layer = LimitLayer::new(1, 2, metrics.clone());
         let mut svc = layer.layer(tower::service_fn(|_: Request<()>| async {
-            Ok::<_, std::convert::Infallible>(())
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
         }));
         use tower::ServiceExt;
         for _ in 0..2 {
