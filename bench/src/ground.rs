@@ -34,6 +34,54 @@ pub struct Operator {
     _group: Group,
 }
 
+/// How the operator runs where a scenario says "as shipped".
+pub const AS_SHIPPED: &str = "as shipped: the chart's default values (its Deployment's env, rendered by helm template), access policies enforced, a SecretAccessPolicy in place";
+
+/// The chart's Deployment env as `helm template` renders it with default values: the literal
+/// values (those taken from the pod, and the metrics address, which the bench picks, aside).
+pub fn chart_env(namespace: &str) -> Result<Vec<(String, String)>> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let helm = std::env::var("HELM").unwrap_or_else(|_| format!("{root}/.tools/bin/helm"));
+    let out = Command::new(&helm)
+        .args([
+            "template",
+            "bench",
+            &format!("{root}/charts/managed-secrets"),
+        ])
+        .args([
+            "--namespace",
+            namespace,
+            "--show-only",
+            "templates/deployment.yaml",
+        ])
+        .output()
+        .with_context(|| format!("{helm} (make tools installs it)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = String::from_utf8(out.stdout)?;
+    let d: serde_json::Value = docs
+        .split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<serde_json::Value>(doc).ok())
+        .find(|d| d["kind"] == "Deployment")
+        .context("the chart renders no Deployment")?;
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .context("the chart's Deployment has no env")?;
+    Ok(env
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .filter(|(k, _)| k != "MANAGED_SECRETS_METRICS_ADDR")
+        .collect())
+}
+
 impl Ground {
     pub async fn start(args: &RunArgs) -> Result<Ground> {
         let dir = std::env::temp_dir().join(format!("ms-bench-{}", std::process::id()));
@@ -134,6 +182,28 @@ impl Ground {
         args: &[String],
         log: &str,
     ) -> Result<Operator> {
+        self.start_program(program, wrap, args, &[], log)
+    }
+
+    /// The operator (wrapped as `start_operator` does) with `env` set.
+    pub fn start_operator_env(
+        &self,
+        program: &std::path::Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &str,
+    ) -> Result<Operator> {
+        self.start_program(program, true, args, env, log)
+    }
+
+    fn start_program(
+        &self,
+        program: &std::path::Path,
+        wrap: bool,
+        args: &[String],
+        env: &[(String, String)],
+        log: &str,
+    ) -> Result<Operator> {
         let port = free_port();
         let mut cmd = match std::env::var("BENCH_WRAPPER") {
             Ok(w) if wrap && !w.is_empty() => {
@@ -149,7 +219,9 @@ impl Ground {
         } else {
             cmd.args(["--metrics-port", &port.to_string()]);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let op = cmd
+            .env("POD_NAMESPACE", "default")
             .env("KUBECONFIG", &self.kubeconfig)
             .env("AWS_ENDPOINT_URL", &self.aws_url)
             .env("AWS_ACCESS_KEY_ID", "bench")
@@ -167,6 +239,30 @@ impl Ground {
             metrics_url: format!("http://127.0.0.1:{port}/metrics"),
             _group: Group(Proc(op)),
         })
+    }
+
+    /// The operator with the chart's default values (`chart_env`), in namespace `default`.
+    pub fn start_as_shipped(&self, args: &RunArgs) -> Result<Operator> {
+        self.start_operator_env(
+            &args.bin_dir.join("managed-secrets"),
+            &["run".to_string()],
+            &chart_env("default")?,
+            "op.log",
+        )
+    }
+
+    /// Waits until the operator says it is ready (`/readyz`: caches listed, lead taken).
+    pub async fn wait_operator_ready(&self, op: &Operator) -> Result<()> {
+        let url = op.metrics_url.replace("/metrics", "/readyz");
+        for _ in 0..600 {
+            if let Ok(r) = self.http.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the operator was not ready within a minute")
     }
 
     /// Rotates `name` as a rotation Lambda does (AWSPENDING, then AWSCURRENT moved to it) to the

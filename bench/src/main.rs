@@ -10,6 +10,7 @@
 //! operator's CPU seconds and peak RSS. Results go to bench/results/*.json, a Markdown table and a
 //! PNG chart. Never a test: numbers from this machine, rerunnable by anyone.
 
+mod coldstart;
 mod ground;
 mod naive;
 mod report;
@@ -45,11 +46,11 @@ enum Cli {
 
 #[derive(clap::Args, Clone)]
 struct RunArgs {
-    /// Scenarios as NxM (ManagedSecrets x AWS secrets), and the tenants' scenarios `noisy` and
-    /// `tenant-secrets` (see `tenants`), comma-separated.
+    /// Scenarios as NxM (ManagedSecrets x AWS secrets), the tenants' scenarios `noisy` and
+    /// `tenant-secrets` (see `tenants`) and `coldstart[-NxM]` (see `coldstart`), comma-separated.
     #[arg(
         long,
-        default_value = "100x10,1000x100,10000x1000,noisy,tenant-secrets",
+        default_value = "100x10,1000x100,10000x1000,coldstart,noisy,tenant-secrets",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
@@ -60,6 +61,10 @@ struct RunArgs {
     /// The measurement window (rotations happen in its first half).
     #[arg(long, default_value = "120")]
     window_seconds: u64,
+    /// The steady-state scenarios create their ManagedSecrets at a steady pace over this many
+    /// seconds (as a real cluster fills), not all at once.
+    #[arg(long, default_value = "120")]
+    spread_seconds: u64,
     /// refreshInterval of every ManagedSecret.
     #[arg(long, default_value = "60s")]
     refresh: String,
@@ -161,6 +166,11 @@ pub struct Result1 {
     pub refresh_seconds: u64,
     pub window_seconds: u64,
     pub create_to_all_ready_seconds: Option<f64>,
+    /// From the last create to all Ready (creation is spread over `spread_seconds`).
+    #[serde(default)]
+    pub last_create_to_all_ready_seconds: Option<f64>,
+    #[serde(default)]
+    pub spread_seconds: u64,
     pub aws_calls: BTreeMap<String, u64>,
     pub aws_calls_per_minute: f64,
     pub kube_requests: BTreeMap<String, u64>,
@@ -311,8 +321,15 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let (client, http) = (ground.client.clone(), ground.http.clone());
     let (emu_url, aws_url) = (ground.emu_url.clone(), ground.aws_url.clone());
     for i in 0..NAMESPACES {
-        ground.namespace(&format!("bench-{i}"), json!({})).await?;
+        ground
+            .namespace(&format!("bench-{i}"), json!({"team": "bench"}))
+            .await?;
     }
+    tenants::policy(
+        &ground,
+        json!([{"namespaceSelector": {"matchLabels": {"team": "bench"}}, "secrets": ["bench/*"]}]),
+    )
+    .await?;
     // Events mode: the queue an EventBridge rule would feed; each rotation sends its event.
     let sqs = aws_sdk_sqs::Client::new(&ground.sdk);
     let queue = if mode == "events" {
@@ -349,33 +366,17 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         .await?;
     let deployment_secs = t.elapsed().as_secs_f64();
 
-    // The operator under test.
+    // The operator under test, as shipped (the chart's default values, policies enforced).
     let op = match mode {
         "built" | "events" => {
-            let mut flags: Vec<String> = [
-                "run",
-                "--access-policy",
-                "off",
-                "--operator-namespace",
-                "default",
-                "--concurrency",
-                "32",
-                "--kube-qps",
-                "2000",
-                "--kube-burst",
-                "4000",
-                "--log-format",
-                "json",
-            ]
-            .map(String::from)
-            .to_vec();
+            let mut flags = vec!["run".to_string()];
             if let Some(q) = &queue {
                 flags.extend(["--events-queue-url".to_string(), q.clone()]);
             }
-            ground.start_operator(
+            ground.start_operator_env(
                 &args.bin_dir.join("managed-secrets"),
-                true,
                 &flags,
+                &ground::chart_env("default")?,
                 "op.log",
             )?
         }
@@ -392,12 +393,19 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     // Watch readiness (one watch; the bench reads nothing else of the API while measuring).
     let (ready, readiness) = tenants::watch_readiness(&client);
 
+    // Created at a steady pace over `spread_seconds`, as a real cluster fills.
     let created = Instant::now();
+    let spread = Duration::from_secs(args.spread_seconds);
+    let slot = |i: usize| {
+        tokio::time::Instant::from_std(created) + spread.mul_f64(i as f64 / n.max(1) as f64)
+    };
     futures::stream::iter(0..n)
         .map(|i| {
             let api: Api<ManagedSecret> = Api::namespaced(client.clone(), &ns_of(i));
             let refresh = args.refresh.clone();
+            let at = slot(i);
             async move {
+                tokio::time::sleep_until(at).await;
                 let mut spec = json!({"secretId": format!("bench/s{}", i % m), "refreshInterval": refresh, "data": {"allKeys": true}});
                 if rolls_out(i, m) {
                     spec["rollout"] = json!({"auto": true, "debounce": "1s"});
@@ -408,10 +416,11 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
                 anyhow::Ok(())
             }
         })
-        .buffer_unordered(32)
+        .buffer_unordered(64)
         .try_collect::<Vec<_>>()
         .await?;
     let create_secs = created.elapsed().as_secs_f64();
+    let last_created = Instant::now();
     let mut all_ready = None;
     while created.elapsed() < Duration::from_secs(args.ready_timeout) {
         let ok = tenants::count_ready(&ready);
@@ -626,6 +635,9 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         refresh_seconds: refresh,
         window_seconds: args.window_seconds,
         create_to_all_ready_seconds: all_ready,
+        last_create_to_all_ready_seconds: all_ready
+            .map(|a| (a - last_created.duration_since(created).as_secs_f64()).max(0.0)),
+        spread_seconds: args.spread_seconds,
         aws_calls_per_minute: total_aws as f64 / elapsed_min,
         aws_calls: aws,
         kube_requests_per_minute: total_kube as f64 / elapsed_min,
@@ -674,16 +686,26 @@ fn main() -> Result<()> {
                 if spec.is_empty() {
                     continue;
                 }
-                // The tenants' scenarios run once, with the operator as shipped.
-                let tenant = match spec.as_str() {
-                    "noisy" => Some(serde_json::to_value(tenants::noisy(&args).await?)?),
-                    "tenant-secrets" => {
-                        Some(serde_json::to_value(tenants::tenant_secrets(&args).await?)?)
-                    }
-                    _ => None,
+                // The tenants' and the cold start's scenarios run once, with the operator as shipped.
+                let once = match spec.as_str() {
+                    "noisy" => Some((
+                        "tenants-noisy.json".to_string(),
+                        serde_json::to_value(tenants::noisy(&args).await?)?,
+                    )),
+                    "tenant-secrets" => Some((
+                        "tenants-tenant-secrets.json".to_string(),
+                        serde_json::to_value(tenants::tenant_secrets(&args).await?)?,
+                    )),
+                    s => match coldstart::parse(s) {
+                        Some((n, m)) => Some((
+                            format!("coldstart-{n}x{m}.json"),
+                            serde_json::to_value(coldstart::run(&args, n, m).await?)?,
+                        )),
+                        None => None,
+                    },
                 };
-                if let Some(r) = tenant {
-                    let path = args.out.join(format!("tenants-{spec}.json"));
+                if let Some((file, r)) = once {
+                    let path = args.out.join(file);
                     std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
                     eprintln!("   wrote {}", path.display());
                     continue;
@@ -703,7 +725,7 @@ fn main() -> Result<()> {
                 let tenants = p
                     .file_name()
                     .and_then(|f| f.to_str())
-                    .is_some_and(|f| f.starts_with("tenants-"));
+                    .is_some_and(|f| f.starts_with("tenants-") || f.starts_with("coldstart-"));
                 if p.extension().and_then(|x| x.to_str()) == Some("json") && !tenants {
                     let r: Result1 = serde_json::from_str(&std::fs::read_to_string(&p)?)
                         .with_context(|| format!("reading {}", p.display()))?;
@@ -723,7 +745,14 @@ fn main() -> Result<()> {
             let noisy = read("tenants-noisy.json").and_then(|v| serde_json::from_value(v).ok());
             let memory =
                 read("tenants-tenant-secrets.json").and_then(|v| serde_json::from_value(v).ok());
-            let extra = tenants::markdown(noisy.as_ref(), memory.as_ref());
+            let mut colds: Vec<coldstart::ColdStartResult> = std::fs::read_dir(&args.out)?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("coldstart-"))
+                .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+                .collect();
+            colds.sort_by_key(|r| r.n);
+            let extra =
+                tenants::markdown(noisy.as_ref(), memory.as_ref()) + &coldstart::markdown(&colds);
             report::write(&args.out, &everything, &extra)?;
             Ok(())
         }),

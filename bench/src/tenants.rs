@@ -1,6 +1,5 @@
-//! What one tenant can cost the others, with the operator as shipped (the binary's defaults,
-//! which are the chart's: `--concurrency 4 --kube-qps 50 --kube-burst 100`, access policies
-//! enforced, a SecretAccessPolicy in place):
+//! What one tenant can cost the others, with the operator as shipped (`ground::AS_SHIPPED`: the
+//! chart's default values, access policies enforced, a SecretAccessPolicy in place):
 //!
 //! - `noisy`: 2,000 ManagedSecrets in one namespace that all fail (half not granted by any
 //!   policy, half granted but missing in AWS; `refreshInterval: 10s`) beside a quiet namespace
@@ -11,7 +10,7 @@
 //!   `app.kubernetes.io/managed-by=managed-secrets` by a tenant (anyone can set that label).
 //!   Measures the operator's resident memory before and after each round: the growth per Secret.
 
-use crate::ground::{Ground, Operator};
+use crate::ground::Ground;
 use crate::{admin, kube_counters, proc_usage, watch_arrivals, RunArgs, Window};
 use anyhow::{bail, Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -27,10 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How the operator runs in these scenarios: nothing but what a scenario needs to find its
-/// emulators; every tuning flag at its default (the chart's values).
-pub const AS_SHIPPED: &str =
-    "as shipped: --concurrency 4 --kube-qps 50 --kube-burst 100 (the defaults), access policies enforced";
+pub use crate::ground::AS_SHIPPED;
 
 const NOISY: usize = 2_000;
 const NOISY_REFRESH: &str = "10s";
@@ -148,7 +144,7 @@ async fn wait_for(
     None
 }
 
-async fn policy(g: &Ground, rules: serde_json::Value) -> Result<()> {
+pub async fn policy(g: &Ground, rules: serde_json::Value) -> Result<()> {
     let api: Api<managed_secrets::crd::SecretAccessPolicy> = Api::all(g.client.clone());
     api.create(
         &PostParams::default(),
@@ -181,23 +177,6 @@ async fn managed_secrets(
         .try_collect::<Vec<_>>()
         .await?;
     Ok(())
-}
-
-fn as_shipped(g: &Ground, args: &RunArgs) -> Result<Operator> {
-    let flags = [
-        "run",
-        "--operator-namespace",
-        "default",
-        "--log-format",
-        "json",
-    ]
-    .map(String::from);
-    g.start_operator(
-        &args.bin_dir.join("managed-secrets"),
-        true,
-        &flags,
-        "op.log",
-    )
 }
 
 /// Rotates quiet secrets `range`, `spacing` apart, recording when; what the watcher saw.
@@ -267,7 +246,7 @@ pub async fn noisy(args: &RunArgs) -> Result<NoisyResult> {
     .await?;
     g.aws_secrets("quiet/s", QUIET_SECRETS).await?;
     let (seen, readiness) = watch_readiness(&g.client);
-    let op = as_shipped(&g, args)?;
+    let op = g.start_as_shipped(args)?;
     let quiet = (0..QUIET)
         .map(|i| (format!("q-{i}"), format!("quiet/s{}", i % QUIET_SECRETS)))
         .collect();
@@ -426,7 +405,7 @@ pub async fn tenant_secrets(args: &RunArgs) -> Result<MemoryResult> {
     .await?;
     g.aws_secrets("mem/s", 10).await?;
     let (seen, readiness) = watch_readiness(&g.client);
-    let op = as_shipped(&g, args)?;
+    let op = g.start_as_shipped(args)?;
     let names = (0..10)
         .map(|i| (format!("m-{i}"), format!("mem/s{i}")))
         .collect();
