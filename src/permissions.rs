@@ -113,7 +113,7 @@ pub const RULES: &[Rule] = &[
         "",
         "secrets",
         Scope::Watched,
-        "watch target Secrets (labelled ones whole, every one by name only: a new target needs no read), read, write (server-side apply: one that creates a Secret is authorized as `create`), repair and release (deletionPolicy Delete) them",
+        "watch, read, write (server-side apply: one that creates a Secret is authorized as `create`), repair and release (deletionPolicy Delete) target Secrets",
     ),
     rule(
         &["list", "watch", "patch"],

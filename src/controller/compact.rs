@@ -237,32 +237,6 @@ impl<T> CompactCache<T> {
     }
 }
 
-/// Which Secrets exist in a scope, by name only: a metadata-only watch of every Secret, kept as
-/// nothing but its key (about a hundred bytes each, whatever the Secret holds). A first write of a
-/// Secret this index does not know then needs no read that would only find nothing.
-#[derive(Clone, Default)]
-pub struct SecretNames {
-    names: CompactCache<()>,
-    listed: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl SecretNames {
-    pub fn apply<K: kube::Resource>(&self, ev: &watcher::Event<K>) {
-        self.names.apply(ev, |_| ());
-        if matches!(ev, watcher::Event::InitDone) {
-            self.listed
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
-    }
-
-    /// Whether `ns/name` exists as far as the watch knows; None until its first list is done.
-    pub fn exists(&self, ns: &str, name: &str) -> Option<bool> {
-        self.listed
-            .load(std::sync::atomic::Ordering::Acquire)
-            .then(|| self.names.get(ns, name).is_some())
-    }
-}
-
 impl SecretCache {
     /// Keeps a Secret as trimmed (`stores::trim_secret`).
     pub fn apply_secret(&self, ev: &watcher::Event<Secret>) {
@@ -308,32 +282,6 @@ mod tests {
             let s = trimmed(c);
             assert_eq!(SlimSecret::new(&s).to_secret(), s);
         }
-    }
-
-    #[test]
-    fn secret_names_know_nothing_until_listed_then_follow_the_watch() {
-        let s = |name: &str| {
-            serde_json::from_value::<Secret>(
-                json!({"metadata": {"name": name, "namespace": "team"}}),
-            )
-            .unwrap()
-        };
-        let names = SecretNames::default();
-        assert_eq!(names.exists("team", "a"), None);
-        names.apply(&watcher::Event::<Secret>::Init);
-        names.apply(&watcher::Event::InitApply(s("a")));
-        assert_eq!(names.exists("team", "a"), None);
-        names.apply(&watcher::Event::<Secret>::InitDone);
-        assert_eq!(names.exists("team", "a"), Some(true));
-        assert_eq!(names.exists("team", "b"), Some(false));
-        assert_eq!(names.exists("other", "a"), Some(false));
-        names.apply(&watcher::Event::Apply(s("b")));
-        names.apply(&watcher::Event::Delete(s("a")));
-        assert_eq!(names.exists("team", "a"), Some(false));
-        assert_eq!(names.exists("team", "b"), Some(true));
-        // A re-list keeps answering from what is known until it is done.
-        names.apply(&watcher::Event::<Secret>::Init);
-        assert_eq!(names.exists("team", "b"), Some(true));
     }
 
     #[test]

@@ -23,8 +23,6 @@ pub struct ScopeStores {
     pub scope: Option<String>,
     pub managed: Store<ManagedSecret>,
     pub secrets: super::compact::SecretCache,
-    /// Every Secret of the scope, by name only.
-    pub names: super::compact::SecretNames,
     pub deployments: WorkloadCache,
     pub statefulsets: WorkloadCache,
     pub daemonsets: WorkloadCache,
@@ -46,7 +44,6 @@ pub fn scope(scope: Option<String>) -> (ScopeStores, ScopeWriters) {
             scope,
             managed,
             secrets: Default::default(),
-            names: Default::default(),
             deployments: Default::default(),
             statefulsets: Default::default(),
             daemonsets: Default::default(),
@@ -275,14 +272,6 @@ pub fn secret(scopes: &[ScopeStores], ns: &str, name: &str) -> Option<Secret> {
         .iter()
         .filter(|s| s.covers(ns))
         .find_map(|s| s.secrets.secret(ns, name))
-}
-
-/// Whether Secret `ns/name` exists as the name watches know it (None: not listed yet).
-pub fn secret_exists(scopes: &[ScopeStores], ns: &str, name: &str) -> Option<bool> {
-    scopes
-        .iter()
-        .filter(|s| s.covers(ns))
-        .find_map(|s| s.names.exists(ns, name))
 }
 
 #[cfg(test)]

@@ -191,15 +191,9 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     // from the API only when the answer matters now: whether a synced Secret is intact; else just
     // before a write, once AWS has answered, so that a ManagedSecret that keeps failing costs no
     // Kubernetes read. Either way as the cache keeps it: our keys, values as digests.
-    // A ManagedSecret that never synced whose target the name watch does not know writes it as
-    // new, with no read first (`k8s::Write::New`).
-    let cached = super::stores::secret(&ctx.scopes, &ns, &target);
-    let new = cached.is_none()
-        && status.data_hash.is_none()
-        && super::stores::secret_exists(&ctx.scopes, &ns, &target) == Some(false);
-    let mut current: Option<Option<Secret>> = match cached {
+    let mut current: Option<Option<Secret>> = match super::stores::secret(&ctx.scopes, &ns, &target)
+    {
         Some(s) => Some(Some(s)),
-        None if new => Some(None),
         None if status.data_hash.is_some() => {
             Some(read_secret(&secrets, &target, &hash_key).await?)
         }
@@ -304,12 +298,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let changed = match &current {
         Some(c) if k8s::in_sync(c, &desired, &k8s::field_manager(ms), &hash_key) => false,
         _ => {
-            let write = if new {
-                k8s::Write::New
-            } else {
-                k8s::Write::Existing
-            };
-            k8s::apply_secret(&secrets, ms, &desired, write)
+            k8s::apply_secret(&secrets, ms, &desired)
                 .await
                 .map_err(|e| name_managers(ctx, &ns, e))?;
             true

@@ -16,7 +16,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::api::DynamicObject;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -181,30 +180,6 @@ where
         })
 }
 
-/// The metadata-only watch of every Secret in a scope that keeps their names (`SecretNames`).
-/// Polled with the triggers; it triggers nothing.
-fn secret_names(
-    api: Api<PartialObjectMeta<Secret>>,
-    names: super::compact::SecretNames,
-    scope: &Option<String>,
-    ctx: &Arc<Context>,
-) -> impl Stream<Item = ObjectRef<ManagedSecret>> + Send + 'static {
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .inspect(watch_report(
-            "secrets",
-            kind_key("secret names", scope),
-            ctx.health.clone(),
-            ctx.metrics.clone(),
-        ))
-        .filter_map(move |ev| {
-            if let Ok(ev) = &ev {
-                names.apply(ev);
-            }
-            async { None }
-        })
-}
-
 /// Tells the context that a workload cache changed (after the cache has the change).
 fn workloads_changed<K: kube::Resource>(
     ctx: Arc<Context>,
@@ -315,7 +290,6 @@ async fn scope_controller(
             stores.managed.clone(),
         )
         .boxed(),
-        secret_names(api_for(&client, &scope), stores.names.clone(), &scope, &ctx).boxed(),
         futures::stream::unfold(rollout_triggers, |mut rx| async move {
             rx.recv().await.map(|r| (r, rx))
         })

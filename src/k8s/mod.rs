@@ -324,58 +324,22 @@ pub async fn apply_secret(
     api: &Api<Secret>,
     ms: &ManagedSecret,
     desired: &Value,
-    write: Write,
 ) -> Result<Secret> {
-    let name = ms.target_name();
-    let manager = field_manager(ms);
-    let mut pp = PatchParams::apply(&manager);
-    // A Secret believed new is written without force: one that appeared meanwhile keeps what
-    // its writers own.
-    pp.force = write == Write::Existing && ms.spec.target.creation_policy != CreationPolicy::Merge;
-    match api.patch(&name, &pp, &Patch::Apply(desired)).await {
-        Ok(s) if write == Write::New && existed_before(&s, &manager) => {
-            // It appeared between the name watch and this write: what this write added is
-            // given back (an apply of nothing removes what only this manager owns).
-            let nothing = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}});
-            api.patch(&name, &PatchParams::apply(&manager), &Patch::Apply(&nothing))
-                .await
-                .map_err(Error::Kube)?;
-            Err(Error::SecretConflict(format!(
-                "Secret {name} appeared while it was being created; it was left as its writers made it and is checked again"
-            )))
-        }
+    let force = ms.spec.target.creation_policy != CreationPolicy::Merge;
+    let mut pp = PatchParams::apply(&field_manager(ms));
+    pp.force = force;
+    match api
+        .patch(&ms.target_name(), &pp, &Patch::Apply(desired))
+        .await
+    {
         Ok(s) => Ok(s),
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::SecretConflict(match write {
-            Write::New => format!(
-                "Secret {name} appeared while it was being created, with keys another writer owns ({}); it was left as it was",
-                conflicting_managers(&e.message).join(", ")
-            ),
-            Write::Existing => format!(
-                "Secret {name} has keys another writer owns ({}); Merge never overwrites them",
-                conflicting_managers(&e.message).join(", ")
-            ),
-        })),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::SecretConflict(format!(
+            "Secret {} has keys another writer owns ({}); Merge never overwrites them",
+            ms.target_name(),
+            conflicting_managers(&e.message).join(", ")
+        ))),
         Err(e) => Err(Error::Kube(e)),
     }
-}
-
-/// How a Secret is written: as new (no Secret of that name was known, so nothing was read
-/// first), or over one that was read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    New,
-    Existing,
-}
-
-/// Whether a Secret written as new had other writers before: any field manager but `manager`.
-/// (Creating a Secret records only the creating manager.) Pure.
-pub fn existed_before(written: &Secret, manager: &str) -> bool {
-    written
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .any(|m| m.manager.as_deref() != Some(manager))
 }
 
 /// The UIDs in the `managed-secrets/<uid>` field managers a text names.
@@ -565,23 +529,6 @@ mod tests {
         m.metadata.namespace = Some("app".into());
         m.metadata.uid = Some("uid-1".into());
         m
-    }
-
-    #[test]
-    fn a_secret_written_as_new_existed_before_when_anyone_else_manages_it() {
-        let written = |managers: &[&str]| -> Secret {
-            let entries: Vec<Value> = managers
-                .iter()
-                .map(|m| json!({"manager": m, "operation": "Apply", "fieldsV1": {"f:data": {}}}))
-                .collect();
-            serde_json::from_value(json!({"metadata": {"name": "db", "managedFields": entries}}))
-                .unwrap()
-        };
-        let me = "managed-secrets/uid-1";
-        assert!(!existed_before(&written(&[me]), me));
-        assert!(!existed_before(&written(&[]), me));
-        assert!(existed_before(&written(&[me, "kubectl-create"]), me));
-        assert!(existed_before(&written(&["managed-secrets/uid-2", me]), me));
     }
 
     fn data() -> SecretData {
