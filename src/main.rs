@@ -9,6 +9,9 @@ use managed_secrets::{
 use std::sync::Arc;
 use tracing::Instrument as _;
 
+/// Requests per second of the Lease's own client (a renewal every few seconds, and its watch).
+const LEASE_QPS: u32 = 5;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     managed_secrets::install_crypto_provider();
@@ -272,8 +275,14 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("managed-secrets-{:08x}", rand::random::<u32>()));
+    // The Lease has a client of its own: a hold after a 429 on the controller's requests (`Pace`)
+    // must not delay a renewal past the Lease's expiry.
+    let lease_client =
+        managed_secrets::k8s::client::client(LEASE_QPS, LEASE_QPS * 2, metrics.clone())
+            .await
+            .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
     let election = tokio::spawn(leader::run(
-        client.clone(),
+        lease_client,
         leader::Settings {
             enabled: args.leader_election,
             lease_name: args.lease_name.clone(),

@@ -169,13 +169,17 @@ where
             );
             let wait = self.wait.get_or_insert_with(|| {
                 Box::pin(async move {
-                    let (hold, cost) = pace
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .next(Instant::now());
-                    if !hold.is_zero() {
+                    // A 429 that arrives while this waits extends the hold: look again after it.
+                    let cost = loop {
+                        let (hold, cost) = pace
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .next(Instant::now());
+                        if hold.is_zero() {
+                            break cost;
+                        }
                         tokio::time::sleep(hold).await;
-                    }
+                    };
                     let n = NonZeroU32::new(cost.min(burst)).unwrap_or(NonZeroU32::MIN);
                     // `n` is at most the burst: never an error.
                     let _ = limiter.until_n_ready(n).await;
@@ -197,7 +201,12 @@ where
         self.layer
             .metrics
             .kube_request(verb(req.method(), req.uri().path(), req.uri().query()));
-        let (pace, metrics) = (self.layer.pace.clone(), self.layer.metrics.clone());
+        let (pace, metrics, limiter, burst) = (
+            self.layer.pace.clone(),
+            self.layer.metrics.clone(),
+            self.layer.limiter.clone(),
+            self.layer.burst,
+        );
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await?;
@@ -206,6 +215,12 @@ where
                 pace.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .throttled(Instant::now(), retry_after(res.headers()));
+                // The tokens saved up meanwhile must not become a burst when the hold ends.
+                for _ in 0..burst {
+                    if limiter.check().is_err() {
+                        break;
+                    }
+                }
             }
             Ok(res)
         })
@@ -345,11 +360,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(metrics.kube_throttled.get(), 1);
-        // Held for the Retry-After: not ready now.
+        // Held for the Retry-After: not ready now; the saved-up tokens are gone.
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(svc.poll_ready(&mut cx).is_pending());
         assert_eq!(layer.pace.lock().unwrap().cost, 2);
+        assert!(layer.limiter.check().is_err());
     }
 
     #[tokio::test]
