@@ -350,7 +350,7 @@ async fn a_failing_managed_secret_reads_nothing_from_the_kubernetes_api() {
     let reads = c.count("get", "secrets").await;
     op.wait_failures("SecretNotFound", 2).await;
     assert_eq!(c.count("get", "secrets").await, reads, "no GET per attempt");
-    // Once the secret exists, the first sync creates the target (the name watch knows it is absent).
+    // Once the secret exists, the first sync reads the target (absent) and creates it.
     moto.create_json("team/missing", &creds("now")).await;
     c.wait_secret_value("missing", "password", "now").await;
 }
@@ -456,8 +456,17 @@ async fn a_second_installation_leaves_claimed_objects_alone_and_takes_over_when_
         },
     )
     .await;
-    let ms = c.wait_no_condition("db", "Contested").await;
-    assert_eq!(claimed_by(&ms).as_deref(), Some(second_name.as_str()));
+    c.wait_no_condition("db", "Contested").await;
+    // The Secret is written before the status that claims the object: wait for that too.
+    support::wait_for(
+        "the second installation's claim",
+        support::DEADLINE,
+        || async {
+            let ms = c.managed().get("db").await.ok()?;
+            (claimed_by(&ms).as_deref() == Some(second_name.as_str())).then_some(())
+        },
+    )
+    .await;
     assert!(c
         .events_for("db")
         .await

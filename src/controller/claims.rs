@@ -30,6 +30,9 @@ pub(super) struct Claims {
     /// Per claimant, since when its Lease has been seen free (released or missing).
     free_since: Mutex<HashMap<String, chrono::DateTime<Utc>>>,
     contested: Mutex<HashSet<String>>,
+    /// Objects taken over (UID -> the installation they were taken from) whose status does not
+    /// show this installation's claim yet: a reconcile before it lands takes over nothing again.
+    taken: Mutex<HashMap<String, String>>,
 }
 
 impl Claims {
@@ -56,9 +59,23 @@ impl Claims {
             .contains(uid)
     }
 
-    /// The object is this installation's again, or gone.
+    /// The object is this installation's again (its status says so), or gone.
     pub(super) fn settled(&self, uid: &str, metrics: &Metrics) {
         self.set_contested(uid, false, metrics);
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
+    /// Records a takeover from `from`; false when it was already taken over from `from`.
+    fn first_take_over(&self, uid: &str, from: &str) -> bool {
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_string(), from.to_string())
+            .as_deref()
+            != Some(from)
     }
 }
 
@@ -132,7 +149,10 @@ pub(super) async fn check(ms: &ManagedSecret, ctx: &Context) -> Option<Action> {
             None
         }
         Decision::TakeOver { from } => {
-            take_over(ms, ctx, &from).await;
+            // An earlier reconcile took it over and its claim is not in the cache yet: once.
+            if ctx.claims.first_take_over(&uid(ms), &from) {
+                take_over(ms, ctx, &from).await;
+            }
             None
         }
         Decision::LeaveTo { holder, note } => Some(leave(ms, ctx, &holder, note.as_deref()).await),
@@ -146,7 +166,7 @@ async fn take_over(ms: &ManagedSecret, ctx: &Context, from: &str) {
         "taking over a ManagedSecret whose installation is gone"
     );
     ctx.metrics.claims.taken_over.inc();
-    ctx.claims.settled(&uid(ms), &ctx.metrics);
+    ctx.claims.set_contested(&uid(ms), false, &ctx.metrics);
     if has_contested(ms) {
         // Our note that it was left alone goes (only the contender's field manager owns it).
         if let Err(e) = apply_contested(ctx, ms, None).await {
@@ -237,4 +257,23 @@ async fn apply_contested(
     )
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_takeover_counts_once_until_the_status_shows_the_claim() {
+        let (claims, metrics) = (Claims::default(), Metrics::default());
+        assert!(claims.first_take_over("u1", "ops/a"));
+        // A reconcile before the claim reaches the cache: nothing taken over again.
+        assert!(!claims.first_take_over("u1", "ops/a"));
+        assert!(claims.first_take_over("u2", "ops/a"));
+        // Taken from another installation since (it claimed the object meanwhile): counts.
+        assert!(claims.first_take_over("u1", "ops/b"));
+        // The status shows this installation's claim (or the object is gone): forgotten.
+        claims.settled("u1", &metrics);
+        assert!(claims.first_take_over("u1", "ops/b"));
+    }
 }
