@@ -277,10 +277,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .unwrap_or_else(|_| format!("managed-secrets-{:08x}", rand::random::<u32>()));
     // The Lease has a client of its own: a hold after a 429 on the controller's requests (`Pace`)
     // must not delay a renewal past the Lease's expiry.
-    let lease_client =
-        managed_secrets::k8s::client::client(LEASE_QPS, LEASE_QPS * 2, metrics.clone())
-            .await
-            .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+    let lease_client = managed_secrets::k8s::client::lease_client(LEASE_QPS, metrics.clone())
+        .await
+        .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
     let election = tokio::spawn(leader::run(
         lease_client,
         leader::Settings {

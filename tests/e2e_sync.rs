@@ -668,10 +668,12 @@ async fn pending_values_are_never_synced_until_the_rotation_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_api_failures_are_retried() {
-    let (c, moto, _op) = setup().await;
+    let (c, moto, op) = setup().await;
     moto.create_json("prod/db/credentials", &creds("pw")).await;
-    // Emulator only (on a real cluster the sync simply succeeds the first time).
+    // Emulator only (on a real cluster the sync simply succeeds the first time): a 500, then
+    // priority and fairness turning the status write away twice (429 with Retry-After).
     c.kube_fault("patch", "secrets", 500, 1).await;
+    c.kube_fault("patch", "managedsecrets/status", 429, 2).await;
     c.create_ms(
         "db",
         json!({"secretId": "prod/db/credentials", "data": {"allKeys": true}}),
@@ -683,6 +685,11 @@ async fn kubernetes_api_failures_are_retried() {
         assert!(
             c.count("patch", "secrets").await.unwrap() >= 2,
             "the failed write was retried"
+        );
+        assert_eq!(
+            op.metrics.kube_throttled.get(),
+            2,
+            "each 429 slowed the client"
         );
     }
 }

@@ -227,6 +227,17 @@ where
     }
 }
 
+/// The Lease's client: its own small limit and pace, and kube's retry of 429/503/504 (with the
+/// server's Retry-After) kept, so that a renewal is retried at once rather than a sync later.
+pub async fn lease_client(qps: u32, metrics: Arc<Metrics>) -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&LimitLayer::new(qps, qps.saturating_mul(2), metrics))
+        .build())
+}
+
 /// A client from the environment (kubeconfig or in-cluster) with the limit and the counting.
 pub async fn client(
     qps: u32,
@@ -240,11 +251,15 @@ pub async fn client(
 }
 
 pub fn from_config(
-    config: kube::Config,
+    mut config: kube::Config,
     qps: u32,
     burst: u32,
     metrics: Arc<Metrics>,
 ) -> Result<kube::Client, kube::Error> {
+    // kube's own retry of 429/503/504 sits below this layer: its retries would bypass the limit
+    // and hide every 429 from `Pace`. Off: a 429 fails its request (the object retries after the
+    // Retry-After, `retry_wait`) and slows every request after it.
+    config.default_retry = false;
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&LimitLayer::new(qps, burst, metrics))
         .build())

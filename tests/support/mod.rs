@@ -53,6 +53,7 @@ pub struct Cluster {
     pub client: Client,
     /// The operator: the chart's ServiceAccount, with exactly the chart's RBAC.
     pub operator_client: Client,
+    operator_config: kube::Config,
     /// Its bearer token and user name.
     pub operator_token: String,
     pub operator_user: String,
@@ -83,6 +84,8 @@ type ClusterScoped = Vec<(String, String)>;
 #[derive(Clone)]
 pub struct Installation {
     pub client: Client,
+    /// The client's configuration (the operator builds its own, paced, client from it).
+    pub config: kube::Config,
     pub namespace: String,
     pub user: String,
 }
@@ -156,12 +159,13 @@ impl Cluster {
             token: Some(operator_token.clone().into()),
             ..Default::default()
         };
-        let operator_client = Client::try_from(op_cfg).expect("operator client");
+        let operator_client = Client::try_from(op_cfg.clone()).expect("operator client");
         let c = Cluster {
             kind,
             config: cfg,
             client,
             operator_client,
+            operator_config: op_cfg,
             operator_user: format!(
                 "system:serviceaccount:{operator_namespace}:{}",
                 rbac::RELEASE
@@ -188,6 +192,7 @@ impl Cluster {
     pub fn installation(&self) -> Installation {
         Installation {
             client: self.operator_client.clone(),
+            config: self.operator_config.clone(),
             namespace: self.operator_namespace.clone(),
             user: self.operator_user.clone(),
         }
@@ -214,7 +219,8 @@ impl Cluster {
             ..Default::default()
         };
         let inst = Installation {
-            client: Client::try_from(cfg).expect("second operator client"),
+            client: Client::try_from(cfg.clone()).expect("second operator client"),
+            config: cfg,
             user: format!("system:serviceaccount:{ns}:{}", rbac::RELEASE),
             namespace: ns,
         };
@@ -897,8 +903,16 @@ impl Operator {
                 let _ = lease_rx.await;
             },
         ));
+        // The controller's client as the binary builds it: paced (`Pace`), counted by verb.
+        let paced = managed_secrets::k8s::client::from_config(
+            inst.config.clone(),
+            500,
+            1000,
+            metrics.clone(),
+        )
+        .expect("operator client");
         let task = tokio::spawn(controller::run(
-            inst.client.clone(),
+            paced,
             src,
             metrics.clone(),
             health.clone(),
