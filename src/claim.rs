@@ -68,8 +68,7 @@ pub fn holder(
         .clamp(1, 3600);
     let twice = chrono::Duration::seconds(i64::try_from(secs.saturating_mul(2)).unwrap_or(7200));
     let within = |since: DateTime<Utc>| since.checked_add_signed(twice).is_some_and(|t| t >= now);
-    let held = lease.filter(|l| l.holder_identity.as_deref().is_some_and(|h| !h.is_empty()));
-    let Some(spec) = held else {
+    let Some(spec) = lease.filter(|l| !is_free(Some(l))) else {
         return match free_since {
             Some(since) if !within(since) => Holder::Gone,
             _ => Holder::Live,

@@ -164,8 +164,9 @@ pub struct RunArgs {
     #[arg(long, env = "MANAGED_SECRETS_AWS_QUOTA_SHARE", default_value_t = 0.5, value_parser = parse_share)]
     pub aws_quota_share: f64,
     /// Kubernetes API requests per second (sustained) the operator allows itself at most: it makes
-    /// none at rest, three per new object (a read, two writes); an answer 429 from the API server's priority and
-    /// fairness holds requests for its Retry-After and halves this for a while.
+    /// none at rest, three per new object (a read, two writes); an answer 429 from the API
+    /// server's priority and fairness holds requests for its Retry-After and halves this for a
+    /// while.
     #[arg(long, env = "MANAGED_SECRETS_KUBE_QPS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub kube_qps: u32,
     /// Kubernetes API requests the operator may make in a burst.

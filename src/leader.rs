@@ -200,11 +200,7 @@ async fn heartbeat(
 
 /// A Lease nobody holds (released by its last leader, or never taken).
 fn is_free(lease: &Lease) -> bool {
-    lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.holder_identity.as_deref())
-        .is_none_or(str::is_empty)
+    crate::claim::is_free(lease.spec.as_ref())
 }
 
 async fn build_manager(

@@ -5,7 +5,6 @@ mod support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use std::time::Duration;
 use support::aws::Moto;
 use support::{wait_for, Cluster, Operator, DEADLINE};
 
@@ -69,7 +68,7 @@ async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_ref
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_managed_secret_costs_a_read_a_secret_write_and_a_status_write() {
-    let (c, moto, _op) = setup().await;
+    let (c, moto, op) = setup().await;
     moto.create_json("prod/db/credentials", &creds("pw")).await;
     // Someone's Secret `theirs`: a ManagedSecret that targets it reads it before anything is
     // written, and is refused.
@@ -97,8 +96,11 @@ async fn a_new_managed_secret_costs_a_read_a_secret_write_and_a_status_write() {
     // Only the ManagedSecret is read until the counts are taken (the test's reads count too).
     c.wait_ready("db", "True", "Synced").await;
     if c.is_emulator() {
-        // Settle: what follows the first sync (its own watch events) has run.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // What follows the first sync has run: the reconcile its Secret's watch event brings.
+        wait_for("the reconcile after the first sync", DEADLINE, || async {
+            (op.metrics.reconciles_completed.get() >= 2).then_some(())
+        })
+        .await;
         let plus = |a: Option<u64>, n: u64| a.map(|a| a + n);
         // The read proves the name free (a Secret not labelled ours is in no cache); the write
         // and the status write are the floor.

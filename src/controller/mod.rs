@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::{error, instrument, warn};
+use tracing::{error, instrument, warn, Instrument as _};
 
 pub use policies::{desired_status as policy_status, region_of};
 pub use sync::validate_spec;
@@ -365,7 +365,8 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
     let ms = ctx.latest(&ms).unwrap_or(ms);
     // Another installation that runs and claims it keeps it, finalizer and cleanup included (two
     // installations must not fight).
-    if let Some(left) = claims::check(&ms, &ctx).await {
+    let span = tracing::info_span!("claim", namespace = %ms.namespace().unwrap_or_default(), name = %ms.name_any());
+    if let Some(left) = claims::check(&ms, &ctx).instrument(span).await {
         return Ok(left);
     }
     work(ms, ctx).boxed().await

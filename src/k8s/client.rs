@@ -230,11 +230,23 @@ where
 /// The Lease's client: its own small limit and pace, and kube's retry of 429/503/504 (with the
 /// server's Retry-After) kept, so that a renewal is retried at once rather than a sync later.
 pub async fn lease_client(qps: u32, metrics: Arc<Metrics>) -> Result<kube::Client, kube::Error> {
-    let config = kube::Config::infer()
+    limited(infer().await?, qps, qps.saturating_mul(2), metrics)
+}
+
+async fn infer() -> Result<kube::Config, kube::Error> {
+    kube::Config::infer()
         .await
-        .map_err(kube::Error::InferConfig)?;
+        .map_err(kube::Error::InferConfig)
+}
+
+fn limited(
+    config: kube::Config,
+    qps: u32,
+    burst: u32,
+    metrics: Arc<Metrics>,
+) -> Result<kube::Client, kube::Error> {
     Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&LimitLayer::new(qps, qps.saturating_mul(2), metrics))
+        .with_layer(&LimitLayer::new(qps, burst, metrics))
         .build())
 }
 
@@ -244,10 +256,7 @@ pub async fn client(
     burst: u32,
     metrics: Arc<Metrics>,
 ) -> Result<kube::Client, kube::Error> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
-    from_config(config, qps, burst, metrics)
+    from_config(infer().await?, qps, burst, metrics)
 }
 
 pub fn from_config(
@@ -260,9 +269,7 @@ pub fn from_config(
     // and hide every 429 from `Pace`. Off: a 429 fails its request (the object retries after the
     // Retry-After, `retry_wait`) and slows every request after it.
     config.default_retry = false;
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&LimitLayer::new(qps, burst, metrics))
-        .build())
+    limited(config, qps, burst, metrics)
 }
 
 #[cfg(test)]
