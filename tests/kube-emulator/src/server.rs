@@ -943,17 +943,26 @@ fn apply(
         if e_sub != sub_name {
             continue;
         }
-        if e_mgr == manager {
-            if e.get("operation").and_then(Value::as_str) == Some("Apply") {
-                prev_set = set;
-            }
+        let e_op = e.get("operation").and_then(Value::as_str);
+        if e_mgr == manager && e_op == Some("Apply") {
+            prev_set = set;
             continue;
         }
+        // A manager is its name and operation (and, for updates, API version): an entry the same
+        // client wrote by create, update or patch is another manager to its apply, as on the
+        // real server (it conflicts, and keeps the fields it holds).
+        let who = match e_op {
+            Some("Update") => format!(
+                "{e_mgr:?} using {}",
+                e.get("apiVersion").and_then(Value::as_str).unwrap_or("")
+            ),
+            _ => format!("{e_mgr:?}"),
+        };
         let mut take = fields::FieldSet::new();
         for p in fields::leaves(&new_set) {
             if set.contains(p) && fields::get_at(&old, p) != fields::get_at(&applied_for_fields, p)
             {
-                conflicts.push((e_mgr.to_string(), fields::display_path(p)));
+                conflicts.push((who.clone(), fields::display_path(p)));
                 take.insert(p.clone());
             }
         }
@@ -967,7 +976,7 @@ fn apply(
     if !conflicts.is_empty() && !force {
         let list: Vec<String> = conflicts
             .iter()
-            .map(|(m, f)| format!("conflict with {m:?}: {f}"))
+            .map(|(m, f)| format!("conflict with {m}: {f}"))
             .collect();
         let msg = if list.len() == 1 {
             format!("Apply failed with 1 conflict: {}", list[0])
@@ -980,7 +989,7 @@ fn apply(
         };
         return Err(ApiError {
             details: Some(
-                json!({"causes": conflicts.iter().map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m:?}"), "field": f})).collect::<Vec<_>>()}),
+                json!({"causes": conflicts.iter().map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": f})).collect::<Vec<_>>()}),
             ),
             ..ApiError::new(409, "Conflict", msg)
         });

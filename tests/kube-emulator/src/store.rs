@@ -620,11 +620,19 @@ impl Inner {
     ) {
         let schema = Schema { rt, version };
         let only_status = ctx.sub == Sub::Status;
-        let mut entries: Vec<Value> = old
-            .and_then(|o| md(o, "managedFields"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        // Managed fields the request itself carries replace the stored ones (how clients migrate
+        // or clear ownership), for a create, update or patch of the main resource; an absent or
+        // empty list keeps them (so clients unaware of the field never strip it).
+        let given: Option<Vec<Value>> = (ctx.op == Op::Update && ctx.sub == Sub::Main)
+            .then(|| md(new, "managedFields").and_then(Value::as_array).cloned())
+            .flatten()
+            .filter(|l| !l.is_empty() && l.iter().all(Value::is_object));
+        let mut entries: Vec<Value> = given.unwrap_or_else(|| {
+            old.and_then(|o| md(o, "managedFields"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        });
         let sub_name = ctx.sub.name();
         let sub_of = |e: &Value| {
             e.get("subresource")

@@ -387,6 +387,88 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
         .contains("field is immutable"));
 }
 
+/// A manager is its name and operation: what a client created or updated under a name is not
+/// its apply's, until the client moves that entry to `Apply` by writing managedFields itself.
+#[tokio::test]
+async fn an_update_entry_is_another_manager_to_apply_until_migrated() {
+    let api = start().await;
+    let sp = "/api/v1/namespaces/ref/secrets";
+    let (c, s) = api
+        .post(
+            &format!("{sp}?fieldManager=op"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "made", "labels": {"l": "1"}}, "data": {"a": "YQ==", "b": "Yg=="}}),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let mf = &s["metadata"]["managedFields"];
+    assert_eq!(mf.as_array().unwrap().len(), 1, "{mf}");
+    assert_eq!(mf[0]["manager"], "op");
+    assert_eq!(mf[0]["operation"], "Update");
+    let p = format!("{sp}/made?fieldManager=op");
+    let applied = |data: Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "made"}, "data": data});
+    // Changing a value the same name created conflicts, naming the update manager and version.
+    let (c, e) = api.apply(&p, applied(json!({"a": "Yw=="}))).await;
+    assert_eq!(c, 409, "{e}");
+    assert_eq!(
+        e["message"],
+        "Apply failed with 1 conflict: conflict with \"op\" using v1: .data.a"
+    );
+    // Applying the same value shares it; a field the update entry holds stays when the apply
+    // stops naming it.
+    let (c, _) = api
+        .apply(&p, applied(json!({"a": "YQ==", "b": "Yg=="})))
+        .await;
+    assert_eq!(c, 200);
+    let (_, s) = api.apply(&p, applied(json!({"a": "YQ=="}))).await;
+    assert_eq!(
+        s["data"]["b"], "Yg==",
+        "still held by the update entry: {s}"
+    );
+    // Migrated (the entry's fields merged into the apply entry, the update entry gone): the
+    // apply owns them, and the next apply that leaves one out removes it.
+    let mut entries = s["metadata"]["managedFields"].as_array().unwrap().clone();
+    let update = entries
+        .iter()
+        .position(|e| e["operation"] == "Update")
+        .unwrap();
+    let fields = entries.remove(update)["fieldsV1"].clone();
+    let apply = entries
+        .iter_mut()
+        .find(|e| e["operation"] == "Apply")
+        .unwrap();
+    apply["fieldsV1"]["f:data"]["f:b"] = fields["f:data"]["f:b"].clone();
+    apply["fieldsV1"]["f:metadata"] = fields["f:metadata"].clone();
+    let rv = s["metadata"]["resourceVersion"].as_str().unwrap();
+    let (c, m) = api
+        .patch(
+            &format!("{sp}/made"),
+            "application/json-patch+json",
+            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                   {"op": "replace", "path": "/metadata/managedFields", "value": entries}]),
+        )
+        .await;
+    assert_eq!(c, 200, "{m}");
+    let mf = m["metadata"]["managedFields"].as_array().unwrap();
+    assert_eq!(mf.len(), 1, "{m}");
+    assert_eq!(mf[0]["operation"], "Apply");
+    let (_, s) = api.apply(&p, applied(json!({"a": "YQ=="}))).await;
+    assert!(s["data"].get("b").is_none(), "{s}");
+    assert!(s["metadata"].get("labels").is_none(), "{s}");
+    // An empty list keeps them (clients unaware of the field never strip it).
+    let (c, k) = api
+        .patch(
+            &format!("{sp}/made"),
+            "application/merge-patch+json",
+            json!({"metadata": {"managedFields": []}}),
+        )
+        .await;
+    assert_eq!(c, 200);
+    assert_eq!(
+        k["metadata"]["managedFields"],
+        s["metadata"]["managedFields"]
+    );
+}
+
 #[tokio::test]
 async fn finalizers_hold_deletion_and_gc_collects_dependents() {
     let api = start().await;
