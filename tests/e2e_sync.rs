@@ -67,11 +67,11 @@ async fn all_keys_sync_then_a_lambda_rotation_reaches_the_secret_on_the_next_ref
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_managed_secret_costs_a_read_a_secret_write_and_a_status_write() {
+async fn a_new_managed_secret_costs_a_secret_create_and_a_status_write() {
     let (c, moto, op) = setup().await;
     moto.create_json("prod/db/credentials", &creds("pw")).await;
-    // Someone's Secret `theirs`: a ManagedSecret that targets it reads it before anything is
-    // written, and is refused.
+    // Someone's Secret `theirs`: a ManagedSecret that targets it fails to create it, reads it, and
+    // is refused; nothing is written into it.
     c.secrets()
         .create(
             &PostParams::default(),
@@ -82,16 +82,16 @@ async fn a_new_managed_secret_costs_a_read_a_secret_write_and_a_status_write() {
         )
         .await
         .unwrap();
-    let before = |verb: &'static str, resource: &'static str| {
-        let c = &c;
-        async move { c.count(verb, resource).await }
+    let counts = || async {
+        (
+            c.count("get", "secrets").await,
+            c.count("create", "secrets").await,
+            c.count("patch", "secrets").await,
+            c.count("patch", "managedsecrets/status").await,
+            c.count("create", "events").await,
+        )
     };
-    let (gets, patches, statuses, events) = (
-        before("get", "secrets").await,
-        before("patch", "secrets").await,
-        before("patch", "managedsecrets/status").await,
-        before("create", "events").await,
-    );
+    let before = counts().await;
     c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}})).await;
     // Only the ManagedSecret is read until the counts are taken (the test's reads count too).
     c.wait_ready("db", "True", "Synced").await;
@@ -101,31 +101,32 @@ async fn a_new_managed_secret_costs_a_read_a_secret_write_and_a_status_write() {
             (op.metrics.reconciles_completed.get() >= 2).then_some(())
         })
         .await;
+        let (gets, creates, patches, statuses, events) = before;
         let plus = |a: Option<u64>, n: u64| a.map(|a| a + n);
-        // The read proves the name free (a Secret not labelled ours is in no cache); the write
-        // and the status write are the floor.
-        assert_eq!(c.count("get", "secrets").await, plus(gets, 1));
-        assert_eq!(c.count("patch", "secrets").await, plus(patches, 1));
+        // The floor: the Secret written (created: no read first) and the status written once.
         assert_eq!(
-            c.count("patch", "managedsecrets/status").await,
-            plus(statuses, 1)
-        );
-        assert_eq!(
-            c.count("create", "events").await,
-            events,
-            "a first sync is no Event"
+            counts().await,
+            (gets, plus(creates, 1), patches, plus(statuses, 1), events),
+            "(get, create, patch secrets; patch status; create events): a first sync is no Event"
         );
     }
     c.wait_secret_value("db", "password", "pw").await;
-    let gets = c.count("get", "secrets").await;
+    let before = counts().await;
     c.create_ms("taken", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}, "target": {"name": "theirs"}})).await;
     c.wait_ready("taken", "False", "SecretConflict").await;
     if c.is_emulator() {
+        let after = counts().await;
         assert_eq!(
-            c.count("get", "secrets").await,
-            gets.map(|g| g + 1),
-            "the known Secret was read before any write"
+            after.0,
+            before.0.map(|g| g + 1),
+            "read after the create failed"
         );
+        assert_eq!(
+            after.1,
+            before.1.map(|g| g + 1),
+            "one create, refused (409)"
+        );
+        assert_eq!(after.2, before.2, "nothing written into it");
     }
     let theirs = c.secrets().get("theirs").await.unwrap();
     assert!(theirs.metadata.owner_references.is_none());
@@ -133,6 +134,70 @@ async fn a_new_managed_secret_costs_a_read_a_secret_write_and_a_status_write() {
         theirs.data.unwrap().keys().collect::<Vec<_>>(),
         ["password"]
     );
+}
+
+/// The Secret was created (a POST, owned by an update entry); later applies must still remove
+/// what they stop writing, as server-side apply removes its own fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_labels_and_annotations_no_longer_mapped_leave_a_created_secret() {
+    let (c, moto, _op) = setup().await;
+    moto.create_json("prod/db/credentials", &creds("pw")).await;
+    c.create_ms(
+        "db",
+        json!({"secretId": "prod/db/credentials", "refreshInterval": "1h",
+        "data": {"keys": [{"from": "username"}, {"from": "password"}]},
+        "target": {"labels": {"team": "a"}, "annotations": {"note": "n"}}}),
+    )
+    .await;
+    c.wait_secret_value("db", "password", "pw").await;
+    c.wait_ready("db", "True", "Synced").await;
+    c.patch_ms(
+        "db",
+        json!({"spec": {"data": {"keys": [{"from": "username"}]}, "target": {"labels": null, "annotations": null}}}),
+    )
+    .await;
+    let s = wait_for("the unmapped key gone", DEADLINE, || async {
+        let s = c.secrets().get("db").await.ok()?;
+        (!s.data.as_ref()?.contains_key("password")).then_some(s)
+    })
+    .await;
+    assert_eq!(s.data.unwrap().keys().collect::<Vec<_>>(), ["username"]);
+    let labels = s.metadata.labels.unwrap_or_default();
+    assert!(!labels.contains_key("team"), "{labels:?}");
+    let annotations = s.metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key("note"), "{annotations:?}");
+    // Ours from now on by apply alone: the create's entry was merged into the apply's.
+    let ops: Vec<_> = s
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            m.manager
+                .as_deref()
+                .is_some_and(|n| n.starts_with("managed-secrets/"))
+        })
+        .map(|m| m.operation.unwrap_or_default())
+        .collect();
+    assert_eq!(ops, ["Apply"]);
+    // And a rotation still lands.
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("pw2"))
+        .await;
+    c.patch_ms(
+        "db",
+        json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "2026-12-02T10:00:00Z"}}}),
+    )
+    .await;
+    wait_for("the new version written", DEADLINE, || async {
+        let s = c.secrets().get("db").await.ok()?;
+        (s.metadata
+            .annotations?
+            .get("managedsecrets.io/aws-version-id")?
+            == &v2)
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,7 +739,7 @@ async fn kubernetes_api_failures_are_retried() {
     moto.create_json("prod/db/credentials", &creds("pw")).await;
     // Emulator only (on a real cluster the sync simply succeeds the first time): a 500, then
     // priority and fairness turning the status write away twice (429 with Retry-After).
-    c.kube_fault("patch", "secrets", 500, 1).await;
+    c.kube_fault("create", "secrets", 500, 1).await;
     c.kube_fault("patch", "managedsecrets/status", 429, 2).await;
     c.create_ms(
         "db",
@@ -685,8 +750,8 @@ async fn kubernetes_api_failures_are_retried() {
     c.wait_ready("db", "True", "Synced").await;
     if c.is_emulator() {
         assert!(
-            c.count("patch", "secrets").await.unwrap() >= 2,
-            "the failed write was retried"
+            c.count("create", "secrets").await.unwrap() >= 2,
+            "the failed create was retried"
         );
         assert_eq!(
             op.metrics.kube_throttled.get(),

@@ -4,7 +4,8 @@
 
 use super::{policies, retry_wait, rollout, uid, Context};
 use crate::crd::{
-    ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MANAGED_BY_LABEL,
+    CreationPolicy, ManagedSecret, ManagedSecretStatus, FIELD_MANAGER, FORCE_SYNC_ANNOTATION,
+    MANAGED_BY_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::k8s;
@@ -274,14 +275,11 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let fetched = ctx.source.fetch(&req).await?;
     let current = match current.take() {
         Some(c) => c,
-        None => read_secret(&secrets, &target, &hash_key).await?,
+        None if reads_first(ms, &status) => read_secret(&secrets, &target, &hash_key).await?,
+        // Not read: a new object's Secret is created, which never writes into one that exists.
+        None => None,
     };
-    let owner = current
-        .as_ref()
-        .and_then(k8s::owner_uid)
-        .and_then(|u| ctx.name_of(&ns, &u));
-    k8s::check_target(ms, current.as_ref(), owner.as_deref())?;
-    k8s::check_type_change(ms, current.as_ref())?;
+    check_target(ctx, ms, current.as_ref())?;
     // Confirmed only once the Secret may be written (a confirmation resets the failure count
     // that a target conflict's back-off doubles from).
     ctx.confirmed(ms, now);
@@ -295,15 +293,9 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     }
     let data = mapping.render(&fetched.value)?;
     let desired = k8s::desired_secret(ms, &data, &fetched.version_id);
-    let changed = match &current {
-        Some(c) if k8s::in_sync(c, &desired, &k8s::field_manager(ms), &hash_key) => false,
-        _ => {
-            k8s::apply_secret(&secrets, ms, &desired)
-                .await
-                .map_err(|e| name_managers(ctx, &ns, e))?;
-            true
-        }
-    };
+    let changed = write_secret(ctx, ms, &secrets, current.as_ref(), &desired)
+        .await
+        .map_err(|e| name_managers(ctx, &ns, e))?;
     if changed {
         ctx.metrics.syncs.inc();
         info!(secret = %target, version = %fetched.version_id, keys = data.0.len(), "Secret written");
@@ -386,6 +378,70 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         return Err(e);
     }
     Ok(Action::requeue(wait))
+}
+
+/// Whether the target is read before it is written: Merge writes only into a Secret that exists,
+/// and a target that was in conflict last time most likely still is (a create would only fail).
+fn reads_first(ms: &ManagedSecret, status: &ManagedSecretStatus) -> bool {
+    ms.spec.target.creation_policy == CreationPolicy::Merge
+        || status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.reason == Error::SecretConflict(String::new()).reason())
+}
+
+/// May this ManagedSecret write into the Secret (or create it, when there is none)?
+fn check_target(ctx: &Context, ms: &ManagedSecret, current: Option<&Secret>) -> Result<()> {
+    let ns = ms.namespace().unwrap_or_default();
+    let owner = current
+        .and_then(k8s::owner_uid)
+        .and_then(|u| ctx.name_of(&ns, &u));
+    k8s::check_target(ms, current, owner.as_deref())?;
+    k8s::check_type_change(ms, current)
+}
+
+/// Writes the desired Secret unless it holds it already; whether it wrote. With no Secret known,
+/// one POST creates it; one that turns out to exist is read and decided on like any other.
+async fn write_secret(
+    ctx: &Context,
+    ms: &ManagedSecret,
+    secrets: &Api<Secret>,
+    current: Option<&Secret>,
+    desired: &serde_json::Value,
+) -> Result<bool> {
+    let hash_key = &ctx.settings.hash_key.0;
+    let manager = k8s::field_manager(ms);
+    let target = ms.target_name();
+    let read;
+    let current = match current {
+        Some(c) => c,
+        None => {
+            if k8s::create::create_secret(secrets, ms, desired).await? {
+                return Ok(true);
+            }
+            read = read_secret(secrets, &target, hash_key)
+                .await?
+                .ok_or_else(|| {
+                    let s = kube::core::Status::failure(
+                        &format!("Secret {target} existed when created and was gone when read"),
+                        "Conflict",
+                    )
+                    .with_code(409);
+                    Error::Kube(kube::Error::Api(Box::new(s)))
+                })?;
+            check_target(ctx, ms, Some(&read))?;
+            &read
+        }
+    };
+    if k8s::in_sync(current, desired, &manager, hash_key) {
+        return Ok(false);
+    }
+    if k8s::create::created_by(current, &manager) {
+        // Once in the Secret's life: what the create wrote becomes the apply's (k8s::create).
+        k8s::create::adopt_created_fields(secrets, ms, &target).await?;
+    }
+    k8s::apply_secret(secrets, ms, desired).await?;
+    Ok(true)
 }
 
 /// The target Secret from the API, as the cache would keep it.

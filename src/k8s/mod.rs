@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod client;
+pub mod create;
 pub mod hash_key;
 pub mod recorder;
 pub mod tokens;
@@ -189,11 +190,14 @@ pub fn check_target(
     }
 }
 
-/// The `data` keys this ManagedSecret's field manager owns in a Secret (from its managedFields).
+/// The `data` keys this ManagedSecret's field manager owns in a Secret (from its managedFields:
+/// its applies, and the create that made the Secret, see `create`).
 pub fn owned_keys(s: &Secret, manager: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for mf in s.metadata.managed_fields.iter().flatten() {
-        if mf.manager.as_deref() != Some(manager) || mf.operation.as_deref() != Some("Apply") {
+        if mf.manager.as_deref() != Some(manager)
+            || !matches!(mf.operation.as_deref(), Some("Apply" | "Update"))
+        {
             continue;
         }
         if let Some(data) = mf

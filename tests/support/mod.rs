@@ -457,7 +457,6 @@ impl Cluster {
         .await
     }
 
-    /// The Secret's data as strings, when it exists.
     /// The resourceVersion of Secret `name` (which must exist).
     pub async fn secret_version(&self, name: &str) -> Option<String> {
         self.secrets()
@@ -468,6 +467,7 @@ impl Cluster {
             .resource_version
     }
 
+    /// The Secret's data as strings, when it exists.
     pub async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
         let s = self.secrets().get_opt(name).await.ok()??;
         Some(
