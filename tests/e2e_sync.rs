@@ -151,9 +151,33 @@ async fn keys_labels_and_annotations_no_longer_mapped_leave_a_created_secret() {
     .await;
     c.wait_secret_value("db", "password", "pw").await;
     c.wait_ready("db", "True", "Synced").await;
+    let ours = |s: &Secret| -> Vec<String> {
+        s.metadata
+            .managed_fields
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| {
+                m.manager
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("managed-secrets/"))
+            })
+            .map(|m| m.operation.unwrap_or_default())
+            .collect()
+    };
+    let created = c.secrets().get("db").await.unwrap();
+    assert_eq!(ours(&created), ["Update"], "created by a POST");
+    // A label alone no longer mapped goes too (nothing else changes).
+    c.patch_ms("db", json!({"spec": {"target": {"labels": null}}}))
+        .await;
+    wait_for("the unmapped label gone", DEADLINE, || async {
+        let s = c.secrets().get("db").await.ok()?;
+        (!s.metadata.labels?.contains_key("team")).then_some(())
+    })
+    .await;
     c.patch_ms(
         "db",
-        json!({"spec": {"data": {"keys": [{"from": "username"}]}, "target": {"labels": null, "annotations": null}}}),
+        json!({"spec": {"data": {"keys": [{"from": "username"}]}, "target": {"annotations": null}}}),
     )
     .await;
     let s = wait_for("the unmapped key gone", DEADLINE, || async {
@@ -161,25 +185,13 @@ async fn keys_labels_and_annotations_no_longer_mapped_leave_a_created_secret() {
         (!s.data.as_ref()?.contains_key("password")).then_some(s)
     })
     .await;
+    // Ours from now on by apply alone: the create's entry was merged into the apply's.
+    assert_eq!(ours(&s), ["Apply"]);
     assert_eq!(s.data.unwrap().keys().collect::<Vec<_>>(), ["username"]);
     let labels = s.metadata.labels.unwrap_or_default();
     assert!(!labels.contains_key("team"), "{labels:?}");
     let annotations = s.metadata.annotations.unwrap_or_default();
     assert!(!annotations.contains_key("note"), "{annotations:?}");
-    // Ours from now on by apply alone: the create's entry was merged into the apply's.
-    let ops: Vec<_> = s
-        .metadata
-        .managed_fields
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| {
-            m.manager
-                .as_deref()
-                .is_some_and(|n| n.starts_with("managed-secrets/"))
-        })
-        .map(|m| m.operation.unwrap_or_default())
-        .collect();
-    assert_eq!(ops, ["Apply"]);
     // And a rotation still lands.
     let v2 = moto
         .rotate_like_lambda("prod/db/credentials", &creds("pw2"))

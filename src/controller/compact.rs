@@ -43,6 +43,26 @@ struct Manager {
     manager: Option<Box<str>>,
     operation: Option<Box<str>>,
     data_keys: Box<[Box<str>]>,
+    /// The labels and annotations it owns, the operator's reserved ones apart (usually none:
+    /// an empty list allocates nothing).
+    label_keys: Box<[Box<str>]>,
+    annotation_keys: Box<[Box<str>]>,
+}
+
+/// The `f:` names under a path of a fieldsV1 tree.
+fn names_at(f: &Option<FieldsV1>, path: &str) -> Box<[Box<str>]> {
+    f.as_ref()
+        .and_then(|f| f.0.pointer(path))
+        .and_then(serde_json::Value::as_object)
+        .map(|o| o.keys().map(|k| k.as_str().into()).collect())
+        .unwrap_or_default()
+}
+
+fn names_json(keys: &[Box<str>]) -> serde_json::Value {
+    keys.iter()
+        .map(|k| (k.to_string(), serde_json::json!({})))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn pairs(m: &Option<BTreeMap<String, String>>) -> Option<Pairs> {
@@ -75,13 +95,9 @@ impl SlimSecret {
                 .map(|m| Manager {
                     manager: boxed(&m.manager),
                     operation: boxed(&m.operation),
-                    data_keys: m
-                        .fields_v1
-                        .as_ref()
-                        .and_then(|f| f.0.get("f:data"))
-                        .and_then(serde_json::Value::as_object)
-                        .map(|o| o.keys().map(|k| k.as_str().into()).collect())
-                        .unwrap_or_default(),
+                    data_keys: names_at(&m.fields_v1, "/f:data"),
+                    label_keys: names_at(&m.fields_v1, "/f:metadata/f:labels"),
+                    annotation_keys: names_at(&m.fields_v1, "/f:metadata/f:annotations"),
                 })
                 .collect()
         });
@@ -111,15 +127,17 @@ impl SlimSecret {
         let managed_fields = self.managers.as_ref().map(|ms| {
             ms.iter()
                 .map(|m| {
-                    let data: serde_json::Map<String, serde_json::Value> = m
-                        .data_keys
-                        .iter()
-                        .map(|k| (k.to_string(), serde_json::json!({})))
-                        .collect();
+                    let mut fields = serde_json::json!({ "f:data": names_json(&m.data_keys) });
+                    if !m.label_keys.is_empty() {
+                        fields["f:metadata"]["f:labels"] = names_json(&m.label_keys);
+                    }
+                    if !m.annotation_keys.is_empty() {
+                        fields["f:metadata"]["f:annotations"] = names_json(&m.annotation_keys);
+                    }
                     ManagedFieldsEntry {
                         manager: m.manager.as_deref().map(String::from),
                         operation: m.operation.as_deref().map(String::from),
-                        fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": data }))),
+                        fields_v1: Some(FieldsV1(fields)),
                         ..Default::default()
                     }
                 })

@@ -106,18 +106,33 @@ pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
         owned("/f:metadata/f:labels"),
         owned("/f:metadata/f:annotations"),
     );
-    // Kept of each entry: which data keys it owns (what in_sync and release read).
+    // Kept of each entry: which data keys it owns, and which labels and annotations apart from
+    // the operator's reserved ones (what in_sync and release read).
     let mut ours: Vec<ManagedFieldsEntry> = entries
         .iter()
         .map(|m| {
-            let data: serde_json::Map<String, serde_json::Value> = names(m, "/f:data")
-                .into_iter()
-                .map(|k| (k, serde_json::json!({})))
-                .collect();
+            let set = |path: &str, all: bool| -> serde_json::Map<String, serde_json::Value> {
+                names(m, path)
+                    .into_iter()
+                    .filter(|k| all || !crate::k8s::reserved_key(k.trim_start_matches("f:")))
+                    .map(|k| (k, serde_json::json!({})))
+                    .collect()
+            };
+            let (labels, annotations) = (
+                set("/f:metadata/f:labels", false),
+                set("/f:metadata/f:annotations", false),
+            );
+            let mut fields = serde_json::json!({ "f:data": set("/f:data", true) });
+            if !labels.is_empty() {
+                fields["f:metadata"]["f:labels"] = labels.into();
+            }
+            if !annotations.is_empty() {
+                fields["f:metadata"]["f:annotations"] = annotations.into();
+            }
             ManagedFieldsEntry {
                 manager: m.manager.clone(),
                 operation: m.operation.clone(),
-                fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": data }))),
+                fields_v1: Some(FieldsV1(fields)),
                 ..Default::default()
             }
         })
@@ -288,7 +303,7 @@ mod tests {
             "finalizers": ["example.com/x"],
             "managedFields": [
             {"manager": "managed-secrets/uid-1", "operation": "Apply", "apiVersion": "v1",
-             "time": "2026-11-29T10:00:00Z", "fieldsV1": {"f:data": {"f:password": {}}, "f:metadata": {"f:labels": {"f:a": {}}}}},
+             "time": "2026-11-29T10:00:00Z", "fieldsV1": {"f:data": {"f:password": {}}, "f:metadata": {"f:labels": {"f:a": {}, "f:app.kubernetes.io/managed-by": {}}, "f:annotations": {"f:managedsecrets.io/owner-uid": {}}}}},
             {"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:data": {"f:other": {}}}}
         ]}, "data": {"password": "eA==", "other": "eQ=="}}))
         .unwrap();
@@ -298,7 +313,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&mf).unwrap(),
             json!([{"manager": "managed-secrets/uid-1", "operation": "Apply",
-                    "fieldsV1": {"f:data": {"f:password": {}}}}])
+                    "fieldsV1": {"f:data": {"f:password": {}}, "f:metadata": {"f:labels": {"f:a": {}}}}}]),
+            "the data keys, labels and annotations it owns, the reserved ones apart"
         );
         assert_eq!(
             owned.into_iter().collect::<Vec<_>>(),

@@ -280,9 +280,6 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
         None => None,
     };
     check_target(ctx, ms, current.as_ref())?;
-    // Confirmed only once the Secret may be written (a confirmation resets the failure count
-    // that a target conflict's back-off doubles from).
-    ctx.confirmed(ms, now);
     if let Some(id) = &ms.spec.version_id {
         let stages = &fetched.version_stages;
         if !stages.is_empty() && stages.iter().all(|s| s == "AWSPENDING") {
@@ -296,6 +293,9 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     let changed = write_secret(ctx, ms, &secrets, current.as_ref(), &desired)
         .await
         .map_err(|e| name_managers(ctx, &ns, e))?;
+    // Confirmed only once the Secret holds the value (a confirmation resets the failure count
+    // that a target conflict's back-off doubles from).
+    ctx.confirmed(ms, now);
     if changed {
         ctx.metrics.syncs.inc();
         info!(secret = %target, version = %fetched.version_id, keys = data.0.len(), "Secret written");
@@ -381,13 +381,14 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
 }
 
 /// Whether the target is read before it is written: Merge writes only into a Secret that exists,
-/// and a target that was in conflict last time most likely still is (a create would only fail).
+/// and after a failure the target may well be what failed (taken, of another type), where a
+/// create would only fail and be followed by the read anyway.
 fn reads_first(ms: &ManagedSecret, status: &ManagedSecretStatus) -> bool {
     ms.spec.target.creation_policy == CreationPolicy::Merge
         || status
             .conditions
             .iter()
-            .any(|c| c.type_ == READY && c.reason == Error::SecretConflict(String::new()).reason())
+            .any(|c| c.type_ == READY && c.status == "False")
 }
 
 /// May this ManagedSecret write into the Secret (or create it, when there is none)?
@@ -422,12 +423,7 @@ async fn write_secret(
             read = read_secret(secrets, &target, hash_key)
                 .await?
                 .ok_or_else(|| {
-                    let s = kube::core::Status::failure(
-                        &format!("Secret {target} existed when created and was gone when read"),
-                        "Conflict",
-                    )
-                    .with_code(409);
-                    Error::Kube(kube::Error::Api(Box::new(s)))
+                    k8s::create::conflict(&target, "existed when created, not when read")
                 })?;
             check_target(ctx, ms, Some(&read))?;
             &read
@@ -436,9 +432,12 @@ async fn write_secret(
     if k8s::in_sync(current, desired, &manager, hash_key) {
         return Ok(false);
     }
-    if k8s::create::created_by(current, &manager) {
+    if ms.spec.target.creation_policy != CreationPolicy::Merge
+        && k8s::create::created_by(current, &manager)
+    {
         // Once in the Secret's life: what the create wrote becomes the apply's (k8s::create).
-        k8s::create::adopt_created_fields(secrets, ms, &target).await?;
+        // (Never for Merge: it creates nothing, and the Secret it merges into is someone else's.)
+        k8s::create::adopt_created_fields(secrets, ms, current).await?;
     }
     k8s::apply_secret(secrets, ms, desired).await?;
     Ok(true)

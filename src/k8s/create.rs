@@ -28,7 +28,7 @@ pub async fn create_secret(api: &Api<Secret>, ms: &ManagedSecret, desired: &Valu
     };
     match api.create(&pp, &secret).await {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(kube::Error::Api(e)) if e.code == 409 && e.reason == "AlreadyExists" => Ok(false),
         Err(e) => Err(Error::Kube(e)),
     }
 }
@@ -104,11 +104,18 @@ fn union(into: &mut Value, from: &Value) {
     }
 }
 
-/// Makes what this ManagedSecret's create wrote into `name` its apply's own (see the module
-/// docs). A write in between fails the patch's test; the caller retries.
-pub async fn adopt_created_fields(api: &Api<Secret>, ms: &ManagedSecret, name: &str) -> Result<()> {
-    let Some(s) = api.get_opt(name).await.map_err(Error::Kube)? else {
-        return Ok(());
+/// Makes what this ManagedSecret's create wrote into the Secret `current` its apply's own (see
+/// the module docs). A Secret gone or replaced since (another uid), or written in between (the
+/// patch's test fails), is a conflict: retried soon, with the Secret read again.
+pub async fn adopt_created_fields(
+    api: &Api<Secret>,
+    ms: &ManagedSecret,
+    current: &Secret,
+) -> Result<()> {
+    let name = ms.target_name();
+    let s = match api.get_opt(&name).await.map_err(Error::Kube)? {
+        Some(s) if s.metadata.uid == current.metadata.uid => s,
+        _ => return Err(conflict(&name, "was deleted or replaced")),
     };
     let entries = s.metadata.managed_fields.unwrap_or_default();
     let Some(new) = adopted(&entries, &field_manager(ms)) else {
@@ -119,10 +126,22 @@ pub async fn adopt_created_fields(api: &Api<Secret>, ms: &ManagedSecret, name: &
         {"op": "replace", "path": "/metadata/managedFields", "value": new},
     ]))
     .map_err(|e| Error::Internal(format!("managedFields patch: {e}")))?;
-    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
-        .map_err(Error::Kube)?;
-    Ok(())
+    {
+        Ok(_) => Ok(()),
+        // The test failed: written since it was read.
+        Err(kube::Error::Api(e)) if e.code == 422 => Err(conflict(&name, "changed while adopted")),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// A 409 Conflict (transient: the object is retried soon and reads the Secret again).
+pub fn conflict(name: &str, what: &str) -> Error {
+    let s =
+        kube::core::Status::failure(&format!("Secret {name} {what}"), "Conflict").with_code(409);
+    Error::Kube(kube::Error::Api(Box::new(s)))
 }
 
 #[cfg(test)]

@@ -193,6 +193,11 @@ pub fn check_target(
 /// The `data` keys this ManagedSecret's field manager owns in a Secret (from its managedFields:
 /// its applies, and the create that made the Secret, see `create`).
 pub fn owned_keys(s: &Secret, manager: &str) -> BTreeSet<String> {
+    owned_at(s, manager, "/f:data")
+}
+
+/// The names (`f:<name>`) this field manager owns under a path of the Secret's fieldsV1.
+fn owned_at(s: &Secret, manager: &str, path: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for mf in s.metadata.managed_fields.iter().flatten() {
         if mf.manager.as_deref() != Some(manager)
@@ -200,14 +205,15 @@ pub fn owned_keys(s: &Secret, manager: &str) -> BTreeSet<String> {
         {
             continue;
         }
-        if let Some(data) = mf
+        if let Some(names) = mf
             .fields_v1
             .as_ref()
-            .and_then(|f| f.0.get("f:data"))
+            .and_then(|f| f.0.pointer(path))
             .and_then(Value::as_object)
         {
             out.extend(
-                data.keys()
+                names
+                    .keys()
                     .filter_map(|k| k.strip_prefix("f:").map(String::from)),
             );
         }
@@ -243,10 +249,20 @@ pub fn in_sync(current: &Secret, desired: &Value, manager: &str, hash_key: &[u8]
             return false;
         }
     }
-    // Keys we wrote before and no longer want must go.
-    if owned_keys(current, manager)
-        .iter()
-        .any(|k| !want.contains_key(k))
+    // Keys, labels and annotations we wrote before and no longer want must go (the cache keeps
+    // which labels and annotations we own apart from the reserved ones, which `desired` has
+    // whenever they are due).
+    let stale = |path: &str, want: &Value| {
+        owned_at(current, manager, path)
+            .iter()
+            .any(|k| want.get(k).is_none())
+    };
+    if stale("/f:data", &desired["data"])
+        || stale("/f:metadata/f:labels", &desired["metadata"]["labels"])
+        || stale(
+            "/f:metadata/f:annotations",
+            &desired["metadata"]["annotations"],
+        )
     {
         return false;
     }
@@ -679,6 +695,31 @@ mod tests {
         let mut no_owner = s.clone();
         no_owner.metadata.owner_references = None;
         assert!(!in_sync(&no_owner, &d, &fm, b"k"));
+        // A label, annotation or key this manager owns and no longer writes must go; one another
+        // manager owns is not ours to remove.
+        let owning = |fields: Value, manager: &str| {
+            let mut o = s.clone();
+            o.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert("team".into(), "a".into());
+            o.metadata.managed_fields = Some(vec![serde_json::from_value(json!({
+                "manager": manager, "operation": "Update", "fieldsV1": fields}))
+            .unwrap()]);
+            o
+        };
+        let label = json!({"f:metadata": {"f:labels": {"f:team": {}}}});
+        assert!(!in_sync(&owning(label.clone(), &fm), &d, &fm, b"k"));
+        assert!(in_sync(
+            &owning(label, "managed-secrets/other"),
+            &d,
+            &fm,
+            b"k"
+        ));
+        let annotation = json!({"f:metadata": {"f:annotations": {"f:note": {}}}});
+        assert!(!in_sync(&owning(annotation, &fm), &d, &fm, b"k"));
+        let key = json!({"f:data": {"f:gone": {}}});
+        assert!(!in_sync(&owning(key, &fm), &d, &fm, b"k"));
     }
 
     #[test]

@@ -621,12 +621,29 @@ impl Inner {
         let schema = Schema { rt, version };
         let only_status = ctx.sub == Sub::Status;
         // Managed fields the request itself carries replace the stored ones (how clients migrate
-        // or clear ownership), for a create, update or patch of the main resource; an absent or
-        // empty list keeps them (so clients unaware of the field never strip it).
+        // or clear ownership), for a create, update or patch of the main resource, as the real
+        // server decodes them: `[]` or `[{}]` resets them; a list that does not decode (an entry
+        // that is no object, an operation other than Apply or Update, a fieldsType other than
+        // FieldsV1) or none keeps the stored ones (clients unaware of the field never strip it).
         let given: Option<Vec<Value>> = (ctx.op == Op::Update && ctx.sub == Sub::Main)
             .then(|| md(new, "managedFields").and_then(Value::as_array).cloned())
             .flatten()
-            .filter(|l| !l.is_empty() && l.iter().all(Value::is_object));
+            .and_then(|l| {
+                let reset = l.is_empty() || (l.len() == 1 && l[0] == json!({}));
+                let decodes = l.iter().all(|e| {
+                    e.is_object()
+                        && matches!(
+                            e.get("operation").and_then(Value::as_str),
+                            Some("Apply" | "Update")
+                        )
+                        && e.get("fieldsType").and_then(Value::as_str) == Some("FieldsV1")
+                });
+                if reset {
+                    Some(vec![])
+                } else {
+                    decodes.then_some(l)
+                }
+            });
         let mut entries: Vec<Value> = given.unwrap_or_else(|| {
             old.and_then(|o| md(o, "managedFields"))
                 .and_then(Value::as_array)
