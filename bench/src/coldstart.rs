@@ -67,7 +67,7 @@ fn total(m: &BTreeMap<String, u64>, events: bool) -> u64 {
 }
 
 pub async fn run(args: &RunArgs, n: usize, m: usize) -> Result<ColdStartResult> {
-    eprintln!("== coldstart {n}x{m} ({})", crate::ground::AS_SHIPPED);
+    eprintln!("== coldstart {n}x{m} ({})", crate::ground::operator_label());
     let g = Ground::start(args).await?;
     for i in 0..NAMESPACES {
         g.namespace(&format!("cold-{i}"), json!({"team": "cold"}))
@@ -131,7 +131,7 @@ pub async fn run(args: &RunArgs, n: usize, m: usize) -> Result<ColdStartResult> 
     let (cpu, rss, _) = proc_usage(op.pid);
     eprintln!("   ready {done}/{n} after {all_ready:?} s; requests {requests:?}; peak {peak:.0}/s");
     Ok(ColdStartResult {
-        operator: crate::ground::AS_SHIPPED.into(),
+        operator: crate::ground::operator_label(),
         n,
         m,
         create_seconds,

@@ -37,6 +37,23 @@ pub struct Operator {
 /// How the operator runs where a scenario says "as shipped".
 pub const AS_SHIPPED: &str = "as shipped: the chart's default values (its Deployment's env, rendered by helm template), access policies enforced, a SecretAccessPolicy in place";
 
+/// What the operator of a run is: as shipped, unless `BENCH_CHART_SET` (a `helm --set` list, e.g.
+/// `accessPolicy.enforce=false`) tunes the chart's values, which every result then says.
+pub fn operator_label() -> String {
+    match chart_set() {
+        Some(set) => format!(
+            "TUNED, not as shipped: the chart's values with --set {set} (its Deployment's env, rendered by helm template), a SecretAccessPolicy in place"
+        ),
+        None => AS_SHIPPED.to_string(),
+    }
+}
+
+fn chart_set() -> Option<String> {
+    std::env::var("BENCH_CHART_SET")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 /// The chart's Deployment env as `helm template` renders it with default values: the literal
 /// values (those taken from the pod, and the metrics address, which the bench picks, aside).
 pub fn chart_env(namespace: &str) -> Result<Vec<(String, String)>> {
@@ -54,6 +71,11 @@ pub fn chart_env(namespace: &str) -> Result<Vec<(String, String)>> {
             "--show-only",
             "templates/deployment.yaml",
         ])
+        .args(
+            chart_set()
+                .map(|s| vec!["--set".to_string(), s])
+                .unwrap_or_default(),
+        )
         .output()
         .with_context(|| format!("{helm} (make tools installs it)"))?;
     anyhow::ensure!(

@@ -171,6 +171,9 @@ pub struct Result1 {
     pub last_create_to_all_ready_seconds: Option<f64>,
     #[serde(default)]
     pub spread_seconds: u64,
+    /// How the operator ran (`ground::operator_label`).
+    #[serde(default)]
+    pub operator: String,
     pub aws_calls: BTreeMap<String, u64>,
     pub aws_calls_per_minute: f64,
     pub kube_requests: BTreeMap<String, u64>,
@@ -638,6 +641,7 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         last_create_to_all_ready_seconds: all_ready
             .map(|a| (a - last_created.duration_since(created).as_secs_f64()).max(0.0)),
         spread_seconds: args.spread_seconds,
+        operator: ground::operator_label(),
         aws_calls_per_minute: total_aws as f64 / elapsed_min,
         aws_calls: aws,
         kube_requests_per_minute: total_kube as f64 / elapsed_min,

@@ -40,7 +40,16 @@ pub fn markdown(all: &[Result1]) -> String {
     }
     let mut s = format!(
         "Operator (as built): {}. Naive: the baseline controller (`naive.rs`). ManagedSecrets created at a steady pace over {} s.\n\n",
-        crate::ground::AS_SHIPPED,
+        {
+            let mut labels: Vec<&str> = all
+                .iter()
+                .filter(|r| r.mode != "naive")
+                .map(|r| if r.operator.is_empty() { crate::ground::AS_SHIPPED } else { r.operator.as_str() })
+                .collect();
+            labels.sort();
+            labels.dedup();
+            labels.join("; ")
+        },
         all.iter().map(|r| r.spread_seconds).max().unwrap_or(0)
     );
     let _ = writeln!(

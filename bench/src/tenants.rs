@@ -26,8 +26,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use crate::ground::AS_SHIPPED;
-
 const NOISY: usize = 2_000;
 const NOISY_REFRESH: &str = "10s";
 const QUIET: usize = 20;
@@ -234,7 +232,7 @@ fn max(v: &[f64]) -> Option<f64> {
 }
 
 pub async fn noisy(args: &RunArgs) -> Result<NoisyResult> {
-    eprintln!("== noisy neighbour ({AS_SHIPPED})");
+    eprintln!("== noisy neighbour ({})", crate::ground::operator_label());
     let g = Ground::start(args).await?;
     g.namespace("quiet", json!({})).await?;
     g.namespace("noisy", json!({})).await?;
@@ -346,7 +344,7 @@ pub async fn noisy(args: &RunArgs) -> Result<NoisyResult> {
         .sum();
     let (_, peak, _) = proc_usage(op.pid);
     Ok(NoisyResult {
-        operator: AS_SHIPPED.into(),
+        operator: crate::ground::operator_label(),
         failing: NOISY,
         failing_refresh: NOISY_REFRESH.into(),
         quiet: QUIET,
@@ -395,7 +393,10 @@ async fn plant(secrets: &Api<Secret>, range: std::ops::Range<usize>) -> Result<(
 }
 
 pub async fn tenant_secrets(args: &RunArgs) -> Result<MemoryResult> {
-    eprintln!("== tenant Secrets labelled managed-by ({AS_SHIPPED})");
+    eprintln!(
+        "== tenant Secrets labelled managed-by ({})",
+        crate::ground::operator_label()
+    );
     let g = Ground::start(args).await?;
     g.namespace("tenant", json!({})).await?;
     policy(
@@ -433,7 +434,7 @@ pub async fn tenant_secrets(args: &RunArgs) -> Result<MemoryResult> {
         .count();
     readiness.abort();
     Ok(MemoryResult {
-        operator: AS_SHIPPED.into(),
+        operator: crate::ground::operator_label(),
         secrets: BULK_SECRETS,
         bytes_per_secret: BULK_BYTES,
         rss_before_mib: mib(before),
