@@ -6,6 +6,10 @@
 //! trimmed Secret back (`secret`), identical to what the trim made. Workloads are kept as the
 //! `rollout::Workload` the rollout decisions read (a trimmed Deployment was over 5 KiB).
 
+use crate::crd::{
+    ALLOW_MERGE_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, OWNER_UID_ANNOTATION,
+    VERSION_ID_ANNOTATION,
+};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     FieldsV1, ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
@@ -15,34 +19,76 @@ use kube::runtime::watcher;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-type Pairs = Box<[(Box<str>, Box<str>)]>;
-/// Data keys and their values' digests.
-type Digests = Box<[(Box<str>, Box<[u8]>)]>;
+/// A string the cache keeps: the well-known keys and values (the operator's label and annotation
+/// keys, operations, Secret types) without an allocation of their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Text {
+    Known(&'static str),
+    Own(Box<str>),
+}
 
-/// A trimmed Secret, as compact as its parts allow.
+const KNOWN: &[&str] = &[
+    MANAGED_BY_LABEL,
+    FIELD_MANAGER,
+    OWNER_UID_ANNOTATION,
+    VERSION_ID_ANNOTATION,
+    ALLOW_MERGE_ANNOTATION,
+    "Apply",
+    "Update",
+    "Opaque",
+    "kubernetes.io/tls",
+    "kubernetes.io/basic-auth",
+    "kubernetes.io/ssh-auth",
+    "kubernetes.io/dockerconfigjson",
+    "kubernetes.io/dockercfg",
+];
+
+impl Text {
+    fn new(s: &str) -> Text {
+        match KNOWN.iter().find(|k| **k == s) {
+            Some(k) => Text::Known(k),
+            None => Text::Own(s.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Known(s) => s,
+            Text::Own(s) => s,
+        }
+    }
+}
+
+type Pairs = Box<[(Text, Text)]>;
+/// Data keys and their values' digests (`render::value_digest`, 16 bytes).
+type Digests = Box<[(Box<str>, [u8; DIGEST])]>;
+const DIGEST: usize = 16;
+
+/// A trimmed Secret, as compact as its parts allow. Its namespace and name are the cache's key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlimSecret {
-    name: Box<str>,
-    namespace: Box<str>,
     uid: Option<Box<str>>,
     resource_version: Option<Box<str>>,
     generation: Option<i64>,
     deletion: Option<Box<Time>>,
-    type_: Option<Box<str>>,
+    type_: Option<Text>,
     immutable: Option<bool>,
     labels: Option<Pairs>,
     annotations: Option<Pairs>,
-    owners: Option<Box<[OwnerReference]>>,
-    /// Our managers' entries: manager, operation, the data keys it owns.
+    /// The uid of its controller reference to a ManagedSecret (all the trim keeps of one).
+    owner: Option<Box<str>>,
+    /// Our managers' entries: manager, operation, what it owns.
     managers: Option<Box<[Manager]>>,
     data: Option<Digests>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Manager {
-    manager: Option<Box<str>>,
-    operation: Option<Box<str>>,
-    data_keys: Box<[Box<str>]>,
+    manager: Option<Text>,
+    operation: Option<Text>,
+    /// The `f:` names of the data keys it owns; `None`: exactly the record's data keys (the usual
+    /// case, one manager), kept once.
+    data_keys: Option<Box<[Box<str>]>>,
     /// The labels and annotations it owns, the operator's reserved ones apart (usually none:
     /// an empty list allocates nothing).
     label_keys: Box<[Box<str>]>,
@@ -58,9 +104,8 @@ fn names_at(f: &Option<FieldsV1>, path: &str) -> Box<[Box<str>]> {
         .unwrap_or_default()
 }
 
-fn names_json(keys: &[Box<str>]) -> serde_json::Value {
-    keys.iter()
-        .map(|k| (k.to_string(), serde_json::json!({})))
+fn names_json<'a>(keys: impl Iterator<Item = &'a str>) -> serde_json::Value {
+    keys.map(|k| (k.to_string(), serde_json::json!({})))
         .collect::<serde_json::Map<_, _>>()
         .into()
 }
@@ -68,7 +113,7 @@ fn names_json(keys: &[Box<str>]) -> serde_json::Value {
 fn pairs(m: &Option<BTreeMap<String, String>>) -> Option<Pairs> {
     m.as_ref().map(|m| {
         m.iter()
-            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+            .map(|(k, v)| (Text::new(k), Text::new(v)))
             .collect()
     })
 }
@@ -76,7 +121,7 @@ fn pairs(m: &Option<BTreeMap<String, String>>) -> Option<Pairs> {
 fn map(p: &Option<Pairs>) -> Option<BTreeMap<String, String>> {
     p.as_ref().map(|p| {
         p.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.as_str().to_string(), v.as_str().to_string()))
             .collect()
     })
 }
@@ -85,58 +130,106 @@ fn boxed(s: &Option<String>) -> Option<Box<str>> {
     s.as_deref().map(Box::from)
 }
 
+/// A value digest as kept (a value of another length, which a trimmed Secret never holds, is
+/// cut or padded: it then differs from every digest, and the next sync rewrites the Secret).
+fn digest(v: &[u8]) -> [u8; DIGEST] {
+    let mut d = [0u8; DIGEST];
+    let n = v.len().min(DIGEST);
+    d[..n].copy_from_slice(&v[..n]);
+    d
+}
+
+/// The controller reference to a ManagedSecret as the trim keeps it (`stores::trim_secret`):
+/// its uid, nothing the operator does not read.
+pub fn owner_ref(uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "managedsecrets.io/v1alpha1".into(),
+        kind: "ManagedSecret".into(),
+        name: String::new(),
+        uid: uid.into(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
 impl SlimSecret {
     /// From a Secret as `stores::trim_secret` leaves it (what else it holds is not kept).
     pub fn new(s: &Secret) -> SlimSecret {
         let md = &s.metadata;
+        let data_names: Vec<String> = s
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, _)| format!("f:{k}"))
+            .collect();
         let managers = md.managed_fields.as_ref().map(|entries| {
             entries
                 .iter()
-                .map(|m| Manager {
-                    manager: boxed(&m.manager),
-                    operation: boxed(&m.operation),
-                    data_keys: names_at(&m.fields_v1, "/f:data"),
-                    label_keys: names_at(&m.fields_v1, "/f:metadata/f:labels"),
-                    annotation_keys: names_at(&m.fields_v1, "/f:metadata/f:annotations"),
+                .map(|m| {
+                    let keys = names_at(&m.fields_v1, "/f:data");
+                    let all = keys.len() == data_names.len()
+                        && keys.iter().all(|k| data_names.iter().any(|d| **d == **k));
+                    Manager {
+                        manager: m.manager.as_deref().map(Text::new),
+                        operation: m.operation.as_deref().map(Text::new),
+                        data_keys: (!all).then_some(keys),
+                        label_keys: names_at(&m.fields_v1, "/f:metadata/f:labels"),
+                        annotation_keys: names_at(&m.fields_v1, "/f:metadata/f:annotations"),
+                    }
                 })
                 .collect()
         });
         SlimSecret {
-            name: md.name.as_deref().unwrap_or_default().into(),
-            namespace: md.namespace.as_deref().unwrap_or_default().into(),
             uid: boxed(&md.uid),
             resource_version: boxed(&md.resource_version),
             generation: md.generation,
             deletion: md.deletion_timestamp.clone().map(Box::new),
-            type_: boxed(&s.type_),
+            type_: s.type_.as_deref().map(Text::new),
             immutable: s.immutable,
             labels: pairs(&md.labels),
             annotations: pairs(&md.annotations),
-            owners: md.owner_references.as_ref().map(|o| o.clone().into()),
+            owner: md
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.first())
+                .map(|r| r.uid.as_str().into()),
             managers,
             data: s.data.as_ref().map(|d| {
                 d.iter()
-                    .map(|(k, v)| (k.as_str().into(), v.0.clone().into()))
+                    .map(|(k, v)| (k.as_str().into(), digest(&v.0)))
                     .collect()
             }),
         }
     }
 
-    /// The trimmed Secret again.
-    pub fn to_secret(&self) -> Secret {
+    /// The trimmed Secret `namespace/name` again.
+    pub fn to_secret(&self, namespace: &str, name: &str) -> Secret {
+        let data_names = || {
+            self.data
+                .iter()
+                .flatten()
+                .map(|(k, _)| format!("f:{k}"))
+                .collect::<Vec<_>>()
+        };
         let managed_fields = self.managers.as_ref().map(|ms| {
             ms.iter()
                 .map(|m| {
-                    let mut fields = serde_json::json!({ "f:data": names_json(&m.data_keys) });
+                    let data = match &m.data_keys {
+                        Some(keys) => names_json(keys.iter().map(|k| &**k)),
+                        None => names_json(data_names().iter().map(String::as_str)),
+                    };
+                    let mut fields = serde_json::json!({ "f:data": data });
                     if !m.label_keys.is_empty() {
-                        fields["f:metadata"]["f:labels"] = names_json(&m.label_keys);
+                        fields["f:metadata"]["f:labels"] =
+                            names_json(m.label_keys.iter().map(|k| &**k));
                     }
                     if !m.annotation_keys.is_empty() {
-                        fields["f:metadata"]["f:annotations"] = names_json(&m.annotation_keys);
+                        fields["f:metadata"]["f:annotations"] =
+                            names_json(m.annotation_keys.iter().map(|k| &**k));
                     }
                     ManagedFieldsEntry {
-                        manager: m.manager.as_deref().map(String::from),
-                        operation: m.operation.as_deref().map(String::from),
+                        manager: m.manager.as_ref().map(|t| t.as_str().to_string()),
+                        operation: m.operation.as_ref().map(|t| t.as_str().to_string()),
                         fields_v1: Some(FieldsV1(fields)),
                         ..Default::default()
                     }
@@ -145,19 +238,19 @@ impl SlimSecret {
         });
         Secret {
             metadata: ObjectMeta {
-                name: Some(self.name.to_string()),
-                namespace: Some(self.namespace.to_string()),
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
                 uid: self.uid.as_deref().map(String::from),
                 resource_version: self.resource_version.as_deref().map(String::from),
                 generation: self.generation,
                 deletion_timestamp: self.deletion.as_deref().cloned(),
                 labels: map(&self.labels),
                 annotations: map(&self.annotations),
-                owner_references: self.owners.as_ref().map(|o| o.to_vec()),
+                owner_references: self.owner.as_deref().map(|u| vec![owner_ref(u)]),
                 managed_fields,
                 ..Default::default()
             },
-            type_: self.type_.as_deref().map(String::from),
+            type_: self.type_.as_ref().map(|t| t.as_str().to_string()),
             immutable: self.immutable,
             data: self.data.as_ref().map(|d| {
                 d.iter()
@@ -263,7 +356,7 @@ impl SecretCache {
 
     /// The trimmed Secret `ns/name`, if cached.
     pub fn secret(&self, ns: &str, name: &str) -> Option<Secret> {
-        self.get(ns, name).map(|s| s.to_secret())
+        self.get(ns, name).map(|s| s.to_secret(ns, name))
     }
 }
 
@@ -298,7 +391,11 @@ mod tests {
         ];
         for c in cases {
             let s = trimmed(c);
-            assert_eq!(SlimSecret::new(&s).to_secret(), s);
+            let (ns, name) = (
+                s.metadata.namespace.clone().unwrap(),
+                s.metadata.name.clone().unwrap(),
+            );
+            assert_eq!(SlimSecret::new(&s).to_secret(&ns, &name), s);
         }
     }
 

@@ -149,6 +149,13 @@ pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
     if let Some(r) = md.owner_references.as_mut() {
         r.retain(|r| r.controller == Some(true) && r.kind == "ManagedSecret");
         r.truncate(1);
+        // Of it, only its uid is read (whose it is).
+        if let Some(first) = r.first_mut() {
+            *first = super::compact::owner_ref(&first.uid);
+        }
+    }
+    if md.owner_references.as_ref().is_some_and(Vec::is_empty) {
+        md.owner_references = None;
     }
     md.managed_fields = (!ours.is_empty()).then_some(ours);
     md.finalizers = None;
