@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -155,7 +155,7 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     /// Per object: unix seconds of the last time AWS confirmed its value, and whether it is stale.
-    freshness: Mutex<HashMap<String, (i64, bool)>>,
+    freshness: Mutex<HashMap<Arc<str>, (i64, bool)>>,
 }
 
 impl Default for Metrics {
@@ -408,11 +408,11 @@ impl Metrics {
             .inc();
     }
     /// Records when AWS last confirmed an object's value (unix seconds) and whether it is stale.
-    pub fn freshness(&self, key: &str, confirmed_at: i64, stale: bool) {
+    pub fn freshness(&self, key: &Arc<str>, confirmed_at: i64, stale: bool) {
         self.freshness
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_string(), (confirmed_at, stale));
+            .insert(key.clone(), (confirmed_at, stale));
     }
     pub fn forget(&self, key: &str) {
         self.freshness

@@ -19,11 +19,19 @@ use kube::runtime::watcher;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-/// A string the cache keeps: the well-known keys and values (the operator's label and annotation
-/// keys, operations, Secret types) without an allocation of their own.
+/// A string the cache keeps, in as few bytes as its form allows: the well-known keys and values
+/// (the operator's label and annotation keys, operations, Secret types) and the forms that are
+/// everywhere in it (uids, our field managers' names, resourceVersions) without an allocation.
+/// Each reads back exactly as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Text {
     Known(&'static str),
+    /// A UUID in its canonical form (lowercase, hyphenated).
+    Uuid([u8; 16]),
+    /// `managed-secrets/<uuid>`: one of our field managers.
+    Ours([u8; 16]),
+    /// A decimal number with no leading zero.
+    Num(u64),
     Own(Box<str>),
 }
 
@@ -43,19 +51,71 @@ const KNOWN: &[&str] = &[
     "kubernetes.io/dockercfg",
 ];
 
+/// The 16 bytes of a canonical UUID (`8-4-4-4-12` lowercase hex digits).
+fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let digits: Vec<u8> = b.iter().copied().filter(|c| *c != b'-').collect();
+    if digits.len() != 32
+        || !digits
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(&digits, &mut out).ok()?;
+    Some(out)
+}
+
+fn uuid_text(b: &[u8; 16]) -> String {
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 impl Text {
     fn new(s: &str) -> Text {
-        match KNOWN.iter().find(|k| **k == s) {
-            Some(k) => Text::Known(k),
-            None => Text::Own(s.into()),
+        if let Some(k) = KNOWN.iter().find(|k| **k == s) {
+            return Text::Known(k);
+        }
+        if let Some(u) = uuid_bytes(s) {
+            return Text::Uuid(u);
+        }
+        if let Some(u) = s
+            .strip_prefix(FIELD_MANAGER)
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(uuid_bytes)
+        {
+            return Text::Ours(u);
+        }
+        match s.parse::<u64>() {
+            Ok(n) if n.to_string() == s => Text::Num(n),
+            _ => Text::Own(s.into()),
         }
     }
 
-    fn as_str(&self) -> &str {
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
         match self {
-            Text::Known(s) => s,
-            Text::Own(s) => s,
+            Text::Known(s) => Cow::Borrowed(s),
+            Text::Uuid(u) => Cow::Owned(uuid_text(u)),
+            Text::Ours(u) => Cow::Owned(format!("{FIELD_MANAGER}/{}", uuid_text(u))),
+            Text::Num(n) => Cow::Owned(n.to_string()),
+            Text::Own(s) => Cow::Borrowed(s),
         }
+    }
+
+    fn string(&self) -> String {
+        self.text().into_owned()
     }
 }
 
@@ -67,8 +127,8 @@ const DIGEST: usize = 16;
 /// A trimmed Secret, as compact as its parts allow. Its namespace and name are the cache's key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlimSecret {
-    uid: Option<Box<str>>,
-    resource_version: Option<Box<str>>,
+    uid: Option<Text>,
+    resource_version: Option<Text>,
     generation: Option<i64>,
     deletion: Option<Box<Time>>,
     type_: Option<Text>,
@@ -76,7 +136,7 @@ pub struct SlimSecret {
     labels: Option<Pairs>,
     annotations: Option<Pairs>,
     /// The uid of its controller reference to a ManagedSecret (all the trim keeps of one).
-    owner: Option<Box<str>>,
+    owner: Option<Text>,
     /// Our managers' entries: manager, operation, what it owns.
     managers: Option<Box<[Manager]>>,
     data: Option<Digests>,
@@ -119,15 +179,8 @@ fn pairs(m: &Option<BTreeMap<String, String>>) -> Option<Pairs> {
 }
 
 fn map(p: &Option<Pairs>) -> Option<BTreeMap<String, String>> {
-    p.as_ref().map(|p| {
-        p.iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_str().to_string()))
-            .collect()
-    })
-}
-
-fn boxed(s: &Option<String>) -> Option<Box<str>> {
-    s.as_deref().map(Box::from)
+    p.as_ref()
+        .map(|p| p.iter().map(|(k, v)| (k.string(), v.string())).collect())
 }
 
 /// A value digest as kept (a value of another length, which a trimmed Secret never holds, is
@@ -156,19 +209,18 @@ impl SlimSecret {
     /// From a Secret as `stores::trim_secret` leaves it (what else it holds is not kept).
     pub fn new(s: &Secret) -> SlimSecret {
         let md = &s.metadata;
-        let data_names: Vec<String> = s
-            .data
-            .iter()
-            .flatten()
-            .map(|(k, _)| format!("f:{k}"))
-            .collect();
+        let data_len = s.data.as_ref().map_or(0, BTreeMap::len);
+        let held = |k: &str| {
+            k.strip_prefix("f:")
+                .is_some_and(|k| s.data.as_ref().is_some_and(|d| d.contains_key(k)))
+        };
         let managers = md.managed_fields.as_ref().map(|entries| {
             entries
                 .iter()
                 .map(|m| {
                     let keys = names_at(&m.fields_v1, "/f:data");
-                    let all = keys.len() == data_names.len()
-                        && keys.iter().all(|k| data_names.iter().any(|d| **d == **k));
+                    // (Keys are unique: as many, all held, is the same set.)
+                    let all = keys.len() == data_len && keys.iter().all(|k| held(k));
                     Manager {
                         manager: m.manager.as_deref().map(Text::new),
                         operation: m.operation.as_deref().map(Text::new),
@@ -180,8 +232,8 @@ impl SlimSecret {
                 .collect()
         });
         SlimSecret {
-            uid: boxed(&md.uid),
-            resource_version: boxed(&md.resource_version),
+            uid: md.uid.as_deref().map(Text::new),
+            resource_version: md.resource_version.as_deref().map(Text::new),
             generation: md.generation,
             deletion: md.deletion_timestamp.clone().map(Box::new),
             type_: s.type_.as_deref().map(Text::new),
@@ -192,7 +244,7 @@ impl SlimSecret {
                 .owner_references
                 .as_ref()
                 .and_then(|o| o.first())
-                .map(|r| r.uid.as_str().into()),
+                .map(|r| Text::new(&r.uid)),
             managers,
             data: s.data.as_ref().map(|d| {
                 d.iter()
@@ -228,8 +280,8 @@ impl SlimSecret {
                             names_json(m.annotation_keys.iter().map(|k| &**k));
                     }
                     ManagedFieldsEntry {
-                        manager: m.manager.as_ref().map(|t| t.as_str().to_string()),
-                        operation: m.operation.as_ref().map(|t| t.as_str().to_string()),
+                        manager: m.manager.as_ref().map(Text::string),
+                        operation: m.operation.as_ref().map(Text::string),
                         fields_v1: Some(FieldsV1(fields)),
                         ..Default::default()
                     }
@@ -240,17 +292,17 @@ impl SlimSecret {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
                 namespace: Some(namespace.to_string()),
-                uid: self.uid.as_deref().map(String::from),
-                resource_version: self.resource_version.as_deref().map(String::from),
+                uid: self.uid.as_ref().map(Text::string),
+                resource_version: self.resource_version.as_ref().map(Text::string),
                 generation: self.generation,
                 deletion_timestamp: self.deletion.as_deref().cloned(),
                 labels: map(&self.labels),
                 annotations: map(&self.annotations),
-                owner_references: self.owner.as_deref().map(|u| vec![owner_ref(u)]),
+                owner_references: self.owner.as_ref().map(|u| vec![owner_ref(&u.text())]),
                 managed_fields,
                 ..Default::default()
             },
-            type_: self.type_.as_ref().map(|t| t.as_str().to_string()),
+            type_: self.type_.as_ref().map(Text::string),
             immutable: self.immutable,
             data: self.data.as_ref().map(|d| {
                 d.iter()
@@ -262,19 +314,31 @@ impl SlimSecret {
     }
 }
 
-type Key = (Box<str>, Box<str>);
+/// Records by namespace (each namespace's name kept once), then by name.
+type Records<T> = HashMap<Arc<str>, HashMap<Box<str>, Arc<T>>>;
 
-fn key_of<K: kube::Resource>(o: &K) -> Key {
+fn ns_name<K: kube::Resource>(o: &K) -> (&str, &str) {
     (
-        o.meta().namespace.as_deref().unwrap_or_default().into(),
-        o.meta().name.as_deref().unwrap_or_default().into(),
+        o.meta().namespace.as_deref().unwrap_or_default(),
+        o.meta().name.as_deref().unwrap_or_default(),
     )
 }
 
+fn insert<T>(records: &mut Records<T>, ns: &str, name: &str, record: T) {
+    match records.get_mut(ns) {
+        Some(names) => {
+            names.insert(name.into(), Arc::new(record));
+        }
+        None => {
+            records.insert(ns.into(), HashMap::from([(name.into(), Arc::new(record))]));
+        }
+    }
+}
+
 struct Inner<T> {
-    live: HashMap<Key, Arc<T>>,
+    live: Records<T>,
     /// A re-list in progress: what it has listed so far (swapped in when it is done).
-    relisting: Option<HashMap<Key, Arc<T>>>,
+    relisting: Option<Records<T>>,
 }
 
 /// A watch cache of one kind in one scope that keeps a compact record `T` of each object instead
@@ -306,19 +370,31 @@ impl<T> CompactCache<T> {
         let mut c = self.0.write().unwrap_or_else(|e| e.into_inner());
         match ev {
             watcher::Event::Apply(o) => {
-                c.live.insert(key_of(o), Arc::new(record(o)));
+                let (ns, name) = ns_name(o);
+                insert(&mut c.live, ns, name, record(o));
             }
             watcher::Event::Delete(o) => {
-                c.live.remove(&key_of(o));
+                let (ns, name) = ns_name(o);
+                if let Some(names) = c.live.get_mut(ns) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        c.live.remove(ns);
+                    }
+                }
             }
             watcher::Event::Init => c.relisting = Some(HashMap::new()),
             watcher::Event::InitApply(o) => {
-                c.relisting
-                    .get_or_insert_with(HashMap::new)
-                    .insert(key_of(o), Arc::new(record(o)));
+                let (ns, name) = ns_name(o);
+                insert(
+                    c.relisting.get_or_insert_with(HashMap::new),
+                    ns,
+                    name,
+                    record(o),
+                );
             }
             watcher::Event::InitDone => {
                 if let Some(mut fresh) = c.relisting.take() {
+                    fresh.values_mut().for_each(HashMap::shrink_to_fit);
                     fresh.shrink_to_fit();
                     c.live = fresh;
                 }
@@ -329,22 +405,22 @@ impl<T> CompactCache<T> {
     /// The record of `ns/name`, if cached.
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<T>> {
         let c = self.0.read().unwrap_or_else(|e| e.into_inner());
-        c.live.get(&(Box::from(ns), Box::from(name))).cloned()
+        c.live.get(ns)?.get(name).cloned()
     }
 
     /// Every record in `ns`.
     pub fn in_namespace(&self, ns: &str) -> Vec<Arc<T>> {
         let c = self.0.read().unwrap_or_else(|e| e.into_inner());
         c.live
-            .iter()
-            .filter(|((n, _), _)| &**n == ns)
-            .map(|(_, v)| v.clone())
-            .collect()
+            .get(ns)
+            .map(|names| names.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).live.len()
+        let c = self.0.read().unwrap_or_else(|e| e.into_inner());
+        c.live.values().map(HashMap::len).sum()
     }
 }
 
@@ -372,6 +448,33 @@ mod tests {
     }
 
     #[test]
+    fn texts_read_back_exactly_in_whatever_form_they_are_kept() {
+        let u = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let cases = [
+            (MANAGED_BY_LABEL.to_string(), "Known"),
+            ("Apply".into(), "Known"),
+            (u.into(), "Uuid"),
+            (u.to_uppercase(), "Own"),
+            (format!("{u}x"), "Own"),
+            (u.replace('-', "_"), "Own"),
+            (format!("managed-secrets/{u}"), "Ours"),
+            ("managed-secrets/x".into(), "Own"),
+            ("123456".into(), "Num"),
+            ("0".into(), "Num"),
+            ("007".into(), "Own"),
+            ("18446744073709551616".into(), "Own"),
+            ("".into(), "Own"),
+            ("ünïcode".into(), "Own"),
+        ];
+        for (s, form) in cases {
+            let t = Text::new(&s);
+            assert_eq!(t.text(), s, "{s}");
+            assert!(format!("{t:?}").starts_with(form), "{s}: {t:?}");
+        }
+        assert_eq!(std::mem::size_of::<Text>(), 24);
+    }
+
+    #[test]
     fn a_cached_secret_reads_back_exactly_as_trimmed() {
         let cases = [
             json!({"metadata": {"name": "db", "namespace": "team", "uid": "u", "resourceVersion": "7",
@@ -387,7 +490,16 @@ mod tests {
                 "type": "Opaque", "data": {"password": "eA==", "username": "eQ==", "other": "eg=="}}),
             json!({"metadata": {"name": "bare", "namespace": "team"}}),
             json!({"metadata": {"name": "gone", "namespace": "team", "deletionTimestamp": "2026-12-01T10:00:00Z",
-                "generation": 2}, "immutable": true, "data": {}}),
+                "deletionGracePeriodSeconds": 0, "finalizers": ["x"], "generation": 2}, "immutable": true, "data": {}}),
+            // Crafted: several controller references, empty lists, a reserved annotation it does
+            // not read, a long value, a manager of ours without data.
+            json!({"metadata": {"name": "odd", "namespace": "team",
+                "labels": {}, "annotations": {"managedsecrets.io/other": "x", "managedsecrets.io/owner-uid": "u".repeat(10_000)},
+                "ownerReferences": [
+                    {"apiVersion": "x/v9", "kind": "ManagedSecret", "name": "a", "uid": "u1", "controller": true},
+                    {"apiVersion": "managedsecrets.io/v1alpha1", "kind": "ManagedSecret", "name": "b", "uid": "u2", "controller": true}],
+                "managedFields": [{"manager": "managed-secrets/x", "operation": "Update", "fieldsV1": {}}]},
+                "data": {"k": "eA=="}}),
         ];
         for c in cases {
             let s = trimmed(c);

@@ -92,8 +92,8 @@ impl Default for Settings {
 /// What the operator remembers about one ManagedSecret between reconciles (by UID).
 #[derive(Default)]
 struct ObjectState {
-    /// `namespace/name`, for metrics.
-    key: String,
+    /// `namespace/name`, for metrics (shared with their freshness map).
+    key: Arc<str>,
     /// Consecutive failures, also when the status could not record them.
     failures: u32,
     /// When AWS last confirmed the synced value.
@@ -150,7 +150,7 @@ impl Context {
     fn with_state<T>(&self, ms: &ManagedSecret, f: impl FnOnce(&mut ObjectState) -> T) -> T {
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         let st = objects.entry(uid(ms)).or_insert_with(|| ObjectState {
-            key: format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()),
+            key: format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()).into(),
             ..Default::default()
         });
         let out = f(st);

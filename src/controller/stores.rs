@@ -3,7 +3,10 @@
 //! (Deployments, StatefulSets, DaemonSets, Argo Rollouts: metadata and pod template only). A
 //! refresh that finds nothing new then makes no Kubernetes request at all.
 
-use crate::crd::{ManagedSecret, WorkloadKind, FIELD_MANAGER, MANAGED_BY_LABEL};
+use crate::crd::{
+    ManagedSecret, WorkloadKind, ALLOW_MERGE_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL,
+    OWNER_UID_ANNOTATION, VERSION_ID_ANNOTATION,
+};
 use crate::rollout::Workload;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
@@ -144,7 +147,27 @@ pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
         l.retain(|k, _| k == MANAGED_BY_LABEL || label_keys.contains(k));
     }
     if let Some(a) = md.annotations.as_mut() {
-        a.retain(|k, _| crate::k8s::reserved_key(k) || annotation_keys.contains(k));
+        // Of the reserved ones, those the operator reads; every value bounded.
+        a.retain(|k, _| {
+            [
+                OWNER_UID_ANNOTATION,
+                VERSION_ID_ANNOTATION,
+                ALLOW_MERGE_ANNOTATION,
+            ]
+            .contains(&k.as_str())
+                || (!crate::k8s::reserved_key(k) && annotation_keys.contains(k))
+        });
+        for (k, v) in a.iter_mut() {
+            if k == ALLOW_MERGE_ANNOTATION {
+                // A list of ManagedSecret names, read as it is: one longer than any sensible
+                // list opts nobody in.
+                if v.len() > crate::k8s::ALLOW_MERGE_MAX {
+                    v.clear();
+                }
+            } else if let std::borrow::Cow::Owned(d) = crate::k8s::cached_annotation(v, hash_key) {
+                *v = d;
+            }
+        }
     }
     if let Some(r) = md.owner_references.as_mut() {
         r.retain(|r| r.controller == Some(true) && r.kind == "ManagedSecret");
@@ -159,6 +182,7 @@ pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
     }
     md.managed_fields = (!ours.is_empty()).then_some(ours);
     md.finalizers = None;
+    md.deletion_grace_period_seconds = None;
     md.creation_timestamp = None;
     md.generate_name = None;
     md.self_link = None;
@@ -301,6 +325,39 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
+
+    #[test]
+    fn cached_annotations_are_bounded_whoever_wrote_them() {
+        let long = "v".repeat(300_000);
+        let mut s: Secret = serde_json::from_value(json!({"metadata": {"name": "db",
+            "annotations": {"managedsecrets.io/owner-uid": long, "managedsecrets.io/made-up": "x",
+                "managedsecrets.io/allow-merge": "m,".repeat(3000), "note": "n".repeat(1000), "short": "s"},
+            "managedFields": [{"manager": "managed-secrets/uid-1", "operation": "Apply",
+                "fieldsV1": {"f:metadata": {"f:annotations": {"f:note": {}, "f:short": {}}}}}]}}))
+        .unwrap();
+        trim_secret(&mut s, b"k");
+        let a = s.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            a.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "managedsecrets.io/allow-merge",
+                "managedsecrets.io/owner-uid",
+                "note",
+                "short"
+            ]
+        );
+        assert_eq!(
+            a["managedsecrets.io/allow-merge"], "",
+            "too long: opts nobody in"
+        );
+        assert!(a["managedsecrets.io/owner-uid"].starts_with("hmac:"));
+        assert_eq!(
+            a["note"],
+            crate::k8s::cached_annotation(&"n".repeat(1000), b"k")
+        );
+        assert!(a["note"].len() < 64);
+        assert_eq!(a["short"], "s");
+    }
 
     #[test]
     fn cached_secrets_keep_what_our_managers_own_with_values_as_digests() {

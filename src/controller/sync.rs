@@ -547,7 +547,7 @@ pub(super) async fn fail(ms: &ManagedSecret, ctx: &Context, err: Error, known: K
     st.failures = failures;
     ctx.metrics.failure(reason);
     if let (Some(t), Some(_)) = (confirmed_at, &prev.synced_version_id) {
-        let key = format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any());
+        let key = ctx.with_state(ms, |st| st.key.clone());
         ctx.metrics.freshness(&key, t.timestamp(), stale);
     }
     if err.is_forbidden() {

@@ -156,7 +156,11 @@ pub fn check_target(
     let other_owner = owner.as_deref().filter(|o| *o != uid);
     let someone = |o: &str| match owner_name {
         Some(n) => format!("ManagedSecret {n}"),
-        None => format!("another ManagedSecret (uid {o})"),
+        // (The uid is the Secret's text, anyone's to write: cut, never whole.)
+        None => format!(
+            "another ManagedSecret (uid {})",
+            o.chars().take(64).collect::<String>()
+        ),
     };
     if let Some(o) = other_owner {
         return Err(Error::SecretConflict(format!(
@@ -187,6 +191,26 @@ pub fn check_target(
         _ => Err(Error::SecretConflict(format!(
             "Secret {name} exists and is not managed by this ManagedSecret; to add keys to it, set target.creationPolicy: Merge and have its owner annotate it {ALLOW_MERGE_ANNOTATION}: {me}"
         ))),
+    }
+}
+
+/// Longest `managedsecrets.io/allow-merge` list the operator reads (a longer one opts nobody in).
+pub const ALLOW_MERGE_MAX: usize = 4096;
+
+/// Longest annotation value the Secret cache keeps as it is; a longer one is kept as its keyed
+/// digest (`cached_annotation`), so a cached record stays small whoever wrote the Secret.
+pub const CACHED_ANNOTATION_MAX: usize = 256;
+
+/// An annotation value as the Secret cache keeps it: itself when short, else `hmac:` and its
+/// keyed digest (compared with what the operator would write the same way).
+pub fn cached_annotation<'a>(value: &'a str, hash_key: &[u8]) -> std::borrow::Cow<'a, str> {
+    if value.len() <= CACHED_ANNOTATION_MAX {
+        std::borrow::Cow::Borrowed(value)
+    } else {
+        std::borrow::Cow::Owned(format!(
+            "hmac:{}",
+            hex::encode(crate::render::value_digest(hash_key, value.as_bytes()))
+        ))
     }
 }
 
@@ -271,7 +295,12 @@ pub fn in_sync(current: &Secret, desired: &Value, manager: &str, hash_key: &[u8]
             .map(|m| {
                 m.iter().all(|(k, v)| {
                     cur.and_then(|c| c.get(k))
-                        .map(|x| Some(x.as_str()) == v.as_str())
+                        .map(|x| {
+                            v.as_str()
+                                .map(|v| cached_annotation(v, hash_key))
+                                .as_deref()
+                                == Some(x.as_str())
+                        })
                         .unwrap_or(false)
                 })
             })
@@ -438,6 +467,7 @@ pub fn check_type_change(ms: &ManagedSecret, current: Option<&Secret>) -> Result
     }
     let have = cur.type_.as_deref().unwrap_or("Opaque");
     if have != t.type_.as_str() {
+        let have: String = have.chars().take(100).collect();
         return Err(Error::InvalidSpec(format!(
             "Secret {} has type {have} and a Secret's type cannot change: set target.type back to {have}, or delete the Secret so that it is created again as {}",
             ms.target_name(),
@@ -720,6 +750,24 @@ mod tests {
         assert!(!in_sync(&owning(annotation, &fm), &d, &fm, b"k"));
         let key = json!({"f:data": {"f:gone": {}}});
         assert!(!in_sync(&owning(key, &fm), &d, &fm, b"k"));
+        // A long annotation value is cached as its digest, and compared the same way.
+        let mut long = m.clone();
+        long.spec
+            .target
+            .annotations
+            .insert("note".into(), "n".repeat(1000));
+        let want = desired_secret(&long, &data(), "v1");
+        let mut cached = s.clone();
+        cached
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                "note".into(),
+                cached_annotation(&"n".repeat(1000), b"k").into(),
+            );
+        assert!(in_sync(&cached, &want, &fm, b"k"));
+        assert!(!in_sync(&s, &want, &fm, b"k"));
     }
 
     #[test]
