@@ -104,10 +104,17 @@ async fn a_new_managed_secret_costs_a_secret_create_and_a_status_write() {
         let (gets, creates, patches, statuses, events) = before;
         let plus = |a: Option<u64>, n: u64| a.map(|a| a + n);
         // The floor: the Secret written (created: no read first) and the status written once.
+        let (g, c2, p, st, e) = counts().await;
         assert_eq!(
-            counts().await,
-            (gets, plus(creates, 1), patches, plus(statuses, 1), events),
-            "(get, create, patch secrets; patch status; create events): a first sync is no Event"
+            (g, c2, p, e),
+            (gets, plus(creates, 1), patches, events),
+            "(get, create, patch secrets; create events): no read, one create, a first sync is no Event"
+        );
+        // One status write; a second only when the reconcile that the Secret's watch event brings
+        // runs on a cache that has not yet seen the first (seen once under a loaded make test).
+        assert!(
+            st == plus(statuses, 1) || st == plus(statuses, 2),
+            "status writes: {st:?} after {statuses:?}"
         );
     }
     c.wait_secret_value("db", "password", "pw").await;
