@@ -140,7 +140,17 @@ pub struct SlimSecret {
     /// Our managers' entries: manager, operation, what it owns.
     managers: Option<Box<[Manager]>>,
     data: Option<Digests>,
+    /// More than `MAX_CACHED_KEYS` keys to keep: nothing kept but this mark, and the Secret is
+    /// read from the API when a reconcile needs it (`SecretCache::secret` answers `None`).
+    oversized: bool,
 }
+
+/// Most keys (data keys, labels and annotations, and the names our managers own) a cached record
+/// keeps. Anyone can write managedFields that name one of our managers on a Secret of theirs and
+/// make it "own" every key; above this, the record keeps nothing, so its size stays bounded
+/// whoever wrote the Secret. A legitimate Secret with more keys (allKeys over a very wide AWS
+/// value) is read from the API when a reconcile needs it.
+pub const MAX_CACHED_KEYS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Manager {
@@ -153,6 +163,15 @@ struct Manager {
     /// an empty list allocates nothing).
     label_keys: Box<[Box<str>]>,
     annotation_keys: Box<[Box<str>]>,
+}
+
+impl Manager {
+    /// How many names it keeps.
+    fn len(&self) -> usize {
+        self.data_keys.as_ref().map_or(0, |k| k.len())
+            + self.label_keys.len()
+            + self.annotation_keys.len()
+    }
 }
 
 /// The `f:` names under a path of a fieldsV1 tree.
@@ -231,7 +250,28 @@ impl SlimSecret {
                 })
                 .collect()
         });
+        let keys = s.data.as_ref().map_or(0, BTreeMap::len)
+            + md.labels.as_ref().map_or(0, BTreeMap::len)
+            + md.annotations.as_ref().map_or(0, BTreeMap::len)
+            + managers.iter().flatten().map(Manager::len).sum::<usize>();
+        if keys > MAX_CACHED_KEYS {
+            return SlimSecret {
+                uid: md.uid.as_deref().map(Text::new),
+                resource_version: md.resource_version.as_deref().map(Text::new),
+                generation: None,
+                deletion: None,
+                type_: None,
+                immutable: None,
+                labels: None,
+                annotations: None,
+                owner: None,
+                managers: None,
+                data: None,
+                oversized: true,
+            };
+        }
         SlimSecret {
+            oversized: false,
             uid: md.uid.as_deref().map(Text::new),
             resource_version: md.resource_version.as_deref().map(Text::new),
             generation: md.generation,
@@ -432,7 +472,9 @@ impl SecretCache {
 
     /// The trimmed Secret `ns/name`, if cached.
     pub fn secret(&self, ns: &str, name: &str) -> Option<Secret> {
-        self.get(ns, name).map(|s| s.to_secret(ns, name))
+        self.get(ns, name)
+            .filter(|s| !s.oversized)
+            .map(|s| s.to_secret(ns, name))
     }
 }
 
@@ -509,6 +551,37 @@ mod tests {
             );
             assert_eq!(SlimSecret::new(&s).to_secret(&ns, &name), s);
         }
+    }
+
+    #[test]
+    fn a_secret_that_names_too_many_keys_is_kept_as_a_mark_and_read_from_the_api() {
+        // Anyone's Secret, with managedFields naming one of our managers as owning every key.
+        let wide = |n: usize| {
+            let data: serde_json::Map<String, serde_json::Value> =
+                (0..n).map(|i| (format!("k{i}"), json!("eA=="))).collect();
+            let owned: serde_json::Map<String, serde_json::Value> =
+                (0..n).map(|i| (format!("f:k{i}"), json!({}))).collect();
+            trimmed(
+                json!({"metadata": {"name": "wide", "namespace": "team", "uid": "u",
+                "resourceVersion": "9", "managedFields": [{"manager": "managed-secrets/forged",
+                "operation": "Update", "fieldsV1": {"f:data": owned}}]}, "data": data}),
+            )
+        };
+        let n = MAX_CACHED_KEYS + 1;
+        let s = wide(n);
+        assert_eq!(s.data.as_ref().map(BTreeMap::len), Some(n));
+        let slim = SlimSecret::new(&s);
+        assert!(slim.oversized);
+        assert!(slim.data.is_none() && slim.managers.is_none());
+        let c = SecretCache::default();
+        c.apply_secret(&watcher::Event::Apply(s));
+        assert!(
+            c.secret("team", "wide").is_none(),
+            "read from the API instead"
+        );
+        // Up to the limit it is kept as usual (the manager's keys are the data's: kept once).
+        let at = wide(MAX_CACHED_KEYS);
+        assert_eq!(SlimSecret::new(&at).to_secret("team", "wide"), at);
     }
 
     #[test]
