@@ -20,8 +20,9 @@ use serde_json::{json, Value};
 /// Creates the desired Secret under this ManagedSecret's field manager. `false`: a Secret of
 /// that name exists (nothing was written; the caller reads it and decides as for any other).
 pub async fn create_secret(api: &Api<Secret>, ms: &ManagedSecret, desired: &Value) -> Result<bool> {
+    // (The parse error is not echoed: it could quote a fragment of the data.)
     let secret: Secret = serde_json::from_value(desired.clone())
-        .map_err(|e| Error::Internal(format!("the desired Secret does not parse: {e}")))?;
+        .map_err(|_| Error::Internal("the desired Secret does not parse as a Secret".into()))?;
     let pp = PostParams {
         field_manager: Some(field_manager(ms)),
         ..Default::default()
