@@ -12,10 +12,10 @@
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::LeaseSpec;
 
-/// The condition a second installation sets on an object it leaves to the first.
-pub const CONTESTED: &str = "Contested";
 /// The reason of `Contested=True`.
-pub const CLAIMED_ELSEWHERE: &str = "ClaimedByAnotherInstallation";
+pub use crate::reason::CLAIMED_ELSEWHERE;
+/// The condition a second installation sets on an object it leaves to the first.
+pub use crate::reason::CONTESTED;
 /// The field manager of the `Contested` condition (never the one of the rest of the status, so
 /// that the claimant's status writes and the contender's note do not undo each other).
 pub const CONTENDER_MANAGER: &str = "managed-secrets-contender";

@@ -2,6 +2,7 @@
 //! contain a secret value, nor text that came from an AWS value or a template (a position, a
 //! length or an index instead).
 
+use crate::reason;
 use std::time::Duration;
 
 #[derive(thiserror::Error, Debug)]
@@ -64,24 +65,24 @@ impl Error {
     /// Short stable label: the status condition reason and the metrics label.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::SecretNotFound(_) => "SecretNotFound",
-            Error::AccessDenied(_) => "AccessDenied",
-            Error::DecryptionFailed(_) => "DecryptionFailed",
-            Error::Throttled(_) => "Throttled",
-            Error::AwsUnavailable { .. } => "AwsUnavailable",
-            Error::InvalidJson { .. } => "InvalidJSON",
-            Error::KeyNotFound(_) => "KeyNotFound",
-            Error::NullValue(_) => "NullValue",
-            Error::ValueTooLarge(_) => "ValueTooLarge",
-            Error::InvalidKeyName(_) => "InvalidKeyName",
-            Error::InvalidSpec(_) => "InvalidSpec",
-            Error::SecretConflict(_) => "SecretConflict",
-            Error::TargetMissing(_) => "TargetMissing",
-            Error::Kube(_) => "KubernetesError",
-            Error::Finalizer(_) => "FinalizerError",
-            Error::Internal(_) => "InternalError",
-            Error::PolicyDenied(_) => "PolicyDenied",
-            Error::IdentityFailed(_) => "IdentityFailed",
+            Error::SecretNotFound(_) => reason::SECRET_NOT_FOUND,
+            Error::AccessDenied(_) => reason::ACCESS_DENIED,
+            Error::DecryptionFailed(_) => reason::DECRYPTION_FAILED,
+            Error::Throttled(_) => reason::THROTTLED,
+            Error::AwsUnavailable { .. } => reason::AWS_UNAVAILABLE,
+            Error::InvalidJson { .. } => reason::INVALID_JSON,
+            Error::KeyNotFound(_) => reason::KEY_NOT_FOUND,
+            Error::NullValue(_) => reason::NULL_VALUE,
+            Error::ValueTooLarge(_) => reason::VALUE_TOO_LARGE,
+            Error::InvalidKeyName(_) => reason::INVALID_KEY_NAME,
+            Error::InvalidSpec(_) => reason::INVALID_SPEC,
+            Error::SecretConflict(_) => reason::SECRET_CONFLICT,
+            Error::TargetMissing(_) => reason::TARGET_MISSING,
+            Error::Kube(_) => reason::KUBERNETES_ERROR,
+            Error::Finalizer(_) => reason::FINALIZER_ERROR,
+            Error::Internal(_) => reason::INTERNAL_ERROR,
+            Error::PolicyDenied(_) => reason::POLICY_DENIED,
+            Error::IdentityFailed(_) => reason::IDENTITY_FAILED,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod permissions;
 pub mod policy;
+pub mod reason;
 pub mod render;
 pub mod rollout;
 pub mod schedule;

@@ -6,8 +6,7 @@ use crate::crd::ManagedSecretStatus;
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-pub const READY: &str = "Ready";
-pub const STALE: &str = "Stale";
+pub use crate::reason::{READY, STALE};
 
 /// RFC 3339 with seconds, as status fields hold times.
 pub fn ts(t: DateTime<Utc>) -> String {
@@ -102,7 +101,7 @@ pub fn synced(prev: &ManagedSecretStatus, s: Synced) -> ManagedSecretStatus {
             &prev.conditions,
             READY,
             true,
-            "Synced",
+            crate::reason::SYNCED,
             format!(
                 "Secret {} holds AWS version {} of {}",
                 s.target, s.version_id, s.secret_id
@@ -170,7 +169,7 @@ pub fn failed(prev: &ManagedSecretStatus, f: Failed) -> (ManagedSecretStatus, bo
                     &prev.conditions,
                     READY,
                     true,
-                    "Synced",
+                    crate::reason::SYNCED,
                     format!(
                         "Secret {} holds AWS version {v} of {}; the last refresh failed ({}), next attempt at {next}",
                         f.target, f.secret_id, f.reason

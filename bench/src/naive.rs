@@ -57,7 +57,7 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Ctx>) -> Result<Action, kube
     let Ok(data) = render::render(&ms.spec, &value) else {
         return Ok(Action::requeue(refresh));
     };
-    let desired = managed_secrets::k8s::desired_secret(&ms, &data, &version);
+    let desired = managed_secrets::k8s::secret::desired_secret(&ms, &data, &version);
     let previous = current.as_ref().and_then(|s| {
         s.annotations()
             .get("managedsecrets.io/aws-version-id")

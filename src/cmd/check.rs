@@ -128,7 +128,7 @@ impl Checker {
         }
         match value["metadata"]["name"].as_str() {
             None | Some("") => found.push((vec!["metadata".into()], "metadata.name is required".into())),
-            Some(n) if !crate::k8s::valid_secret_name(n) => found.push((
+            Some(n) if !crate::crd::validate::valid_secret_name(n) => found.push((
                 vec!["metadata".into(), "name".into()],
                 "metadata.name must be a DNS-1123 subdomain (lower case letters, digits, '-' and '.')".into(),
             )),
@@ -155,7 +155,7 @@ impl Checker {
             match serde_json::from_value::<ManagedSecret>(value.clone()) {
                 Err(e) => found.push((spec, format!("spec: {e}"))),
                 Ok(ms) => {
-                    if let Err(e) = crate::controller::validate_spec(&ms, self.min_refresh) {
+                    if let Err(e) = crate::crd::validate_spec(&ms, self.min_refresh) {
                         found.push((spec, e.to_string()));
                     } else if let Err(e) = crate::render::validate_mapping(&ms.spec) {
                         found.push((spec, e.to_string()));

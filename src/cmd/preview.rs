@@ -63,7 +63,7 @@ pub fn render(
     value: &SecretValue,
     min_refresh: Duration,
 ) -> crate::Result<SecretData> {
-    crate::controller::validate_spec(ms, min_refresh)?;
+    crate::crd::validate_spec(ms, min_refresh)?;
     Mapping::compile(&ms.spec)?.render(value)
 }
 

@@ -46,7 +46,7 @@ pub async fn run(
         if dry_run {
             out.push(format!(
                 "{what}: would give its Secret back ({:?}) and remove the finalizer",
-                k8s::deletion_policy(&ms)
+                k8s::secret::deletion_policy(&ms)
             ));
             continue;
         }
@@ -57,8 +57,11 @@ pub async fn run(
                 names.push(old);
             }
         }
-        for name in names.iter().filter(|n| k8s::valid_secret_name(n)) {
-            k8s::release_secret(&secrets, &ms, name)
+        for name in names
+            .iter()
+            .filter(|n| crate::crd::validate::valid_secret_name(n))
+        {
+            k8s::secret::release_secret(&secrets, &ms, name)
                 .await
                 .map_err(|e| anyhow::anyhow!("{what}: Secret {name} could not be released: {e}"))?;
         }
@@ -68,7 +71,7 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("{what}: the finalizer could not be removed: {e}"))?;
         out.push(format!(
             "{what}: Secret given back ({:?}), finalizer removed",
-            k8s::deletion_policy(&ms)
+            k8s::secret::deletion_policy(&ms)
         ));
     }
     Ok(out)

@@ -176,7 +176,7 @@ async fn take_over(ms: &ManagedSecret, ctx: &Context, from: &str) {
     ctx.event(
         ms,
         EventType::Normal,
-        "TakenOver",
+        crate::reason::TAKEN_OVER,
         format!("installation {me} syncs this ManagedSecret now: installation {from}, which did, no longer renews its Lease"),
     )
     .await;
@@ -223,8 +223,8 @@ async fn leave(ms: &ManagedSecret, ctx: &Context, holder: &str, note: Option<&st
         }
     }
     // Looked at again within its refresh interval (at most RECHECK): the claimant may be gone.
-    let again = super::sync::validate_spec(ms, ctx.settings.min_refresh)
-        .map_or(RECHECK, |i| i.min(RECHECK));
+    let again =
+        crate::crd::validate_spec(ms, ctx.settings.min_refresh).map_or(RECHECK, |i| i.min(RECHECK));
     Action::requeue(crate::schedule::jittered(again, rand::random::<f64>()))
 }
 

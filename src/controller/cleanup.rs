@@ -23,19 +23,19 @@ pub(super) async fn cleanup(ms: &ManagedSecret, ctx: &Context) -> Result<Action>
         }
     }
     for name in names {
-        if !k8s::valid_secret_name(&name) {
+        if !crate::crd::validate::valid_secret_name(&name) {
             // Nothing this spec names can exist.
             continue;
         }
-        match k8s::release_secret(&secrets, ms, &name).await {
+        match k8s::secret::release_secret(&secrets, ms, &name).await {
             Ok(()) => {
-                info!(secret = %name, policy = ?k8s::deletion_policy(ms), "released the Secret")
+                info!(secret = %name, policy = ?k8s::secret::deletion_policy(ms), "released the Secret")
             }
             Err(e) if e.is_transient() => {
                 ctx.event(
                     ms,
                     EventType::Warning,
-                    "ReleaseFailed",
+                    crate::reason::RELEASE_FAILED,
                     format!("Secret {name} could not be released yet: {e}; retrying"),
                 )
                 .await;
@@ -46,7 +46,7 @@ pub(super) async fn cleanup(ms: &ManagedSecret, ctx: &Context) -> Result<Action>
                 ctx.event(
                     ms,
                     EventType::Warning,
-                    "ReleaseFailed",
+                    crate::reason::RELEASE_FAILED,
                     format!("Secret {name} could not be released ({e}); it was left as it is so that the deletion completes"),
                 )
                 .await;

@@ -193,7 +193,7 @@ async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome 
     ctx.metrics.event_received(&event.name);
     let managed_listed = ctx.scopes.iter().all(|s| {
         ctx.health
-            .is_listed(&super::watches::kind_key("managedsecrets", &s.scope))
+            .is_listed(&super::report::kind_key("managedsecrets", &s.scope))
     });
     if !managed_listed || !policies::ready(ctx) {
         // Not everything the decision reads is listed yet: an event decided now could find no

@@ -6,14 +6,16 @@ mod claims;
 mod cleanup;
 mod compact;
 pub mod events;
+mod plan;
 mod policies;
+mod report;
 mod rollout;
 mod stores;
 mod sync;
 mod watches;
 
 use crate::crd::{ManagedSecret, FINALIZER, FORCE_SYNC_ANNOTATION};
-use crate::error::{backoff, Error, Result};
+use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::k8s::recorder::Recorder;
 use crate::metrics::Metrics;
@@ -36,7 +38,6 @@ use std::time::{Duration, Instant};
 use tracing::{error, instrument, warn, Instrument as _};
 
 pub use policies::{desired_status as policy_status, region_of};
-pub use sync::validate_spec;
 
 /// The per-installation key of status.dataHash (an HMAC key). `Debug` never shows it.
 #[derive(Clone)]
@@ -160,29 +161,38 @@ impl Context {
         out
     }
 
-    /// The spec's mapping, compiled once per generation.
-    fn mapping(&self, ms: &ManagedSecret) -> Result<Arc<Mapping>> {
-        let generation = ms.metadata.generation;
-        if let Some(m) = self.with_state(ms, |st| {
-            st.mapping
-                .as_ref()
-                .filter(|(g, _)| *g == generation)
-                .map(|(_, m)| m.clone())
-        }) {
-            return Ok(m);
-        }
-        let m = Arc::new(Mapping::compile(&ms.spec)?);
-        self.with_state(ms, |st| st.mapping = Some((generation, m.clone())));
-        Ok(m)
+    /// What the operator remembers of `ms`, read once.
+    fn recall(&self, ms: &ManagedSecret) -> plan::Memory {
+        self.with_state(ms, |st| plan::Memory {
+            key: st.key.clone(),
+            failures: st.failures,
+            confirmed_at: st.confirmed_at,
+            next_refresh: st.next_refresh,
+            mapping: st.mapping.clone(),
+        })
     }
 
-    fn confirmed(&self, ms: &ManagedSecret, at: DateTime<Utc>) {
+    /// Writes back what a reconcile learnt, once.
+    fn remember(&self, ms: &ManagedSecret, memo: plan::Memo) {
         let key = self.with_state(ms, |st| {
-            st.confirmed_at = Some(at);
-            st.failures = 0;
+            if let Some(m) = memo.mapping {
+                st.mapping = Some(m);
+            }
+            if let Some(at) = memo.confirmed_at {
+                st.confirmed_at = Some(at);
+                st.failures = 0;
+            }
+            if let Some(n) = memo.failures {
+                st.failures = n;
+            }
+            if let Some(at) = memo.next_refresh {
+                st.next_refresh = Some(at);
+            }
             st.key.clone()
         });
-        self.metrics.freshness(&key, at.timestamp(), false);
+        if let Some(at) = memo.confirmed_at {
+            self.metrics.freshness(&key, at.timestamp(), false);
+        }
     }
 
     /// The workloads of a namespace, from the caches (rebuilt only after a change).
@@ -237,27 +247,6 @@ impl Context {
             es.map(|e| e.backstop),
             es.is_some_and(|e| self.events.healthy(e.wait)),
         )
-    }
-
-    fn schedule(&self, ms: &ManagedSecret, at: DateTime<Utc>) {
-        self.with_state(ms, |st| st.next_refresh = Some(at));
-    }
-
-    fn next_refresh(&self, ms: &ManagedSecret) -> Option<DateTime<Utc>> {
-        self.with_state(ms, |st| st.next_refresh)
-    }
-
-    fn confirmed_at(&self, ms: &ManagedSecret) -> Option<DateTime<Utc>> {
-        self.with_state(ms, |st| st.confirmed_at)
-    }
-
-    /// Counts a failure; returns the consecutive failures (at least one more than the status says).
-    fn failed(&self, ms: &ManagedSecret) -> u32 {
-        let recorded = ms.status.as_ref().map(|s| s.failures).unwrap_or(0);
-        self.with_state(ms, |st| {
-            st.failures = st.failures.max(recorded).saturating_add(1);
-            st.failures
-        })
     }
 
     /// Forgets an object that is gone: its state, its metrics and its cached values.
@@ -336,13 +325,6 @@ impl Context {
     }
 }
 
-/// The wait after the `failures`-th consecutive failure: 5s, 10s, ... 5m, plus up to 10% jitter,
-/// and never less than what the server asked for.
-fn retry_wait(err: &Error, failures: u32) -> Duration {
-    let wait = schedule::jittered(backoff(failures), rand::random::<f64>());
-    err.retry_after().map(|r| r.max(wait)).unwrap_or(wait)
-}
-
 /// A reconcile waits for a worker in its namespace's turn (`fair`), then runs. The waiting
 /// future is small (the work is boxed once it has a worker): thousands of due objects cost
 /// little while they wait.
@@ -381,7 +363,7 @@ async fn work(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
     let obj = ms.clone();
     let has_finalizer = ms.finalizers().iter().any(|f| f == FINALIZER);
     let work = async {
-        if crate::k8s::needs_finalizer(&ms)
+        if crate::k8s::secret::needs_finalizer(&ms)
             || (has_finalizer && ms.metadata.deletion_timestamp.is_some())
         {
             finalizer(&api, FINALIZER, ms, |event| async {
@@ -427,7 +409,7 @@ async fn work(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
     // status to write: the error policy backs off.
     let res = match res {
         Err(e) if obj.metadata.deletion_timestamp.is_none() => {
-            Ok(sync::fail(&obj, &ctx, e, sync::Known::default()).await)
+            Ok(sync::fail(&obj, &ctx, e.into(), None).await)
         }
         other => other,
     };
@@ -442,7 +424,7 @@ async fn work(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
 fn error_policy(ms: Arc<ManagedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failure(err.reason());
     let failures = ctx.with_state(&ms, |st| st.failures.max(1));
-    let wait = retry_wait(err, failures);
+    let wait = plan::retry_wait(err, failures, rand::random());
     warn!(name = %ms.name_any(), reason = err.reason(), error = %err, retry_in = ?wait, "reconcile error");
     Action::requeue(wait)
 }

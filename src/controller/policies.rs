@@ -2,7 +2,7 @@
 //! re-evaluate ManagedSecrets when a grant or a namespace's labels change, the policies' own
 //! status (which rules are malformed), and the check every sync makes before any AWS call.
 
-use super::watches::watch_report;
+use super::report::watch_report;
 use super::Context;
 use crate::crd::{ManagedSecret, SecretAccessPolicy, FIELD_MANAGER};
 use crate::error::{Error, Result};
@@ -128,9 +128,13 @@ pub fn desired_status(
     let ok = problems.is_empty();
     let c = status::condition(
         &prev.conditions,
-        "Valid",
+        crate::reason::VALID,
         ok,
-        if ok { "RulesValid" } else { "RulesIgnored" },
+        if ok {
+            crate::reason::RULES_VALID
+        } else {
+            crate::reason::RULES_IGNORED
+        },
         if ok {
             "every rule is in effect".into()
         } else {

@@ -15,6 +15,7 @@ use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::Resource;
 use serde_json::Value;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 
 /// The workloads of one kind in a scope, as rollout decisions read them.
@@ -79,28 +80,11 @@ pub fn trim_managed(ms: &mut ManagedSecret) {
 /// managedFields only our managers' entries, cut to the data keys they own; and of data only the keys our managers own, each value replaced by its keyed digest
 /// (`render::value_digest`): enough to tell whether it changed, never the value.
 pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
-    let prefix = format!("{FIELD_MANAGER}/");
-    let entries: Vec<ManagedFieldsEntry> = s
-        .metadata
-        .managed_fields
-        .take()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.manager.as_deref().is_some_and(|n| n.starts_with(&prefix)))
-        .collect();
-    // The field names (`f:<key>`) our managers own under a path of their fieldsV1.
-    let names = |m: &ManagedFieldsEntry, path: &str| -> Vec<String> {
-        m.fields_v1
-            .as_ref()
-            .and_then(|f| f.0.pointer(path))
-            .and_then(serde_json::Value::as_object)
-            .map(|o| o.keys().filter(|k| k.starts_with("f:")).cloned().collect())
-            .unwrap_or_default()
-    };
-    let owned = |path: &str| -> std::collections::BTreeSet<String> {
+    let entries = our_entries(s);
+    let owned = |path: &str| -> BTreeSet<String> {
         entries
             .iter()
-            .flat_map(|m| names(m, path))
+            .flat_map(|m| field_names(m, path))
             .filter_map(|k| k.strip_prefix("f:").map(String::from))
             .collect()
     };
@@ -109,65 +93,15 @@ pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
         owned("/f:metadata/f:labels"),
         owned("/f:metadata/f:annotations"),
     );
-    // Kept of each entry: which data keys it owns, and which labels and annotations apart from
-    // the operator's reserved ones (what in_sync and release read).
-    let mut ours: Vec<ManagedFieldsEntry> = entries
-        .iter()
-        .map(|m| {
-            let set = |path: &str, all: bool| -> serde_json::Map<String, serde_json::Value> {
-                names(m, path)
-                    .into_iter()
-                    .filter(|k| all || !crate::k8s::reserved_key(k.trim_start_matches("f:")))
-                    .map(|k| (k, serde_json::json!({})))
-                    .collect()
-            };
-            let (labels, annotations) = (
-                set("/f:metadata/f:labels", false),
-                set("/f:metadata/f:annotations", false),
-            );
-            let mut fields = serde_json::json!({ "f:data": set("/f:data", true) });
-            if !labels.is_empty() {
-                fields["f:metadata"]["f:labels"] = labels.into();
-            }
-            if !annotations.is_empty() {
-                fields["f:metadata"]["f:annotations"] = annotations.into();
-            }
-            ManagedFieldsEntry {
-                manager: m.manager.clone(),
-                operation: m.operation.clone(),
-                fields_v1: Some(FieldsV1(fields)),
-                ..Default::default()
-            }
-        })
-        .collect();
+    let mut ours: Vec<ManagedFieldsEntry> = entries.iter().map(trimmed_entry).collect();
     ours.shrink_to_fit();
-    crate::k8s::digest_data(s, hash_key, |k| data_keys.contains(k));
+    crate::k8s::secret::digest_data(s, hash_key, |k| data_keys.contains(k));
     let md = &mut s.metadata;
     if let Some(l) = md.labels.as_mut() {
         l.retain(|k, _| k == MANAGED_BY_LABEL || label_keys.contains(k));
     }
     if let Some(a) = md.annotations.as_mut() {
-        // Of the reserved ones, those the operator reads; every value bounded.
-        a.retain(|k, _| {
-            [
-                OWNER_UID_ANNOTATION,
-                VERSION_ID_ANNOTATION,
-                ALLOW_MERGE_ANNOTATION,
-            ]
-            .contains(&k.as_str())
-                || (!crate::k8s::reserved_key(k) && annotation_keys.contains(k))
-        });
-        for (k, v) in a.iter_mut() {
-            if k == ALLOW_MERGE_ANNOTATION {
-                // A list of ManagedSecret names, read as it is: one longer than any sensible
-                // list opts nobody in.
-                if v.len() > crate::k8s::ALLOW_MERGE_MAX {
-                    v.clear();
-                }
-            } else if let std::borrow::Cow::Owned(d) = crate::k8s::cached_annotation(v, hash_key) {
-                *v = d;
-            }
-        }
+        trim_annotations(a, &annotation_keys, hash_key);
     }
     if let Some(r) = md.owner_references.as_mut() {
         r.retain(|r| r.controller == Some(true) && r.kind == "ManagedSecret");
@@ -189,6 +123,84 @@ pub fn trim_secret(s: &mut Secret, hash_key: &[u8]) {
     if let Some(t) = s.type_.as_mut() {
         if t.len() > 253 {
             *t = "<too long>".into();
+        }
+    }
+}
+
+/// The managedFields entries of our field managers (`managed-secrets/<uid>`), taken out of `s`.
+fn our_entries(s: &mut Secret) -> Vec<ManagedFieldsEntry> {
+    let prefix = format!("{FIELD_MANAGER}/");
+    s.metadata
+        .managed_fields
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.manager.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+        .collect()
+}
+
+/// The field names (`f:<key>`) an entry owns under a path of its fieldsV1.
+fn field_names(m: &ManagedFieldsEntry, path: &str) -> Vec<String> {
+    m.fields_v1
+        .as_ref()
+        .and_then(|f| f.0.pointer(path))
+        .and_then(serde_json::Value::as_object)
+        .map(|o| o.keys().filter(|k| k.starts_with("f:")).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Kept of an entry: which data keys it owns, and which labels and annotations apart from the
+/// operator's reserved ones (what in_sync and release read).
+fn trimmed_entry(m: &ManagedFieldsEntry) -> ManagedFieldsEntry {
+    let set = |path: &str, all: bool| -> serde_json::Map<String, serde_json::Value> {
+        field_names(m, path)
+            .into_iter()
+            .filter(|k| all || !crate::crd::validate::reserved_key(k.trim_start_matches("f:")))
+            .map(|k| (k, serde_json::json!({})))
+            .collect()
+    };
+    let (labels, annotations) = (
+        set("/f:metadata/f:labels", false),
+        set("/f:metadata/f:annotations", false),
+    );
+    let mut fields = serde_json::json!({ "f:data": set("/f:data", true) });
+    if !labels.is_empty() {
+        fields["f:metadata"]["f:labels"] = labels.into();
+    }
+    if !annotations.is_empty() {
+        fields["f:metadata"]["f:annotations"] = annotations.into();
+    }
+    ManagedFieldsEntry {
+        manager: m.manager.clone(),
+        operation: m.operation.clone(),
+        fields_v1: Some(FieldsV1(fields)),
+        ..Default::default()
+    }
+}
+
+/// Of the annotations: the reserved ones the operator reads, and those our managers applied;
+/// every value bounded.
+fn trim_annotations(a: &mut BTreeMap<String, String>, ours: &BTreeSet<String>, hash_key: &[u8]) {
+    a.retain(|k, _| {
+        [
+            OWNER_UID_ANNOTATION,
+            VERSION_ID_ANNOTATION,
+            ALLOW_MERGE_ANNOTATION,
+        ]
+        .contains(&k.as_str())
+            || (!crate::crd::validate::reserved_key(k) && ours.contains(k))
+    });
+    for (k, v) in a.iter_mut() {
+        if k == ALLOW_MERGE_ANNOTATION {
+            // A list of ManagedSecret names, read as it is: one longer than any sensible list
+            // opts nobody in.
+            if v.len() > crate::k8s::secret::ALLOW_MERGE_MAX {
+                v.clear();
+            }
+        } else if let std::borrow::Cow::Owned(d) =
+            crate::k8s::secret::cached_annotation(v, hash_key)
+        {
+            *v = d;
         }
     }
 }
@@ -353,7 +365,7 @@ mod tests {
         assert!(a["managedsecrets.io/owner-uid"].starts_with("hmac:"));
         assert_eq!(
             a["note"],
-            crate::k8s::cached_annotation(&"n".repeat(1000), b"k")
+            crate::k8s::secret::cached_annotation(&"n".repeat(1000), b"k")
         );
         assert!(a["note"].len() < 64);
         assert_eq!(a["short"], "s");
@@ -372,7 +384,7 @@ mod tests {
         ]}, "data": {"password": "eA==", "other": "eQ=="}}))
         .unwrap();
         trim_secret(&mut s, b"k");
-        let owned = crate::k8s::owned_keys(&s, "managed-secrets/uid-1");
+        let owned = crate::k8s::secret::owned_keys(&s, "managed-secrets/uid-1");
         let mf = s.metadata.managed_fields.clone().unwrap();
         assert_eq!(
             serde_json::to_value(&mf).unwrap(),

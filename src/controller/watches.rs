@@ -4,11 +4,11 @@
 //! change. Watch failures are reported here (a 403 loudly) and readiness follows the initial lists.
 
 use super::policies::{self, Change};
+use super::report::{kind_key, watch_report};
 use super::stores::{self, ScopeStores, ScopeWriters};
 use super::{error_policy, reconcile, sync_relevant, uid, Context};
 use crate::crd::{ManagedSecret, FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::health::Health;
-use crate::metrics::Metrics;
 use crate::source::Changed;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Stream, StreamExt};
@@ -25,61 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 type Shutdown = Shared<BoxFuture<'static, ()>>;
-
-/// The readiness key of a watched kind in a scope.
-pub(super) fn kind_key(kind: &str, scope: &Option<String>) -> String {
-    match scope {
-        Some(ns) => format!("{kind} in {ns}"),
-        None => kind.to_string(),
-    }
-}
-
-/// Logs watch failures (a 403 loudly, naming the permission), counts them, and marks a kind as
-/// listed once its initial list succeeded.
-pub(super) fn watch_report<K>(
-    resource: &'static str,
-    key: String,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-) -> impl FnMut(&std::result::Result<watcher::Event<K>, watcher::Error>) {
-    move |ev| match ev {
-        Ok(watcher::Event::InitDone) => health.listed(&key),
-        Ok(_) => {}
-        Err(e) => {
-            let status = match e {
-                watcher::Error::InitialListFailed(kube::Error::Api(s))
-                | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-                | watcher::Error::WatchFailed(kube::Error::Api(s)) => {
-                    Some((s.code, s.reason.clone()))
-                }
-                watcher::Error::WatchError(s) => Some((s.code, s.reason.clone())),
-                _ => None,
-            };
-            let reason = match &status {
-                Some((_, r)) if !r.is_empty() => r.clone(),
-                Some((c, _)) => c.to_string(),
-                None => "Unreachable".into(),
-            };
-            metrics.watch_error(resource, &reason);
-            match status {
-                Some((403, _)) => error!(
-                    resource,
-                    error = %e,
-                    "the operator may not list or watch {resource}: grant its ServiceAccount get, list and watch on {resource} (the chart's RBAC does); nothing syncs until then"
-                ),
-                Some((404, _)) => error!(
-                    resource,
-                    "{resource} is not served: install its CRD (charts/managed-secrets/crds, or crds/)"
-                ),
-                Some((410, _)) => debug!(resource, "watch expired; re-listing"),
-                _ => warn!(resource, error = %e, "watch failed; retrying with back-off"),
-            }
-        }
-    }
-}
 
 /// Turns a broadcast of policy changes into a stream (a lagging receiver re-evaluates all).
 fn changes(rx: broadcast::Receiver<Change>) -> impl Stream<Item = Change> + Send {
@@ -203,7 +151,9 @@ where
     }
 }
 
-/// One scope's controller: runs until shutdown.
+/// One scope's controller: runs until shutdown. A reconcile is triggered by its ManagedSecret,
+/// its Secret, a workload it rolls out, a sweep that saw its AWS secret move, taking the lead,
+/// and (with access policies) a grant or a namespace's labels changing.
 async fn scope_controller(
     ctx: Arc<Context>,
     stores: ScopeStores,
@@ -212,118 +162,20 @@ async fn scope_controller(
     rollout_triggers: mpsc::UnboundedReceiver<ObjectRef<ManagedSecret>>,
     shutdown: Shutdown,
 ) {
-    let client = ctx.client.clone();
-    let scope = stores.scope.clone();
-    let mss: Api<ManagedSecret> = api_for(&client, &scope);
-    let secrets: Api<Secret> = api_for(&client, &scope);
-    let (health, metrics) = (ctx.health.clone(), ctx.metrics.clone());
-    let forget = ctx.clone();
-    let ms_events = watcher(mss, watcher::Config::default())
-        .default_backoff()
-        .inspect(watch_report(
-            "managedsecrets",
-            kind_key("managedsecrets", &scope),
-            health.clone(),
-            metrics.clone(),
-        ))
-        .modify(stores::trim_managed)
-        .reflect(writers.managed)
-        .inspect(move |ev| {
-            if let Ok(watcher::Event::Delete(o)) = ev {
-                forget.forget(&uid(o));
-            }
-        })
-        .applied_objects()
-        .predicate_filter(sync_relevant, Default::default());
-    let secret_events = watcher(
-        secrets,
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")),
-    )
-    .default_backoff()
-    .inspect(watch_report(
-        "secrets",
-        kind_key("secrets", &scope),
-        health,
-        metrics,
-    ))
-    .modify({
-        let key = ctx.settings.hash_key.0.clone();
-        move |s: &mut Secret| stores::trim_secret(s, &key)
-    })
-    .inspect({
-        let cache = stores.secrets.clone();
-        move |ev| {
-            if let Ok(ev) = ev {
-                cache.apply_secret(ev);
-            }
-        }
-    })
-    .touched_objects();
-    let workloads = futures::stream::select_all(vec![
-        workload_triggers::<Deployment>(
-            api_for(&client, &scope),
-            stores.deployments.clone(),
-            kind_key("deployments", &scope),
-            "deployments",
-            crate::crd::WorkloadKind::Deployment,
-            &ctx,
-            stores.managed.clone(),
-        )
-        .boxed(),
-        workload_triggers::<StatefulSet>(
-            api_for(&client, &scope),
-            stores.statefulsets.clone(),
-            kind_key("statefulsets", &scope),
-            "statefulsets",
-            crate::crd::WorkloadKind::StatefulSet,
-            &ctx,
-            stores.managed.clone(),
-        )
-        .boxed(),
-        workload_triggers::<DaemonSet>(
-            api_for(&client, &scope),
-            stores.daemonsets.clone(),
-            kind_key("daemonsets", &scope),
-            "daemonsets",
-            crate::crd::WorkloadKind::DaemonSet,
-            &ctx,
-            stores.managed.clone(),
-        )
-        .boxed(),
-        futures::stream::unfold(rollout_triggers, |mut rx| async move {
-            rx.recv().await.map(|r| (r, rx))
-        })
-        .boxed(),
-    ]);
-    let sweep_store = stores.managed.clone();
-    let swept = futures::stream::unfold(ctx.source.subscribe(), |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(c) => return Some((c, rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .flat_map(move |c| futures::stream::iter(readers_of(&sweep_store, &c)));
     let mapper_store = stores.managed.clone();
-    // Taking the lead reconciles everything (a standby did nothing).
-    let led = futures::stream::unfold(ctx.settings.leadership.subscribe(), |mut rx| async move {
-        loop {
-            rx.changed().await.ok()?;
-            if *rx.borrow_and_update() {
-                return Some(((), rx));
-            }
-        }
-    });
-    let mut controller = Controller::for_stream(ms_events, stores.managed.clone())
-        .reconcile_all_on(led)
-        .watches_stream(secret_events, move |s: Secret| owners_of(&mapper_store, &s))
-        .reconcile_on(workloads)
-        .reconcile_on(swept)
-        // Unlimited here: the reconcile waits for one of the shared workers (`fair`), which
-        // go to namespaces in turn, across every scope.
-        .with_config(kube::runtime::controller::Config::default().concurrency(0));
+    let mut controller = Controller::for_stream(
+        managed_secrets(&ctx, &stores, writers),
+        stores.managed.clone(),
+    )
+    .reconcile_all_on(leadership_taken(&ctx))
+    .watches_stream(secrets(&ctx, &stores), move |s: Secret| {
+        owners_of(&mapper_store, &s)
+    })
+    .reconcile_on(workloads(&ctx, &stores, rollout_triggers))
+    .reconcile_on(swept(&ctx, &stores))
+    // Unlimited here: the reconcile waits for one of the shared workers (`fair`), which
+    // go to namespaces in turn, across every scope.
+    .with_config(kube::runtime::controller::Config::default().concurrency(0));
     if let Some(rx) = policy_changes {
         let (all_rx, ns_rx) = (rx.resubscribe(), rx);
         let store = stores.managed.clone();
@@ -332,18 +184,10 @@ async fn scope_controller(
                 changes(all_rx)
                     .filter_map(|c| async move { matches!(c, Change::All).then_some(()) }),
             )
-            .reconcile_on(changes(ns_rx).flat_map(move |c| {
-                let refs: Vec<ObjectRef<ManagedSecret>> = match c {
-                    Change::Namespace(ns) => store
-                        .state()
-                        .iter()
-                        .filter(|m| m.namespace().as_deref() == Some(ns.as_str()))
-                        .map(|m| ObjectRef::from_obj(m.as_ref()))
-                        .collect(),
-                    Change::All => vec![],
-                };
-                futures::stream::iter(refs)
-            }));
+            .reconcile_on(
+                changes(ns_rx)
+                    .flat_map(move |c| futures::stream::iter(in_changed_namespace(&store, &c))),
+            );
     }
     controller
         .graceful_shutdown_on(shutdown)
@@ -358,6 +202,155 @@ async fn scope_controller(
             }
         })
         .await;
+}
+
+/// The scope's ManagedSecrets, cached trimmed; a deleted one is forgotten. Only changes that need
+/// a reconcile (`sync_relevant`) pass.
+fn managed_secrets(
+    ctx: &Arc<Context>,
+    stores: &ScopeStores,
+    writers: ScopeWriters,
+) -> impl Stream<Item = Result<ManagedSecret, watcher::Error>> + Send + 'static {
+    let scope = &stores.scope;
+    let forget = ctx.clone();
+    watcher(api_for(&ctx.client, scope), watcher::Config::default())
+        .default_backoff()
+        .inspect(watch_report(
+            "managedsecrets",
+            kind_key("managedsecrets", scope),
+            ctx.health.clone(),
+            ctx.metrics.clone(),
+        ))
+        .modify(stores::trim_managed)
+        .reflect(writers.managed)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Delete(o)) = ev {
+                forget.forget(&uid(o));
+            }
+        })
+        .applied_objects()
+        .predicate_filter(sync_relevant, Default::default())
+}
+
+/// The scope's managed Secrets (by the managed-by label), cached as bounded records.
+fn secrets(
+    ctx: &Arc<Context>,
+    stores: &ScopeStores,
+) -> impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
+    let scope = &stores.scope;
+    let key = ctx.settings.hash_key.0.clone();
+    let cache = stores.secrets.clone();
+    watcher(
+        api_for::<Secret>(&ctx.client, scope),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")),
+    )
+    .default_backoff()
+    .inspect(watch_report(
+        "secrets",
+        kind_key("secrets", scope),
+        ctx.health.clone(),
+        ctx.metrics.clone(),
+    ))
+    .modify(move |s: &mut Secret| stores::trim_secret(s, &key))
+    .inspect(move |ev| {
+        if let Ok(ev) = ev {
+            cache.apply_secret(ev);
+        }
+    })
+    .touched_objects()
+}
+
+/// The ManagedSecrets a workload change concerns (Deployments, StatefulSets, DaemonSets, and
+/// Argo Rollouts through `rollout_triggers` once they are served).
+fn workloads(
+    ctx: &Arc<Context>,
+    stores: &ScopeStores,
+    rollout_triggers: mpsc::UnboundedReceiver<ObjectRef<ManagedSecret>>,
+) -> impl Stream<Item = ObjectRef<ManagedSecret>> + Send + 'static {
+    use crate::crd::WorkloadKind;
+    let scope = &stores.scope;
+    let managed = || stores.managed.clone();
+    let key = |kind: &str| kind_key(kind, scope);
+    futures::stream::select_all(vec![
+        workload_triggers::<Deployment>(
+            api_for(&ctx.client, scope),
+            stores.deployments.clone(),
+            key("deployments"),
+            "deployments",
+            WorkloadKind::Deployment,
+            ctx,
+            managed(),
+        )
+        .boxed(),
+        workload_triggers::<StatefulSet>(
+            api_for(&ctx.client, scope),
+            stores.statefulsets.clone(),
+            key("statefulsets"),
+            "statefulsets",
+            WorkloadKind::StatefulSet,
+            ctx,
+            managed(),
+        )
+        .boxed(),
+        workload_triggers::<DaemonSet>(
+            api_for(&ctx.client, scope),
+            stores.daemonsets.clone(),
+            key("daemonsets"),
+            "daemonsets",
+            WorkloadKind::DaemonSet,
+            ctx,
+            managed(),
+        )
+        .boxed(),
+        futures::stream::unfold(rollout_triggers, |mut rx| async move {
+            rx.recv().await.map(|r| (r, rx))
+        })
+        .boxed(),
+    ])
+}
+
+/// The ManagedSecrets that read an AWS secret a sweep saw move.
+fn swept(
+    ctx: &Arc<Context>,
+    stores: &ScopeStores,
+) -> impl Stream<Item = ObjectRef<ManagedSecret>> + Send + 'static {
+    let store = stores.managed.clone();
+    futures::stream::unfold(ctx.source.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(c) => return Some((c, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .flat_map(move |c| futures::stream::iter(readers_of(&store, &c)))
+}
+
+/// Taking the lead reconciles everything (a standby did nothing).
+fn leadership_taken(ctx: &Arc<Context>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(ctx.settings.leadership.subscribe(), |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    })
+}
+
+/// The ManagedSecrets of a namespace whose labels changed (a change of every grant is a
+/// reconcile of all, elsewhere).
+fn in_changed_namespace(store: &Store<ManagedSecret>, c: &Change) -> Vec<ObjectRef<ManagedSecret>> {
+    match c {
+        Change::Namespace(ns) => store
+            .state()
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(ns.as_str()))
+            .map(|m| ObjectRef::from_obj(m.as_ref()))
+            .collect(),
+        Change::All => vec![],
+    }
 }
 
 /// What a scope's Rollout watch needs: its scope, cache writer, trigger channel, ManagedSecrets.
@@ -450,51 +443,9 @@ pub(super) async fn run_all(
     shutdown: BoxFuture<'static, ()>,
 ) {
     let shutdown: Shutdown = shutdown.shared();
-    let health = ctx.health.clone();
-    let mut keys = vec![];
-    for (s, _) in &scopes {
-        for kind in [
-            "managedsecrets",
-            "secrets",
-            "deployments",
-            "statefulsets",
-            "daemonsets",
-        ] {
-            let k = kind_key(kind, &s.scope);
-            health.watching(&k);
-            keys.push(k);
-        }
-    }
+    let keys = watched_keys(&ctx.health, &scopes);
     let (tx, _) = broadcast::channel::<Change>(4096);
-    let mut tasks: Vec<BoxFuture<'static, &'static str>> = vec![];
-    if let Some(w) = policy {
-        health.watching("secretaccesspolicies");
-        health.watching("namespaces");
-        let (c, t, s) = (ctx.clone(), tx.clone(), shutdown.clone());
-        tasks.push(
-            async move {
-                tokio::select! {
-                    _ = policies::watch(c, w, t) => {},
-                    _ = s => {},
-                }
-                "the policy watches"
-            }
-            .boxed(),
-        );
-    }
-    {
-        let (src, s) = (ctx.source.clone(), shutdown.clone());
-        tasks.push(
-            async move {
-                tokio::select! {
-                    _ = src.background() => {},
-                    _ = s => {},
-                }
-                "the source's sweeps"
-            }
-            .boxed(),
-        );
-    }
+    let mut tasks = background_tasks(&ctx, policy, &tx, &shutdown);
     let mut pending = PendingRollouts {
         scopes: vec![],
         last_check: None,
@@ -517,9 +468,81 @@ pub(super) async fn run_all(
             .boxed(),
         );
     }
+    supervise(&ctx, tasks, &keys, pending, &shutdown).await;
+    ctx.health.ended();
+    info!("controller stopped");
+}
+
+/// The readiness keys of every scope's watches, each announced as watched.
+fn watched_keys(health: &Health, scopes: &[(ScopeStores, ScopeWriters)]) -> Vec<String> {
+    let mut keys = vec![];
+    for (s, _) in scopes {
+        for kind in [
+            "managedsecrets",
+            "secrets",
+            "deployments",
+            "statefulsets",
+            "daemonsets",
+        ] {
+            let k = kind_key(kind, &s.scope);
+            health.watching(&k);
+            keys.push(k);
+        }
+    }
+    keys
+}
+
+type Task = BoxFuture<'static, &'static str>;
+
+/// The pipelines besides the scopes' controllers: the policy watches (when enforced) and the
+/// source's sweeps. Each ends with the shutdown, naming itself.
+fn background_tasks(
+    ctx: &Arc<Context>,
+    policy: Option<policies::Watches>,
+    tx: &broadcast::Sender<Change>,
+    shutdown: &Shutdown,
+) -> Vec<Task> {
+    let mut tasks: Vec<Task> = vec![];
+    if let Some(w) = policy {
+        ctx.health.watching("secretaccesspolicies");
+        ctx.health.watching("namespaces");
+        let (c, t, s) = (ctx.clone(), tx.clone(), shutdown.clone());
+        tasks.push(
+            async move {
+                tokio::select! {
+                    _ = policies::watch(c, w, t) => {},
+                    _ = s => {},
+                }
+                "the policy watches"
+            }
+            .boxed(),
+        );
+    }
+    let (src, s) = (ctx.source.clone(), shutdown.clone());
+    tasks.push(
+        async move {
+            tokio::select! {
+                _ = src.background() => {},
+                _ = s => {},
+            }
+            "the source's sweeps"
+        }
+        .boxed(),
+    );
+    tasks
+}
+
+/// Waits for the pipelines; meanwhile beats (liveness), starts the Argo Rollouts watches once
+/// served, and once a minute forgets objects deleted while a watch was down.
+async fn supervise(
+    ctx: &Arc<Context>,
+    tasks: Vec<Task>,
+    keys: &[String],
+    mut pending: PendingRollouts,
+    shutdown: &Shutdown,
+) {
+    let health = &ctx.health;
     let mut all = futures::future::select_all(tasks);
-    // The loop beats while it runs (liveness); once a minute objects deleted while a watch was
-    // down are forgotten.
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_sweep = Instant::now();
     loop {
@@ -531,11 +554,11 @@ pub(super) async fn run_all(
                     // Wait for the other pipelines' graceful shutdown too.
                     futures::future::join_all(rest).await;
                 }
-                break;
+                return;
             }
             _ = tick.tick() => {
                 health.beat();
-                pending.start_if_served(&ctx, &shutdown).await;
+                pending.start_if_served(ctx, shutdown).await;
                 let listed = keys.iter().all(|k| health.is_listed(k));
                 if last_sweep.elapsed() >= Duration::from_secs(60) && listed {
                     last_sweep = Instant::now();
@@ -550,6 +573,4 @@ pub(super) async fn run_all(
             }
         }
     }
-    health.ended();
-    info!("controller stopped");
 }

@@ -2,7 +2,9 @@
 //! (cluster-scoped), both `managedsecrets.io/v1alpha1`.
 
 pub mod policy;
+pub mod validate;
 pub use policy::{AccessRule, SecretAccessPolicy, SecretAccessPolicySpec};
+pub use validate::validate_spec;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;

@@ -9,7 +9,7 @@
 //! Secret, its `Update` entry is merged into the `Apply` entry (one read and one JSON patch that
 //! tests the resourceVersion), once in the Secret's life.
 
-use super::field_manager;
+use super::secret::field_manager;
 use crate::crd::ManagedSecret;
 use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::Secret;
