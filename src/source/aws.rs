@@ -3,6 +3,7 @@
 
 use super::identity::{Identities, TokenIssuer};
 use super::limits::ApiLimits;
+use super::region;
 use super::{Fetched, Group, Listed, SecretRef, SecretsBackend, VersionSelector, Versions};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -77,11 +78,9 @@ impl AwsBackend {
 
     /// The client for the secret's region and identity (credentials fetched, or refreshed, first).
     async fn client(&self, secret: &SecretRef) -> Result<Client> {
-        let region = secret
-            .region
-            .clone()
-            .or_else(|| region_of_arn(&secret.secret_id))
-            .unwrap_or_default();
+        // No default here: a client without a region of its own keeps the base configuration's.
+        let region =
+            region::resolve(secret.region.as_deref(), &secret.secret_id, None).unwrap_or_default();
         let creds = self.identities.credentials(&secret.identity).await?;
         let expiry = creds.as_ref().and_then(|c| c.expiry());
         let key = (region.clone(), secret.identity.clone());
@@ -182,13 +181,6 @@ impl AwsBackend {
             self.identities.forget(&secret.identity);
         }
     }
-}
-
-/// `arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME` -> REGION.
-pub fn region_of_arn(id: &str) -> Option<String> {
-    let parts: Vec<&str> = id.split(':').collect();
-    (parts.len() >= 7 && parts[0] == "arn" && parts[2] == "secretsmanager" && !parts[3].is_empty())
-        .then(|| parts[3].to_string())
 }
 
 /// Whether a secret (its name and full ARN) is the one an id names: the name, the full ARN, or a
@@ -384,12 +376,13 @@ impl SecretsBackend for AwsBackend {
     }
 
     fn region_of(&self, secret: &SecretRef) -> String {
-        secret
-            .region
-            .clone()
-            .or_else(|| region_of_arn(&secret.secret_id))
-            .or_else(|| self.default_region())
-            .unwrap_or_default()
+        let default = self.default_region();
+        region::resolve(
+            secret.region.as_deref(),
+            &secret.secret_id,
+            default.as_deref(),
+        )
+        .unwrap_or_default()
     }
 }
 
@@ -435,17 +428,5 @@ mod tests {
             .unwrap();
         }
         assert_eq!(b.clients.lock().unwrap().len(), MAX_CLIENTS);
-    }
-
-    #[test]
-    fn region_comes_from_an_arn() {
-        assert_eq!(
-            region_of_arn(
-                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db/credentials-AbCdEf"
-            )
-            .as_deref(),
-            Some("eu-west-1")
-        );
-        assert_eq!(region_of_arn("prod/db/credentials"), None);
     }
 }

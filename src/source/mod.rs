@@ -5,6 +5,7 @@ pub mod aws;
 pub mod cache;
 pub mod identity;
 pub mod limits;
+pub mod region;
 
 use crate::error::Result;
 use crate::render::SecretValue;
