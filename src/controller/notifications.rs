@@ -1,13 +1,13 @@
-//! The event consumer (glue): long-polls the queue while this replica leads; for each message,
-//! finds the ManagedSecrets the event concerns, confirms with AWS through the shared cache (one
+//! The notification consumer (glue): long-polls the queue while this replica leads; for each
+//! message, finds the ManagedSecrets the notification concerns, confirms with AWS through the shared cache (one
 //! DescribeSecret, one read if the version moved), has the ones that are behind reconciled at
 //! once, and deletes the message only when they have been handled. Anything else (a crash, a
 //! timeout, AWS unavailable) leaves the message to come back after its visibility timeout.
 
 use super::{policies, sync, uid, Context};
 use crate::crd::ManagedSecret;
-use crate::events::queue::{EventQueue, Message};
-use crate::events::{self, Ignored};
+use crate::notifications::queue::{Message, NotificationQueue};
+use crate::notifications::{self, Ignored};
 use crate::source::Changed;
 use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
@@ -16,21 +16,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
-/// What the event source runs with.
+/// What the notification consumer runs with.
 #[derive(Clone)]
-pub struct EventSettings {
-    pub queue: Arc<dyn EventQueue>,
+pub struct NotificationSettings {
+    pub queue: Arc<dyn NotificationQueue>,
     /// Long-poll wait (at most 20s, SQS's maximum).
     pub wait: Duration,
     /// How long a received message stays hidden; it comes back if not deleted by then.
     pub visibility: Duration,
-    /// While events flow, refreshes run at least this far apart (polling is the backstop).
+    /// While notifications flow, refreshes run at least this far apart (polling is the backstop).
     pub backstop: Duration,
 }
 
-impl std::fmt::Debug for EventSettings {
+impl std::fmt::Debug for NotificationSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventSettings")
+        f.debug_struct("NotificationSettings")
             .field("queue", &self.queue.name())
             .field("wait", &self.wait)
             .field("visibility", &self.visibility)
@@ -39,9 +39,9 @@ impl std::fmt::Debug for EventSettings {
     }
 }
 
-/// Whether the event source is receiving (shared with the refresh schedule).
+/// Whether the notification queue is receiving (shared with the refresh schedule).
 #[derive(Debug, Default)]
-pub struct EventState {
+pub struct NotificationState {
     last_ok: AtomicU64,
     last_error: AtomicU64,
     degraded: AtomicBool,
@@ -54,10 +54,10 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-impl EventState {
+impl NotificationState {
     pub fn healthy(&self, wait: Duration) -> bool {
         let load = |a: &AtomicU64| Some(a.load(Ordering::SeqCst)).filter(|v| *v > 0);
-        events::healthy(
+        notifications::healthy(
             unix_now(),
             load(&self.last_ok),
             load(&self.last_error),
@@ -77,7 +77,7 @@ enum Outcome {
 
 /// Runs until `shutdown`; receives only while this replica leads.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()>) {
-    let Some(es) = ctx.settings.events.clone() else {
+    let Some(es) = ctx.settings.notifications.clone() else {
         return;
     };
     tokio::pin!(shutdown);
@@ -103,11 +103,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         match received {
             Ok(messages) => {
                 backoff = Duration::from_secs(1);
-                ctx.events.last_ok.store(unix_now(), Ordering::SeqCst);
+                ctx.notifications
+                    .last_ok
+                    .store(unix_now(), Ordering::SeqCst);
                 ctx.metrics.event_source_up.set(1);
                 ctx.health
                     .note("events", format!("receiving from {}", es.queue.name()));
-                if ctx.events.degraded.swap(false, Ordering::SeqCst) {
+                if ctx.notifications.degraded.swap(false, Ordering::SeqCst) {
                     info!(queue = %es.queue.name(), "event source: receiving again; refreshes go back to the backstop interval");
                 }
                 let handling = futures::future::join_all(
@@ -119,14 +121,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 }
             }
             Err(e) => {
-                ctx.events.last_error.store(unix_now(), Ordering::SeqCst);
+                ctx.notifications
+                    .last_error
+                    .store(unix_now(), Ordering::SeqCst);
                 ctx.metrics.event_source_up.set(0);
                 ctx.metrics.event_queue_errors.inc();
                 ctx.health.note(
                     "events",
                     format!("degraded ({e}); polling alone refreshes, at each refreshInterval"),
                 );
-                if !ctx.events.degraded.swap(true, Ordering::SeqCst) {
+                if !ctx.notifications.degraded.swap(true, Ordering::SeqCst) {
                     warn!(queue = %es.queue.name(), error = %e, "event source degraded: polling alone refreshes ManagedSecrets (at their refreshInterval) until the queue answers again");
                     // Refreshes scheduled at the backstop interval come back to their own.
                     reschedule_all(&ctx);
@@ -156,7 +160,7 @@ fn reschedule_all(ctx: &Context) {
     }
 }
 
-async fn handle_and_ack(ctx: &Arc<Context>, es: &EventSettings, m: Message) {
+async fn handle_and_ack(ctx: &Arc<Context>, es: &NotificationSettings, m: Message) {
     let started = Instant::now();
     match handle(ctx, es, &m).await {
         Outcome::Done(why) => {
@@ -178,8 +182,8 @@ async fn handle_and_ack(ctx: &Arc<Context>, es: &EventSettings, m: Message) {
     }
 }
 
-async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome {
-    let event = match events::parse(&m.body) {
+async fn handle(ctx: &Arc<Context>, es: &NotificationSettings, m: &Message) -> Outcome {
+    let event = match notifications::parse(&m.body) {
         Ok(e) => e,
         Err(ignored) => {
             ctx.metrics.event_received(match &ignored {
@@ -209,7 +213,7 @@ async fn handle(ctx: &Arc<Context>, es: &EventSettings, m: &Message) -> Outcome 
     for ms in ctx.scopes.iter().flat_map(|s| s.managed.state()) {
         let region = policies::region_of(&ms, default_region);
         let concerned = event.secrets.iter().any(|named| {
-            events::concerns(
+            notifications::concerns(
                 &ms.spec.secret_id,
                 region.as_deref(),
                 named,
