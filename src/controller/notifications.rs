@@ -6,9 +6,9 @@
 
 use super::{policies, sync, uid, Context};
 use crate::crd::ManagedSecret;
-use crate::notifications::queue::{Message, NotificationQueue};
-use crate::notifications::{self, Ignored};
-use crate::source::Changed;
+use crate::notifications::queue::{Message, NotificationQueue, QueueError};
+use crate::notifications::{self, Ignored, Notification};
+use crate::source::{Changed, SecretRef};
 use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,13 +77,13 @@ enum Outcome {
 
 /// Runs until `shutdown`; receives only while this replica leads.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()>) {
-    let Some(es) = ctx.settings.notifications.clone() else {
+    let Some(settings) = ctx.settings.notifications.clone() else {
         return;
     };
     tokio::pin!(shutdown);
     let mut leading = ctx.settings.leadership.subscribe();
     let mut backoff = Duration::from_secs(1);
-    info!(queue = %es.queue.name(), backstop = ?es.backstop, "event source: receiving Secrets Manager events");
+    info!(queue = %settings.queue.name(), backstop = ?settings.backstop, "event source: receiving Secrets Manager events");
     ctx.health.note("events", "starting");
     loop {
         if !ctx.settings.leadership.is_leader() {
@@ -98,22 +98,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         }
         let received = tokio::select! {
             _ = &mut shutdown => return,
-            r = es.queue.receive(es.wait, es.visibility) => r,
+            r = settings.queue.receive(settings.wait, settings.visibility) => r,
         };
         match received {
             Ok(messages) => {
                 backoff = Duration::from_secs(1);
-                ctx.notifications
-                    .last_ok
-                    .store(unix_now(), Ordering::SeqCst);
-                ctx.metrics.event_source_up.set(1);
-                ctx.health
-                    .note("events", format!("receiving from {}", es.queue.name()));
-                if ctx.notifications.degraded.swap(false, Ordering::SeqCst) {
-                    info!(queue = %es.queue.name(), "event source: receiving again; refreshes go back to the backstop interval");
-                }
+                receiving(&ctx, &settings);
                 let handling = futures::future::join_all(
-                    messages.into_iter().map(|m| handle_and_ack(&ctx, &es, m)),
+                    messages
+                        .into_iter()
+                        .map(|m| handle_and_ack(&ctx, &settings, m)),
                 );
                 tokio::select! {
                     _ = &mut shutdown => return,
@@ -121,22 +115,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 }
             }
             Err(e) => {
-                ctx.notifications
-                    .last_error
-                    .store(unix_now(), Ordering::SeqCst);
-                ctx.metrics.event_source_up.set(0);
-                ctx.metrics.event_queue_errors.inc();
-                ctx.health.note(
-                    "events",
-                    format!("degraded ({e}); polling alone refreshes, at each refreshInterval"),
-                );
-                if !ctx.notifications.degraded.swap(true, Ordering::SeqCst) {
-                    warn!(queue = %es.queue.name(), error = %e, "event source degraded: polling alone refreshes ManagedSecrets (at their refreshInterval) until the queue answers again");
-                    // Refreshes scheduled at the backstop interval come back to their own.
-                    reschedule_all(&ctx);
-                } else {
-                    debug!(error = %e, "event source still failing");
-                }
+                failing(&ctx, &settings, &e);
                 tokio::select! {
                     _ = &mut shutdown => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -144,6 +123,42 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+/// The queue answered: notifications are healthy again (refreshes back at the backstop interval).
+fn receiving(ctx: &Context, settings: &NotificationSettings) {
+    ctx.notifications
+        .last_ok
+        .store(unix_now(), Ordering::SeqCst);
+    ctx.metrics.event_source_up.set(1);
+    ctx.health.note(
+        "events",
+        format!("receiving from {}", settings.queue.name()),
+    );
+    if ctx.notifications.degraded.swap(false, Ordering::SeqCst) {
+        info!(queue = %settings.queue.name(), "event source: receiving again; refreshes go back to the backstop interval");
+    }
+}
+
+/// The queue failed: polling alone refreshes until it answers again (the first failure has every
+/// ManagedSecret reschedule at its own interval).
+fn failing(ctx: &Context, settings: &NotificationSettings, e: &QueueError) {
+    ctx.notifications
+        .last_error
+        .store(unix_now(), Ordering::SeqCst);
+    ctx.metrics.event_source_up.set(0);
+    ctx.metrics.event_queue_errors.inc();
+    ctx.health.note(
+        "events",
+        format!("degraded ({e}); polling alone refreshes, at each refreshInterval"),
+    );
+    if !ctx.notifications.degraded.swap(true, Ordering::SeqCst) {
+        warn!(queue = %settings.queue.name(), error = %e, "event source degraded: polling alone refreshes ManagedSecrets (at their refreshInterval) until the queue answers again");
+        // Refreshes scheduled at the backstop interval come back to their own.
+        reschedule_all(ctx);
+    } else {
+        debug!(error = %e, "event source still failing");
     }
 }
 
@@ -160,9 +175,9 @@ fn reschedule_all(ctx: &Context) {
     }
 }
 
-async fn handle_and_ack(ctx: &Arc<Context>, es: &NotificationSettings, m: Message) {
+async fn handle_and_ack(ctx: &Arc<Context>, settings: &NotificationSettings, m: Message) {
     let started = Instant::now();
-    match handle(ctx, es, &m).await {
+    match handle(ctx, settings, &m).await {
         Outcome::Done(why) => {
             if why != "synced" {
                 ctx.metrics.event_dropped(why);
@@ -171,7 +186,7 @@ async fn handle_and_ack(ctx: &Arc<Context>, es: &NotificationSettings, m: Messag
                     .event_sync
                     .observe(started.elapsed().as_secs_f64());
             }
-            if let Err(e) = es.queue.delete(&m.receipt).await {
+            if let Err(e) = settings.queue.delete(&m.receipt).await {
                 ctx.metrics.event_queue_errors.inc();
                 warn!(message = %m.id, error = %e, "could not delete a handled event; it will come back and be found a duplicate");
             }
@@ -182,42 +197,86 @@ async fn handle_and_ack(ctx: &Arc<Context>, es: &NotificationSettings, m: Messag
     }
 }
 
-async fn handle(ctx: &Arc<Context>, es: &NotificationSettings, m: &Message) -> Outcome {
-    let event = match notifications::parse(&m.body) {
-        Ok(e) => e,
+/// One message: what it says, which ManagedSecrets read the secrets it names, whether AWS confirms
+/// they are behind, and whether they caught up in time.
+async fn handle(ctx: &Arc<Context>, settings: &NotificationSettings, m: &Message) -> Outcome {
+    let notification = match read(ctx, m) {
+        Ok(n) => n,
+        Err(done) => return done,
+    };
+    if !ready_to_decide(ctx) {
+        // Not everything the decision reads is listed yet: a notification decided now could find
+        // no reader (and be dropped as unmanaged), or grant what a NotIn or DoesNotExist rule on
+        // namespace labels refuses. It comes back after its visibility timeout.
+        return Outcome::Retry(
+            "ManagedSecrets, access policies or namespace labels are not listed yet".into(),
+        );
+    }
+    let readers = readers(ctx, &notification);
+    if readers.is_empty() {
+        debug!(message = %m.id, event = %notification.name, secrets = ?notification.secrets, "no ManagedSecret reads the secret of this event");
+        return Outcome::Done("unmanaged");
+    }
+    let behind = match behind(ctx, readers).await {
+        Ok(behind) => behind,
+        Err(retry) => return retry,
+    };
+    // Attempts that start from here on see the confirmed version in the cache.
+    let trigger = Instant::now();
+    announce(ctx, &behind);
+    if behind.is_empty() {
+        debug!(message = %m.id, event = %notification.name, "every ManagedSecret already holds the version this event is about");
+        return Outcome::Done("duplicate");
+    }
+    info!(event = %notification.name, moved = behind.len(), "an event moved ManagedSecrets: syncing now");
+    caught_up(ctx, settings, &behind, trigger).await
+}
+
+/// The notification a message carries, counted by its name; a message to ignore is counted by
+/// why, and done with.
+fn read(ctx: &Context, m: &Message) -> Result<Notification, Outcome> {
+    match notifications::parse(&m.body) {
+        Ok(notification) => {
+            ctx.metrics.event_received(&notification.name);
+            Ok(notification)
+        }
         Err(ignored) => {
             ctx.metrics.event_received(match &ignored {
                 Ignored::Malformed(_) => "malformed",
                 Ignored::ReadOnly(_) => "other",
             });
             debug!(message = %m.id, ?ignored, "event ignored");
-            return Outcome::Done(ignored.reason());
+            Err(Outcome::Done(ignored.reason()))
         }
-    };
-    ctx.metrics.event_received(&event.name);
+    }
+}
+
+/// Whether everything that decides who reads a secret is listed: the ManagedSecrets of every
+/// watched scope, the access policies and the namespace labels.
+fn ready_to_decide(ctx: &Context) -> bool {
     let managed_listed = ctx.scopes.iter().all(|s| {
         ctx.health
             .is_listed(&super::watches::kind_key("managedsecrets", &s.scope))
     });
-    if !managed_listed || !policies::ready(ctx) {
-        // Not everything the decision reads is listed yet: an event decided now could find no
-        // reader (and be dropped as unmanaged), or grant what a NotIn or DoesNotExist rule on
-        // namespace labels refuses. It comes back after its visibility timeout.
-        return Outcome::Retry(
-            "ManagedSecrets, access policies or namespace labels are not listed yet".into(),
-        );
-    }
-    // The ManagedSecrets it concerns, grouped by what they read (secret, version, identity).
+    managed_listed && policies::ready(ctx)
+}
+
+/// The ManagedSecrets a notification concerns that this installation refreshes and the access
+/// policies let read, grouped by what they read (secret, version, identity).
+fn readers(
+    ctx: &Context,
+    notification: &Notification,
+) -> HashMap<SecretRef, Vec<Arc<ManagedSecret>>> {
     let default_region = ctx.settings.default_region.as_deref();
-    let mut groups: HashMap<crate::source::SecretRef, Vec<Arc<ManagedSecret>>> = HashMap::new();
+    let mut groups: HashMap<SecretRef, Vec<Arc<ManagedSecret>>> = HashMap::new();
     for ms in ctx.scopes.iter().flat_map(|s| s.managed.state()) {
         let region = policies::region_of(&ms, default_region);
-        let concerned = event.secrets.iter().any(|named| {
+        let concerned = notification.secrets.iter().any(|named| {
             notifications::concerns(
                 &ms.spec.secret_id,
                 region.as_deref(),
                 named,
-                event.region.as_deref(),
+                notification.region.as_deref(),
             )
         });
         // Objects left to another installation are that installation's to refresh.
@@ -236,16 +295,31 @@ async fn handle(ctx: &Arc<Context>, es: &NotificationSettings, m: &Message) -> O
             .or_default()
             .push(ms);
     }
-    if groups.is_empty() {
-        debug!(message = %m.id, event = %event.name, secrets = ?event.secrets, "no ManagedSecret reads the secret of this event");
-        return Outcome::Done("unmanaged");
-    }
-    // Confirm with AWS (the event is a hint); then have the ones behind reconciled now.
-    let mut behind: Vec<(Arc<ManagedSecret>, String, Changed)> = vec![];
-    for (key, readers) in groups {
+    groups
+}
+
+/// A ManagedSecret that does not hold the version AWS confirmed, and what to announce for it.
+struct Behind {
+    ms: Arc<ManagedSecret>,
+    version: String,
+    changed: Changed,
+}
+
+/// Confirms with AWS (a notification is a hint) which version each secret is at, and returns the
+/// readers that do not hold it. An AWS failure leaves the message to come back.
+async fn behind(
+    ctx: &Context,
+    readers: HashMap<SecretRef, Vec<Arc<ManagedSecret>>>,
+) -> Result<Vec<Behind>, Outcome> {
+    let mut behind = vec![];
+    for (key, readers) in readers {
         let version = match ctx.source.confirm(&key).await {
             Ok(v) => v,
-            Err(e) => return Outcome::Retry(format!("AWS could not confirm the event: {e}")),
+            Err(e) => {
+                return Err(Outcome::Retry(format!(
+                    "AWS could not confirm the event: {e}"
+                )))
+            }
         };
         for ms in readers {
             let synced = ms
@@ -257,34 +331,46 @@ async fn handle(ctx: &Arc<Context>, es: &NotificationSettings, m: &Message) -> O
                     secret_id: ms.spec.secret_id.clone(),
                     region: key.region.clone().unwrap_or_default(),
                 };
-                behind.push((ms, version.clone(), changed));
+                behind.push(Behind {
+                    ms,
+                    version: version.clone(),
+                    changed,
+                });
             }
         }
     }
-    // Attempts that start from here on see the confirmed version in the cache.
-    let trigger = Instant::now();
+    Ok(behind)
+}
+
+/// Has the ManagedSecrets behind look again: one announcement per secret and region.
+fn announce(ctx: &Context, behind: &[Behind]) {
     let mut announced: Vec<&Changed> = vec![];
-    for (_, _, c) in &behind {
-        if !announced.contains(&c) {
-            ctx.source.announce(c.clone());
-            announced.push(c);
+    for b in behind {
+        if !announced.contains(&&b.changed) {
+            ctx.source.announce(b.changed.clone());
+            announced.push(&b.changed);
         }
     }
-    if behind.is_empty() {
-        debug!(message = %m.id, event = %event.name, "every ManagedSecret already holds the version this event is about");
-        return Outcome::Done("duplicate");
-    }
-    info!(event = %event.name, moved = behind.len(), "an event moved ManagedSecrets: syncing now");
-    // Handled when each has synced that version, or had an attempt since (a failure is recorded on
-    // the object and retried by its own back-off, not by this message).
+}
+
+/// Done when each ManagedSecret behind has synced its version or had an attempt since `trigger`
+/// (a failure is recorded on the object and retried by its own back-off, not by this message);
+/// retried when some have not shortly before the message becomes visible again.
+async fn caught_up(
+    ctx: &Context,
+    settings: &NotificationSettings,
+    behind: &[Behind],
+    trigger: Instant,
+) -> Outcome {
     let deadline = trigger
-        + es.visibility
+        + settings
+            .visibility
             .saturating_sub(Duration::from_secs(2))
             .max(Duration::from_secs(1));
     loop {
         let pending = behind
             .iter()
-            .filter(|(ms, version, _)| !handled(ctx, ms, version, trigger))
+            .filter(|b| !handled(ctx, &b.ms, &b.version, trigger))
             .count();
         if pending == 0 {
             return Outcome::Done("synced");
