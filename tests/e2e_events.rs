@@ -5,9 +5,9 @@
 
 mod support;
 
-use managed_secrets::controller::events::EventSettings;
-use managed_secrets::events::queue::SqsQueue;
+use managed_secrets::controller::notifications::NotificationSettings;
 use managed_secrets::metrics::{ReasonLabels, TypeLabels};
+use managed_secrets::notifications::queue::SqsQueue;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,13 +30,13 @@ fn event(name: &str, secret_id: &str, arn: &str) -> String {
 
 async fn operator(c: &Cluster, moto: &Moto, queue: &str, visibility: Duration) -> Operator {
     let q = SqsQueue::new(&moto.sdk_config(), queue, Duration::from_secs(1));
-    let es = EventSettings {
+    let es = NotificationSettings {
         queue: Arc::new(q),
         wait: Duration::from_secs(1),
         visibility,
         backstop: Duration::from_secs(3600),
     };
-    Operator::start_with(c, moto, move |s| s.events = Some(es)).await
+    Operator::start_with(c, moto, move |s| s.notifications = Some(es)).await
 }
 
 fn dropped(op: &Operator, reason: &str) -> u64 {
@@ -329,14 +329,14 @@ async fn an_event_before_the_policies_are_listed_waits_and_reads_nothing_denied(
     // The operator's first list of namespaces is slow (emulator only), so the event comes first.
     c.kube_latency_cluster("list", "namespaces", 3000, 1).await;
     let q = SqsQueue::new(&moto.sdk_config(), &queue, Duration::from_secs(1));
-    let es = EventSettings {
+    let es = NotificationSettings {
         queue: Arc::new(q),
         wait: Duration::from_secs(1),
         visibility: Duration::from_secs(2),
         backstop: Duration::from_secs(3600),
     };
     let op = Operator::start_with(&c, &moto, move |s| {
-        s.events = Some(es);
+        s.notifications = Some(es);
         s.access_policy = managed_secrets::controller::AccessPolicy::Enforce;
     })
     .await;

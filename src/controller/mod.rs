@@ -5,7 +5,7 @@
 mod claims;
 mod cleanup;
 mod compact;
-pub mod events;
+pub mod notifications;
 mod plan;
 mod policies;
 mod report;
@@ -65,8 +65,8 @@ pub struct Settings {
     pub hash_key: HashKey,
     /// Only the leader reconciles (always, without leader election).
     pub leadership: crate::leader::Leadership,
-    /// The event source (SQS), when configured.
-    pub events: Option<events::EventSettings>,
+    /// The notification queue (SQS) of event-driven refresh, when configured.
+    pub notifications: Option<notifications::NotificationSettings>,
     /// This installation's name (its Lease, `namespace/name`), recorded in the status of every
     /// ManagedSecret it syncs (`claim`).
     pub installation: String,
@@ -84,7 +84,7 @@ impl Default for Settings {
             default_region: None,
             hash_key: HashKey(Arc::from(rand::random::<[u8; 32]>().to_vec())),
             leadership: crate::leader::Leadership::alone(),
-            events: None,
+            notifications: None,
             installation: crate::claim::installation("managed-secrets", "managed-secrets"),
         }
     }
@@ -119,8 +119,8 @@ pub struct Context {
     scopes: Vec<stores::ScopeStores>,
     /// The grants (None when access policies are off).
     policy: Option<policies::PolicyView>,
-    /// Whether the event source receives.
-    events: events::EventState,
+    /// Whether the notification queue receives.
+    notifications: notifications::NotificationState,
     /// Per namespace, the workloads as rollouts see them, built once per change of the workload
     /// caches (a resting reconcile then converts nothing).
     workloads: Mutex<WorkloadSnapshots>,
@@ -239,13 +239,13 @@ impl Context {
             .is_some_and(|s| s >= t)
     }
 
-    /// The refresh interval to schedule: the spec's, or the backstop's while events flow.
+    /// The refresh interval to schedule: the spec's, or the backstop's while notifications flow.
     fn stretched(&self, interval: std::time::Duration) -> std::time::Duration {
-        let es = self.settings.events.as_ref();
-        crate::events::effective_interval(
+        let es = self.settings.notifications.as_ref();
+        crate::notifications::effective_interval(
             interval,
             es.map(|e| e.backstop),
-            es.is_some_and(|e| self.events.healthy(e.wait)),
+            es.is_some_and(|e| self.notifications.healthy(e.wait)),
         )
     }
 
@@ -489,13 +489,13 @@ pub async fn run(
         objects: Mutex::new(HashMap::new()),
         scopes: scopes.iter().map(|(s, _)| s.clone()).collect(),
         policy: view,
-        events: events::EventState::default(),
+        notifications: notifications::NotificationState::default(),
         workloads: Mutex::new(WorkloadSnapshots::default()),
         workers,
         claims: claims::Claims::default(),
     });
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let consumer = events::run(ctx.clone(), shutdown.clone());
+    let consumer = notifications::run(ctx.clone(), shutdown.clone());
     // The controller's end is the end (the consumer stops with the shutdown signal).
     tokio::select! {
         _ = watches::run_all(ctx, scopes, watches, Box::pin(shutdown)) => {}

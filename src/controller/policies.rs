@@ -7,7 +7,7 @@ use super::Context;
 use crate::crd::{ManagedSecret, SecretAccessPolicy, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use crate::policy::{self, Identity, Namespace, Request};
-use crate::source::aws::region_of_arn;
+use crate::source::region;
 use crate::status;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace as KNamespace;
@@ -61,11 +61,7 @@ pub fn stores() -> (PolicyView, Watches) {
 
 /// The region a ManagedSecret reads in: the spec's, the ARN's, or the operator's default.
 pub fn region_of(ms: &ManagedSecret, default: Option<&str>) -> Option<String> {
-    ms.spec
-        .region
-        .clone()
-        .or_else(|| region_of_arn(&ms.spec.secret_id))
-        .or_else(|| default.map(String::from))
+    region::resolve(ms.spec.region.as_deref(), &ms.spec.secret_id, default)
 }
 
 /// May this ManagedSecret read its AWS secret, and as which identity? No AWS call is made before

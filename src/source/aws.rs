@@ -3,6 +3,7 @@
 
 use super::identity::{Identities, TokenIssuer};
 use super::limits::ApiLimits;
+use super::region;
 use super::{Fetched, Group, Listed, SecretRef, SecretsBackend, VersionSelector, Versions};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -12,6 +13,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::Client;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -76,11 +78,9 @@ impl AwsBackend {
 
     /// The client for the secret's region and identity (credentials fetched, or refreshed, first).
     async fn client(&self, secret: &SecretRef) -> Result<Client> {
-        let region = secret
-            .region
-            .clone()
-            .or_else(|| region_of_arn(&secret.secret_id))
-            .unwrap_or_default();
+        // No default here: a client without a region of its own keeps the base configuration's.
+        let region =
+            region::resolve(secret.region.as_deref(), &secret.secret_id, None).unwrap_or_default();
         let creds = self.identities.credentials(&secret.identity).await?;
         let expiry = creds.as_ref().and_then(|c| c.expiry());
         let key = (region.clone(), secret.identity.clone());
@@ -109,19 +109,78 @@ impl AwsBackend {
         Ok(client)
     }
 
+    /// The client a group's calls share (its region and identity).
+    async fn group_client(&self, group: &Group) -> Result<Client> {
+        let probe = SecretRef {
+            secret_id: String::new(),
+            region: Some(group.region.clone()).filter(|r| !r.is_empty()),
+            version: VersionSelector::Stage("AWSCURRENT".into()),
+            identity: group.identity.clone(),
+        };
+        self.client(&probe).await
+    }
+
+    /// One call about one secret: waits for `api`'s rate limit in the secret's region, sends what
+    /// `request` builds on the client for the secret's region and identity, counts the answer and
+    /// maps an error about the secret (credentials AWS refused are fetched anew next time).
+    async fn call<T, E, F>(
+        &self,
+        api: &'static str,
+        secret: &SecretRef,
+        request: impl FnOnce(Client) -> F,
+    ) -> Result<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        F: Future<Output = Result<T, SdkError<E>>>,
+    {
+        self.limits.wait(api, &self.region_of(secret)).await;
+        let answer = request(self.client(secret).await?).await;
+        self.answered(api, &secret.secret_id, answer)
+            .inspect_err(|e| self.refused(secret, e))
+    }
+
+    /// One call of a group's (a ListSecrets page, a BatchGetSecretValue chunk) on its shared
+    /// client: waits for `api`'s rate limit in `region`, sends, counts the answer and maps an
+    /// error, named after the API.
+    async fn group_call<T, E>(
+        &self,
+        api: &'static str,
+        region: &str,
+        send: impl Future<Output = Result<T, SdkError<E>>>,
+    ) -> Result<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        self.limits.wait(api, region).await;
+        let answer = send.await;
+        self.answered(api, api, answer)
+    }
+
+    /// Counts an answer by API and outcome (the AWS error code), and maps an error about `subject`
+    /// to the operator's reasons.
+    fn answered<T, E>(
+        &self,
+        api: &'static str,
+        subject: &str,
+        answer: Result<T, SdkError<E>>,
+    ) -> Result<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(e) => e.code().unwrap_or("error"),
+        };
+        self.metrics.aws_call(api, outcome);
+        answer.map_err(|e| map_error(subject, &e))
+    }
+
     /// AWS refused the credentials of an identity: fetch new ones next time.
     fn refused(&self, secret: &SecretRef, err: &Error) {
         if matches!(err, Error::AccessDenied(_)) {
             self.identities.forget(&secret.identity);
         }
     }
-}
-
-/// `arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME` -> REGION.
-pub fn region_of_arn(id: &str) -> Option<String> {
-    let parts: Vec<&str> = id.split(':').collect();
-    (parts.len() >= 7 && parts[0] == "arn" && parts[2] == "secretsmanager" && !parts[3].is_empty())
-        .then(|| parts[3].to_string())
 }
 
 /// Whether a secret (its name and full ARN) is the one an id names: the name, the full ARN, or a
@@ -193,28 +252,16 @@ pub fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
 impl SecretsBackend for AwsBackend {
     fn get_value<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Fetched>> {
         Box::pin(async move {
-            self.limits
-                .wait("GetSecretValue", &self.region_of(secret))
-                .await;
-            let mut req = self
-                .client(secret)
-                .await?
-                .get_secret_value()
-                .secret_id(&secret.secret_id);
-            req = match &secret.version {
-                VersionSelector::Stage(s) => req.version_stage(s),
-                VersionSelector::Id(id) => req.version_id(id),
-            };
-            let res = req.send().await;
-            self.metrics.aws_call(
-                "GetSecretValue",
-                res.as_ref()
-                    .map(|_| "ok")
-                    .unwrap_or_else(|e| e.code().unwrap_or("error")),
-            );
-            let out = res
-                .map_err(|e| map_error(&secret.secret_id, &e))
-                .inspect_err(|e| self.refused(secret, e))?;
+            let out = self
+                .call("GetSecretValue", secret, |client| {
+                    let req = client.get_secret_value().secret_id(&secret.secret_id);
+                    match &secret.version {
+                        VersionSelector::Stage(s) => req.version_stage(s),
+                        VersionSelector::Id(id) => req.version_id(id),
+                    }
+                    .send()
+                })
+                .await?;
             let value = if let Some(s) = out.secret_string() {
                 SecretValue::String(s.to_string())
             } else if let Some(b) = out.secret_binary() {
@@ -234,25 +281,11 @@ impl SecretsBackend for AwsBackend {
 
     fn describe<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Versions>> {
         Box::pin(async move {
-            self.limits
-                .wait("DescribeSecret", &self.region_of(secret))
-                .await;
-            let res = self
-                .client(secret)
-                .await?
-                .describe_secret()
-                .secret_id(&secret.secret_id)
-                .send()
-                .await;
-            self.metrics.aws_call(
-                "DescribeSecret",
-                res.as_ref()
-                    .map(|_| "ok")
-                    .unwrap_or_else(|e| e.code().unwrap_or("error")),
-            );
-            let out = res
-                .map_err(|e| map_error(&secret.secret_id, &e))
-                .inspect_err(|e| self.refused(secret, e))?;
+            let out = self
+                .call("DescribeSecret", secret, |client| {
+                    client.describe_secret().secret_id(&secret.secret_id).send()
+                })
+                .await?;
             if out.deleted_date().is_some() {
                 return Err(Error::SecretNotFound(secret.secret_id.clone()));
             }
@@ -267,30 +300,16 @@ impl SecretsBackend for AwsBackend {
 
     fn list<'a>(&'a self, group: &'a Group) -> BoxFuture<'a, Result<Vec<Listed>>> {
         Box::pin(async move {
-            let probe = SecretRef {
-                secret_id: String::new(),
-                region: Some(group.region.clone()).filter(|r| !r.is_empty()),
-                version: VersionSelector::Stage("AWSCURRENT".into()),
-                identity: group.identity.clone(),
-            };
-            let client = self.client(&probe).await?;
+            let client = self.group_client(group).await?;
             let mut out = vec![];
             let mut token: Option<String> = None;
             loop {
-                self.limits.wait("ListSecrets", &group.region).await;
-                let res = client
+                let page = client
                     .list_secrets()
                     .max_results(100)
                     .set_next_token(token.clone())
-                    .send()
-                    .await;
-                self.metrics.aws_call(
-                    "ListSecrets",
-                    res.as_ref()
-                        .map(|_| "ok")
-                        .unwrap_or_else(|e| e.code().unwrap_or("error")),
-                );
-                let page = res.map_err(|e| map_error("ListSecrets", &e))?;
+                    .send();
+                let page = self.group_call("ListSecrets", &group.region, page).await?;
                 for e in page.secret_list() {
                     if e.deleted_date().is_some() {
                         continue;
@@ -320,28 +339,16 @@ impl SecretsBackend for AwsBackend {
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<(String, Fetched)>>> {
         Box::pin(async move {
-            let probe = SecretRef {
-                secret_id: String::new(),
-                region: Some(group.region.clone()).filter(|r| !r.is_empty()),
-                version: VersionSelector::Stage("AWSCURRENT".into()),
-                identity: group.identity.clone(),
-            };
-            let client = self.client(&probe).await?;
+            let client = self.group_client(group).await?;
             let mut out = vec![];
             for chunk in ids.chunks(20) {
-                self.limits.wait("BatchGetSecretValue", &group.region).await;
-                let res = client
+                let batch = client
                     .batch_get_secret_value()
                     .set_secret_id_list(Some(chunk.to_vec()))
-                    .send()
-                    .await;
-                self.metrics.aws_call(
-                    "BatchGetSecretValue",
-                    res.as_ref()
-                        .map(|_| "ok")
-                        .unwrap_or_else(|e| e.code().unwrap_or("error")),
-                );
-                let got = res.map_err(|e| map_error("BatchGetSecretValue", &e))?;
+                    .send();
+                let got = self
+                    .group_call("BatchGetSecretValue", &group.region, batch)
+                    .await?;
                 for v in got.secret_values() {
                     let value = match (v.secret_string(), v.secret_binary()) {
                         (Some(s), _) => SecretValue::String(s.to_string()),
@@ -369,12 +376,13 @@ impl SecretsBackend for AwsBackend {
     }
 
     fn region_of(&self, secret: &SecretRef) -> String {
-        secret
-            .region
-            .clone()
-            .or_else(|| region_of_arn(&secret.secret_id))
-            .or_else(|| self.default_region())
-            .unwrap_or_default()
+        let default = self.default_region();
+        region::resolve(
+            secret.region.as_deref(),
+            &secret.secret_id,
+            default.as_deref(),
+        )
+        .unwrap_or_default()
     }
 }
 
@@ -420,17 +428,5 @@ mod tests {
             .unwrap();
         }
         assert_eq!(b.clients.lock().unwrap().len(), MAX_CLIENTS);
-    }
-
-    #[test]
-    fn region_comes_from_an_arn() {
-        assert_eq!(
-            region_of_arn(
-                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db/credentials-AbCdEf"
-            )
-            .as_deref(),
-            Some("eu-west-1")
-        );
-        assert_eq!(region_of_arn("prod/db/credentials"), None);
     }
 }

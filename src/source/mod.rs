@@ -5,6 +5,7 @@ pub mod aws;
 pub mod cache;
 pub mod identity;
 pub mod limits;
+pub mod region;
 
 use crate::error::Result;
 use crate::render::SecretValue;
@@ -101,7 +102,7 @@ pub trait SecretSource: Send + Sync {
     /// The version the source last saw for `secret` (no I/O), if it holds the secret.
     fn known_version(&self, secret: &SecretRef) -> Option<String>;
     /// Asks AWS now which version `secret` is at (DescribeSecret), reads the value when it is not
-    /// the one held (or none is), and returns that version. For events, which are only hints.
+    /// the one held (or none is), and returns that version. For notifications, which are only hints.
     fn confirm<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<String>>;
     /// Tells subscribers that the ManagedSecrets reading `changed` should look again.
     fn announce(&self, changed: Changed);

@@ -862,7 +862,7 @@ impl Operator {
             default_region,
             hash_key: controller::HashKey(Arc::from(key)),
             leadership: managed_secrets::leader::Leadership::alone(),
-            events: None,
+            notifications: None,
             installation: managed_secrets::claim::installation(&inst.namespace, rbac::LEASE),
         };
         tune(&mut settings);

@@ -1,5 +1,5 @@
-//! The queue events arrive on, behind a small trait: SQS (long polling) in production, the same
-//! through moto in tests.
+//! The queue notifications arrive on, behind a small trait: SQS (long polling) in production, the
+//! same through moto in tests.
 
 use futures::future::BoxFuture;
 use std::time::Duration;
@@ -24,7 +24,7 @@ impl std::fmt::Debug for Message {
 #[error("{0}")]
 pub struct QueueError(pub String);
 
-pub trait EventQueue: Send + Sync {
+pub trait NotificationQueue: Send + Sync {
     /// Waits up to `wait` for messages (at most 10), hiding them from other receivers for
     /// `visibility`; an empty answer is normal.
     fn receive(
@@ -85,7 +85,7 @@ fn describe<E: std::error::Error + 'static>(
     ))
 }
 
-impl EventQueue for SqsQueue {
+impl NotificationQueue for SqsQueue {
     fn receive(
         &self,
         wait: Duration,

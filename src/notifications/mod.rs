@@ -1,25 +1,26 @@
-//! Event-driven refresh: Secrets Manager events (EventBridge, through an SQS queue) as hints that a
-//! secret may have a new version. Pure: what a message says, which ManagedSecrets it concerns,
-//! and how the polling backstop stretches while events flow. The queue's I/O is `queue.rs`; the
-//! consumer that confirms with AWS and triggers reconciles is `controller/events.rs`.
+//! Notifications for event-driven refresh: Secrets Manager's events (EventBridge, through an SQS
+//! queue) as hints that a secret may have a new version. ("Events" in this codebase are Kubernetes
+//! Events; these are notifications.) Pure: what a message says, which ManagedSecrets it concerns,
+//! and how the polling backstop stretches while notifications flow. The queue's I/O is `queue.rs`;
+//! the consumer that confirms with AWS and triggers reconciles is `controller/notifications.rs`.
 
 pub mod queue;
 
 use serde_json::Value;
 use std::time::Duration;
 
-/// What one message says: an event about one or more secrets.
+/// What one message says: a Secrets Manager event about one or more secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct Notification {
     /// The API call or service event (`UpdateSecretVersionStage`, `RotationSucceeded`, ...).
     pub name: String,
-    /// The secrets it names (names or ARNs, as the event gives them), deduplicated.
+    /// The secrets it names (names or ARNs, as the message gives them), deduplicated.
     pub secrets: Vec<String>,
     /// The region the event happened in, when it says.
     pub region: Option<String>,
 }
 
-/// Why a message is not an event we act on.
+/// Why a message is not a notification we act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ignored {
     /// Not JSON, not an EventBridge event, or no secret named in it.
@@ -57,7 +58,7 @@ pub const MAX_BODY: usize = 256 * 1024;
 
 /// Parses an SQS message body: an EventBridge event (as an EventBridge rule delivers it), or the
 /// same wrapped in an SNS notification.
-pub fn parse(body: &str) -> Result<Event, Ignored> {
+pub fn parse(body: &str) -> Result<Notification, Ignored> {
     if body.len() > MAX_BODY {
         return Err(Ignored::Malformed("the message is larger than SQS allows"));
     }
@@ -145,7 +146,7 @@ pub fn parse(body: &str) -> Result<Event, Ignored> {
         .or_else(|| v.get("region"))
         .and_then(Value::as_str)
         .map(str::to_string);
-    Ok(Event {
+    Ok(Notification {
         name,
         secrets,
         region,
@@ -175,14 +176,15 @@ pub fn arn_region(id: &str) -> Option<&str> {
     parts.nth(2).filter(|r| !r.is_empty())
 }
 
-/// Whether a ManagedSecret's `secretId` (in `ms_region`) is the secret an event names.
+/// Whether a ManagedSecret's `secretId` (in `ms_region`) is the secret a notification names (in
+/// `notified_region`, when it says).
 pub fn concerns(
     secret_id: &str,
     ms_region: Option<&str>,
     named: &str,
-    event_region: Option<&str>,
+    notified_region: Option<&str>,
 ) -> bool {
-    let region = arn_region(named).or(event_region);
+    let region = arn_region(named).or(notified_region);
     if let (Some(a), Some(b)) = (region, arn_region(secret_id).or(ms_region)) {
         if a != b {
             return false;
@@ -191,20 +193,20 @@ pub fn concerns(
     secret_id == named || secret_name(secret_id) == secret_name(named)
 }
 
-/// The refresh interval to schedule: while events flow, polling is only the backstop and runs at
-/// least every `backstop` instead of every `spec`.
+/// The refresh interval to schedule: while notifications flow, polling is only the backstop and
+/// runs at least every `backstop` instead of every `spec`.
 pub fn effective_interval(
     spec: Duration,
     backstop: Option<Duration>,
-    events_healthy: bool,
+    notifications_healthy: bool,
 ) -> Duration {
     match backstop {
-        Some(b) if events_healthy => spec.max(b),
+        Some(b) if notifications_healthy => spec.max(b),
         _ => spec,
     }
 }
 
-/// The event source is healthy when its last receive succeeded within `window` and none failed
+/// The notification queue is healthy when its last receive succeeded within `window` and none failed
 /// since. Times in seconds (monotonic or unix, the same for both).
 pub fn healthy(now: u64, last_ok: Option<u64>, last_error: Option<u64>, window: Duration) -> bool {
     match last_ok {
@@ -240,7 +242,7 @@ mod tests {
         );
         assert_eq!(
             parse(&body),
-            Ok(Event {
+            Ok(Notification {
                 name: "UpdateSecretVersionStage".into(),
                 secrets: vec![ARN.into(), "prod/db/credentials".into()],
                 region: Some("us-east-1".into()),
