@@ -87,7 +87,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     ctx.health.note("events", "starting");
     loop {
         if !ctx.settings.leadership.is_leader() {
-            ctx.metrics.event_source_up.set(0);
+            ctx.metrics.events.source_up.set(0);
             ctx.health
                 .note("events", "standing by (only the leader receives)");
             tokio::select! {
@@ -104,7 +104,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             Ok(messages) => {
                 backoff = Duration::from_secs(1);
                 ctx.events.last_ok.store(unix_now(), Ordering::SeqCst);
-                ctx.metrics.event_source_up.set(1);
+                ctx.metrics.events.source_up.set(1);
                 ctx.health
                     .note("events", format!("receiving from {}", es.queue.name()));
                 if ctx.events.degraded.swap(false, Ordering::SeqCst) {
@@ -120,8 +120,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
             Err(e) => {
                 ctx.events.last_error.store(unix_now(), Ordering::SeqCst);
-                ctx.metrics.event_source_up.set(0);
-                ctx.metrics.event_queue_errors.inc();
+                ctx.metrics.events.source_up.set(0);
+                ctx.metrics.events.queue_errors.inc();
                 ctx.health.note(
                     "events",
                     format!("degraded ({e}); polling alone refreshes, at each refreshInterval"),
@@ -164,11 +164,12 @@ async fn handle_and_ack(ctx: &Arc<Context>, es: &EventSettings, m: Message) {
                 ctx.metrics.event_dropped(why);
             } else {
                 ctx.metrics
-                    .event_sync
+                    .events
+                    .sync
                     .observe(started.elapsed().as_secs_f64());
             }
             if let Err(e) = es.queue.delete(&m.receipt).await {
-                ctx.metrics.event_queue_errors.inc();
+                ctx.metrics.events.queue_errors.inc();
                 warn!(message = %m.id, error = %e, "could not delete a handled event; it will come back and be found a duplicate");
             }
         }

@@ -297,7 +297,7 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     // that a target conflict's back-off doubles from).
     ctx.confirmed(ms, now);
     if changed {
-        ctx.metrics.syncs.inc();
+        ctx.metrics.syncs.changed.inc();
         info!(secret = %target, version = %fetched.version_id, keys = data.0.len(), "Secret written");
     }
     // Events mark changes people act on: a new version, a repaired Secret. A first sync has
@@ -370,7 +370,8 @@ async fn run(ms: &ManagedSecret, ctx: &Context, known: &mut Known) -> Result<Act
     }
     if changed && sync_kind == crate::rollout::Sync::NewVersion {
         ctx.metrics
-            .sync_lag
+            .syncs
+            .lag
             .observe(fetched.seen_at.elapsed().as_secs_f64());
     }
     if let Some(e) = step.failed {
