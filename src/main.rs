@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => args,
     };
-    telemetry::init(args.log_format);
+    telemetry::init(args.operator.log_format);
     let code = match run(*args).await {
         Ok(code) => code,
         Err(e) => {
@@ -151,38 +151,36 @@ fn render(a: &RenderArgs) -> i32 {
 /// Runs until SIGTERM/SIGINT (exit 0) or until the controller stops by itself (exit 1: the pod
 /// restarts instead of looking healthy while nothing syncs).
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let config = args.validate()?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     // The Lease is held with or without leader election (it names the installation).
-    if args.lease_grace >= args.lease_duration {
-        anyhow::bail!("--lease-grace must be shorter than --lease-duration");
-    }
-    let leadership = if args.leader_election {
+    let leadership = if config.lease.election {
         leader::Leadership::new()
     } else {
         leader::Leadership::alone()
     };
     let src_gate = leadership.flag();
 
-    let client =
-        managed_secrets::k8s::client::client(args.kube_qps, args.kube_burst, metrics.clone())
-            .await
-            .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+    let client = managed_secrets::k8s::client::client(
+        config.kube.kube_qps,
+        config.kube.kube_burst,
+        metrics.clone(),
+    )
+    .await
+    .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
     // The RBAC check runs beside everything else; readiness waits for its answer.
     let rbac = tokio::spawn(
         managed_secrets::k8s::access::verify(
             client.clone(),
             permissions::checks(&permissions::Deployment {
-                namespaces: args.namespaces.clone(),
-                access_policies: matches!(args.access_policy, AccessPolicyArg::Enforce),
-                leader_election: args.leader_election,
-                operator_namespace: args.operator_namespace.clone(),
-                hash_key_secret: args.hash_key_secret.clone(),
-                lease_namespace: args
-                    .lease_namespace
-                    .clone()
-                    .unwrap_or_else(|| args.operator_namespace.clone()),
-                lease_name: args.lease_name.clone(),
+                namespaces: config.scope.namespaces.clone(),
+                access_policies: matches!(config.scope.access_policy, AccessPolicyArg::Enforce),
+                leader_election: config.lease.election,
+                operator_namespace: config.operator.operator_namespace.clone(),
+                hash_key_secret: config.operator.hash_key_secret.clone(),
+                lease_namespace: config.lease.namespace.clone(),
+                lease_name: config.lease.name.clone(),
             }),
             health.clone(),
             metrics.clone(),
@@ -196,53 +194,44 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         });
     let backend = source::aws::AwsBackend::from_env(metrics.clone(), Some(tokens))
         .await
-        .with_quota_share(args.aws_quota_share);
+        .with_quota_share(config.aws_quota_share);
     let default_region = backend.default_region();
-    let events = match &args.events_queue_url {
-        Some(url) => {
-            if args.events_visibility_timeout <= args.events_wait {
-                anyhow::bail!("--events-visibility-timeout must be longer than --events-wait");
-            }
-            let queue = managed_secrets::events::queue::SqsQueue::new(
-                backend.sdk_config(),
-                url,
-                args.events_wait,
-            );
-            Some(controller::events::EventSettings {
-                queue: Arc::new(queue),
-                wait: args.events_wait,
-                visibility: args.events_visibility_timeout,
-                backstop: args.events_backstop_interval,
-            })
+    let events = config.events.as_ref().map(|e| {
+        let queue =
+            managed_secrets::events::queue::SqsQueue::new(backend.sdk_config(), &e.url, e.wait);
+        controller::events::EventSettings {
+            queue: Arc::new(queue),
+            wait: e.wait,
+            visibility: e.visibility,
+            backstop: e.backstop,
         }
-        None => None,
-    };
+    });
     let hash_key = managed_secrets::k8s::hash_key::load_or_create(
         &client,
-        &args.operator_namespace,
-        &args.hash_key_secret,
+        &config.operator.operator_namespace,
+        &config.operator.hash_key_secret,
     )
     .await
     .with_context(|| {
         format!(
             "reading or creating the hash key Secret {}/{} (--operator-namespace, --hash-key-secret)",
-            args.operator_namespace, args.hash_key_secret
+            config.operator.operator_namespace, config.operator.hash_key_secret
         )
     })?;
     let src: source::DynSourceRef = Arc::new(
         CachedSource::new(backend)
             .with_limits(Limits {
-                max_entries: args.cache_max_entries as usize,
-                max_bytes: args.cache_max_bytes,
-                sweep_threshold: args.sweep_threshold as usize,
-                full_reread: args.full_reread_interval,
+                max_entries: config.cache.max_entries.get(),
+                max_bytes: config.cache.max_bytes.get(),
+                sweep_threshold: config.cache.sweep_threshold,
+                full_reread: config.cache.full_reread,
             })
             .with_metrics(metrics.clone())
             .with_gate(src_gate),
     );
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+    let listener = tokio::net::TcpListener::bind(config.operator.metrics_addr)
         .await
-        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+        .with_context(|| format!("binding --metrics-addr {}", config.operator.metrics_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let router = http::router(health.clone(), metrics.clone());
@@ -253,16 +242,12 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             })
             .await
     });
-    let lease_namespace = args
-        .lease_namespace
-        .clone()
-        .unwrap_or_else(|| args.operator_namespace.clone());
     let settings = controller::Settings {
-        namespaces: args.namespaces.clone(),
-        concurrency: args.concurrency,
-        min_refresh: args.min_refresh_interval,
-        rollout_debounce: args.rollout_debounce,
-        access_policy: match args.access_policy {
+        namespaces: config.scope.namespaces.clone(),
+        concurrency: config.reconcile.concurrency,
+        min_refresh: config.reconcile.min_refresh_interval,
+        rollout_debounce: config.reconcile.rollout_debounce,
+        access_policy: match config.scope.access_policy {
             AccessPolicyArg::Enforce => controller::AccessPolicy::Enforce,
             AccessPolicyArg::Off => controller::AccessPolicy::Off,
         },
@@ -270,7 +255,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         hash_key: controller::HashKey(Arc::from(hash_key)),
         leadership: leadership.clone(),
         events,
-        installation: managed_secrets::claim::installation(&lease_namespace, &args.lease_name),
+        installation: managed_secrets::claim::installation(
+            &config.lease.namespace,
+            &config.lease.name,
+        ),
         ..Default::default()
     };
     let identity = std::env::var("POD_NAME")
@@ -283,11 +271,11 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let election = tokio::spawn(leader::run(
         lease_client,
         leader::Settings {
-            enabled: args.leader_election,
-            lease_name: args.lease_name.clone(),
-            lease_namespace,
-            duration: args.lease_duration,
-            grace: args.lease_grace,
+            enabled: config.lease.election,
+            lease_name: config.lease.name.clone(),
+            lease_namespace: config.lease.namespace.clone(),
+            duration: config.lease.duration,
+            grace: config.lease.grace,
             identity,
         },
         leadership,
@@ -299,7 +287,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         },
     ));
-    tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %args.metrics_addr, "managed-secrets starting");
+    tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %config.operator.metrics_addr, "managed-secrets starting");
     let mut ctrl_stop = stop_rx.clone();
     let shutdown = async move {
         let _ = ctrl_stop.changed().await;
@@ -319,7 +307,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             let _ = stop_tx.send(true);
         },
         &health,
-        args.shutdown_timeout,
+        config.operator.shutdown_timeout,
     )
     .await;
     rbac.abort();
