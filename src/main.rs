@@ -1,12 +1,18 @@
 use anyhow::Context as _;
 use clap::Parser;
-use managed_secrets::config::{AccessPolicyArg, CheckArgs, Cli, Command, RenderArgs, RunArgs};
+use managed_secrets::config::{
+    AccessPolicyArg, CheckArgs, Cli, Command, RenderArgs, RunArgs, RunConfig,
+};
 use managed_secrets::health::Health;
 use managed_secrets::source::cache::{CachedSource, Limits};
 use managed_secrets::{
     cmd, controller, crd, http, leader, lifecycle, metrics::Metrics, permissions, source, telemetry,
 };
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 /// Requests per second of the Lease's own client (a renewal every few seconds, and its watch).
@@ -149,7 +155,7 @@ fn render(a: &RenderArgs) -> i32 {
 }
 
 /// Runs until SIGTERM/SIGINT (exit 0) or until the controller stops by itself (exit 1: the pod
-/// restarts instead of looking healthy while nothing syncs).
+/// restarts instead of looking healthy while nothing syncs). Logging is already set up.
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let config = args.validate()?;
     let metrics = Arc::new(Metrics::default());
@@ -160,8 +166,45 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         leader::Leadership::alone()
     };
-    let src_gate = leadership.flag();
+    let connected = connect(&config, &leadership, &metrics, &health).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = serve(&config, &health, &metrics, stopped(&stop_rx)).await?;
+    let election = elect(&config, leadership, &metrics, stopped(&stop_rx)).await?;
+    let settings = connected.settings;
+    tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %config.operator.metrics_addr, "managed-secrets starting");
+    let ctrl = tokio::spawn(controller::run(
+        connected.client,
+        connected.source,
+        metrics,
+        health.clone(),
+        settings,
+        stopped(&stop_rx),
+    ));
+    let stop = move || {
+        let _ = stop_tx.send(true);
+    };
+    let grace = config.operator.shutdown_timeout;
+    let code = lifecycle::supervise(ctrl, shutdown_signal(), stop, &health, grace).await;
+    wind_down(connected.rbac, election, server).await;
+    Ok(code)
+}
 
+/// What the controller runs against once connected, and the RBAC check started beside it.
+struct Connected {
+    client: kube::Client,
+    source: source::DynSourceRef,
+    settings: controller::Settings,
+    rbac: JoinHandle<()>,
+}
+
+/// Connects to Kubernetes and AWS, starts the RBAC check, reads (or creates) the hash key, and
+/// puts the source cache in front of AWS.
+async fn connect(
+    config: &RunConfig,
+    leadership: &leader::Leadership,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> anyhow::Result<Connected> {
     let client = managed_secrets::k8s::client::client(
         config.kube.kube_qps,
         config.kube.kube_burst,
@@ -169,25 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     )
     .await
     .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
-    // The RBAC check runs beside everything else; readiness waits for its answer.
-    let rbac = tokio::spawn(
-        managed_secrets::k8s::access::verify(
-            client.clone(),
-            permissions::checks(&permissions::Deployment {
-                namespaces: config.scope.namespaces.clone(),
-                access_policies: matches!(config.scope.access_policy, AccessPolicyArg::Enforce),
-                leader_election: config.lease.election,
-                operator_namespace: config.operator.operator_namespace.clone(),
-                hash_key_secret: config.operator.hash_key_secret.clone(),
-                lease_namespace: config.lease.namespace.clone(),
-                lease_name: config.lease.name.clone(),
-            }),
-            health.clone(),
-            metrics.clone(),
-            std::future::pending::<()>(),
-        )
-        .instrument(tracing::info_span!("rbac_check")),
-    );
+    let rbac = spawn_rbac_check(config, &client, health, metrics);
     let tokens: Arc<dyn source::identity::TokenIssuer> =
         Arc::new(managed_secrets::k8s::tokens::KubeTokens {
             client: client.clone(),
@@ -206,19 +231,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             backstop: e.backstop,
         }
     });
-    let hash_key = managed_secrets::k8s::hash_key::load_or_create(
-        &client,
-        &config.operator.operator_namespace,
-        &config.operator.hash_key_secret,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "reading or creating the hash key Secret {}/{} (--operator-namespace, --hash-key-secret)",
-            config.operator.operator_namespace, config.operator.hash_key_secret
-        )
-    })?;
-    let src: source::DynSourceRef = Arc::new(
+    let hash_key = load_hash_key(config, &client).await?;
+    let source: source::DynSourceRef = Arc::new(
         CachedSource::new(backend)
             .with_limits(Limits {
                 max_entries: config.cache.max_entries.get(),
@@ -227,22 +241,68 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 full_reread: config.cache.full_reread,
             })
             .with_metrics(metrics.clone())
-            .with_gate(src_gate),
+            .with_gate(leadership.flag()),
     );
-    let listener = tokio::net::TcpListener::bind(config.operator.metrics_addr)
-        .await
-        .with_context(|| format!("binding --metrics-addr {}", config.operator.metrics_addr))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let router = http::router(health.clone(), metrics.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await
+    Ok(Connected {
+        client,
+        source,
+        settings: controller_settings(config, leadership, default_region, events, hash_key),
+        rbac,
+    })
+}
+
+/// Starts the RBAC check: it runs beside everything else, and readiness waits for its answer.
+fn spawn_rbac_check(
+    config: &RunConfig,
+    client: &kube::Client,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> JoinHandle<()> {
+    let checks = permissions::checks(&permissions::Deployment {
+        namespaces: config.scope.namespaces.clone(),
+        access_policies: matches!(config.scope.access_policy, AccessPolicyArg::Enforce),
+        leader_election: config.lease.election,
+        operator_namespace: config.operator.operator_namespace.clone(),
+        hash_key_secret: config.operator.hash_key_secret.clone(),
+        lease_namespace: config.lease.namespace.clone(),
+        lease_name: config.lease.name.clone(),
     });
-    let settings = controller::Settings {
+    tokio::spawn(
+        managed_secrets::k8s::access::verify(
+            client.clone(),
+            checks,
+            health.clone(),
+            metrics.clone(),
+            std::future::pending::<()>(),
+        )
+        .instrument(tracing::info_span!("rbac_check")),
+    )
+}
+
+/// The key of status.dataHash, from its Secret in the operator's namespace (created if missing).
+async fn load_hash_key(config: &RunConfig, client: &kube::Client) -> anyhow::Result<Vec<u8>> {
+    let (namespace, name) = (
+        &config.operator.operator_namespace,
+        &config.operator.hash_key_secret,
+    );
+    managed_secrets::k8s::hash_key::load_or_create(client, namespace, name)
+        .await
+        .with_context(|| {
+            format!(
+                "reading or creating the hash key Secret {namespace}/{name} (--operator-namespace, --hash-key-secret)"
+            )
+        })
+}
+
+/// The controller's settings: the flags, and what `connect` found.
+fn controller_settings(
+    config: &RunConfig,
+    leadership: &leader::Leadership,
+    default_region: Option<String>,
+    events: Option<controller::events::EventSettings>,
+    hash_key: Vec<u8>,
+) -> controller::Settings {
+    controller::Settings {
         namespaces: config.scope.namespaces.clone(),
         concurrency: config.reconcile.concurrency,
         min_refresh: config.reconcile.min_refresh_interval,
@@ -260,7 +320,36 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             &config.lease.name,
         ),
         ..Default::default()
-    };
+    }
+}
+
+/// Binds --metrics-addr and serves /healthz, /readyz and /metrics until `stop`.
+async fn serve(
+    config: &RunConfig,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let addr = config.operator.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {addr}"))?;
+    let router = http::router(health.clone(), metrics.clone());
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+    }))
+}
+
+/// Takes part in leader election (without it, holds the Lease all the same) until `stop`, then
+/// gives the Lease back.
+async fn elect(
+    config: &RunConfig,
+    leadership: leader::Leadership,
+    metrics: &Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("managed-secrets-{:08x}", rand::random::<u32>()));
     // The Lease has a client of its own: a hold after a 429 on the controller's requests (`Pace`)
@@ -268,53 +357,41 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let lease_client = managed_secrets::k8s::client::lease_client(LEASE_QPS, metrics.clone())
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
-    let election = tokio::spawn(leader::run(
+    let settings = leader::Settings {
+        enabled: config.lease.election,
+        lease_name: config.lease.name.clone(),
+        lease_namespace: config.lease.namespace.clone(),
+        duration: config.lease.duration,
+        grace: config.lease.grace,
+        identity,
+    };
+    Ok(tokio::spawn(leader::run(
         lease_client,
-        leader::Settings {
-            enabled: config.lease.election,
-            lease_name: config.lease.name.clone(),
-            lease_namespace: config.lease.namespace.clone(),
-            duration: config.lease.duration,
-            grace: config.lease.grace,
-            identity,
-        },
+        settings,
         leadership,
         metrics.clone(),
-        {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        },
-    ));
-    tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %config.operator.metrics_addr, "managed-secrets starting");
-    let mut ctrl_stop = stop_rx.clone();
-    let shutdown = async move {
-        let _ = ctrl_stop.changed().await;
-    };
-    let ctrl = tokio::spawn(controller::run(
-        client,
-        src,
-        metrics,
-        health.clone(),
-        settings,
-        shutdown,
-    ));
-    let code = lifecycle::supervise(
-        ctrl,
-        shutdown_signal(),
-        move || {
-            let _ = stop_tx.send(true);
-        },
-        &health,
-        config.operator.shutdown_timeout,
-    )
-    .await;
+        stop,
+    )))
+}
+
+/// Resolves once `stop` is sent (or its sender is gone).
+fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.changed().await;
+    }
+}
+
+/// After the controller: the RBAC check ends, the Lease goes back at once (so that a standby
+/// takes over without waiting for it to expire), the HTTP server finishes its answers.
+async fn wind_down(
+    rbac: JoinHandle<()>,
+    election: JoinHandle<()>,
+    server: JoinHandle<std::io::Result<()>>,
+) {
     rbac.abort();
-    // The lease goes back at once, so that a standby takes over without waiting for it to expire.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(6), election).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
-    Ok(code)
+    let _ = tokio::time::timeout(Duration::from_secs(6), election).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
 }
 
 async fn shutdown_signal() {
