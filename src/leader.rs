@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument as _};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -131,7 +131,12 @@ pub async fn run(
                 async {}
             })
     };
-    let lease_watch = tokio::spawn(lease_watch);
+    let span = info_span!(
+        "lease_watch",
+        lease = %settings.lease_name,
+        namespace = %settings.lease_namespace
+    );
+    let lease_watch = tokio::spawn(lease_watch.instrument(span));
     info!(identity = %settings.identity, lease = %settings.lease_name, "taking part in leader election");
     loop {
         let mut start_over = false;

@@ -172,14 +172,18 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let election = elect(&config, leadership, &metrics, stopped(&stop_rx)).await?;
     let settings = connected.settings;
     tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %config.operator.metrics_addr, "managed-secrets starting");
-    let ctrl = tokio::spawn(controller::run(
-        connected.client,
-        connected.source,
-        metrics,
-        health.clone(),
-        settings,
-        stopped(&stop_rx),
-    ));
+    let span = tracing::info_span!("controller", installation = %settings.installation);
+    let ctrl = tokio::spawn(
+        controller::run(
+            connected.client,
+            connected.source,
+            metrics,
+            health.clone(),
+            settings,
+            stopped(&stop_rx),
+        )
+        .instrument(span),
+    );
     let stop = move || {
         let _ = stop_tx.send(true);
     };
@@ -267,6 +271,7 @@ fn spawn_rbac_check(
         lease_namespace: config.lease.namespace.clone(),
         lease_name: config.lease.name.clone(),
     });
+    let span = tracing::info_span!("rbac_check", checks = checks.len());
     tokio::spawn(
         managed_secrets::k8s::access::verify(
             client.clone(),
@@ -275,7 +280,7 @@ fn spawn_rbac_check(
             metrics.clone(),
             std::future::pending::<()>(),
         )
-        .instrument(tracing::info_span!("rbac_check")),
+        .instrument(span),
     )
 }
 
@@ -335,11 +340,13 @@ async fn serve(
         .await
         .with_context(|| format!("binding --metrics-addr {addr}"))?;
     let router = http::router(health.clone(), metrics.clone());
-    Ok(tokio::spawn(async move {
+    let serving = async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(stop)
             .await
-    }))
+    };
+    let span = tracing::info_span!("http_server", %addr);
+    Ok(tokio::spawn(serving.instrument(span)))
 }
 
 /// Takes part in leader election (without it, holds the Lease all the same) until `stop`, then
@@ -365,13 +372,11 @@ async fn elect(
         grace: config.lease.grace,
         identity,
     };
-    Ok(tokio::spawn(leader::run(
-        lease_client,
-        settings,
-        leadership,
-        metrics.clone(),
-        stop,
-    )))
+    let lease = managed_secrets::claim::installation(&config.lease.namespace, &config.lease.name);
+    let span = tracing::info_span!("leader_election", %lease, enabled = config.lease.election);
+    Ok(tokio::spawn(
+        leader::run(lease_client, settings, leadership, metrics.clone(), stop).instrument(span),
+    ))
 }
 
 /// Resolves once `stop` is sent (or its sender is gone).
