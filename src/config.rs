@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -18,6 +19,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller.
+    // Each flag's help under its name, in every heading's section alike.
+    #[command(next_line_help = true)]
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (ManagedSecret, SecretAccessPolicy) as YAML documents.
     Crdgen,
@@ -91,8 +94,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// The flags of `run`, grouped by concern (each group under its own heading in `--help`).
+/// `validate` checks them together.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+    #[command(flatten)]
+    pub reconcile: ReconcileArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
+}
+
+/// What is watched, and what it may read from AWS.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Scope")]
+pub struct ScopeArgs {
     /// Watch ManagedSecrets in these namespaces only (comma-separated; default: all namespaces).
     #[arg(
         long = "namespaces",
@@ -110,6 +135,12 @@ pub struct RunArgs {
         default_value = "enforce"
     )]
     pub access_policy: AccessPolicyArg,
+}
+
+/// The operator's own namespace and hash key, its HTTP server, logs and shutdown.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Operator")]
+pub struct OperatorArgs {
     /// The operator's own namespace (for the Secret holding its hash key).
     #[arg(long, env = "POD_NAMESPACE", default_value = "managed-secrets")]
     pub operator_namespace: String,
@@ -134,6 +165,16 @@ pub struct RunArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// How long SIGTERM waits for in-flight reconciles before the process exits anyway (keep it
+    /// under the pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "MANAGED_SECRETS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_interval)]
+    pub shutdown_timeout: Duration,
+}
+
+/// How many reconciles run at once, and the timing limits of ManagedSecrets.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Reconciles")]
+pub struct ReconcileArgs {
     /// ManagedSecrets reconciled at once (in all watched namespaces together; namespaces with
     /// due reconciles take the free workers in turn).
     #[arg(long, env = "MANAGED_SECRETS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -145,10 +186,12 @@ pub struct RunArgs {
     /// (a ManagedSecret's rollout.debounce overrides it).
     #[arg(long, env = "MANAGED_SECRETS_ROLLOUT_DEBOUNCE", default_value = "5s", value_parser = parse_debounce)]
     pub rollout_debounce: Duration,
-    /// How long SIGTERM waits for in-flight reconciles before the process exits anyway (keep it
-    /// under the pod's terminationGracePeriodSeconds).
-    #[arg(long, env = "MANAGED_SECRETS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_interval)]
-    pub shutdown_timeout: Duration,
+}
+
+/// What AWS is asked, how often, and how much of it is held in memory (the source cache).
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "AWS reads")]
+pub struct AwsArgs {
     /// Most AWS secret values held in memory at once.
     #[arg(long, env = "MANAGED_SECRETS_CACHE_MAX_ENTRIES", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
     pub cache_max_entries: u32,
@@ -163,6 +206,15 @@ pub struct RunArgs {
     /// (per API and region; 0.5 = half).
     #[arg(long, env = "MANAGED_SECRETS_AWS_QUOTA_SHARE", default_value_t = 0.5, value_parser = parse_share)]
     pub aws_quota_share: f64,
+    /// Most bytes of AWS secret values held in memory at once (`64Mi`, `1Gi`, or bytes).
+    #[arg(long, env = "MANAGED_SECRETS_CACHE_MAX_BYTES", default_value = "64Mi", value_parser = parse_bytes)]
+    pub cache_max_bytes: usize,
+}
+
+/// The operator's pace against the Kubernetes API.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Kubernetes API")]
+pub struct KubeArgs {
     /// Kubernetes API requests per second (sustained) the operator allows itself at most: it makes
     /// none at rest, three per new object (a read, two writes); an answer 429 from the API
     /// server's priority and fairness holds requests for its Retry-After and halves this for a
@@ -172,24 +224,16 @@ pub struct RunArgs {
     /// Kubernetes API requests the operator may make in a burst.
     #[arg(long, env = "MANAGED_SECRETS_KUBE_BURST", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub kube_burst: u32,
+}
+
+/// Leader election and the Lease (held either way: it names the installation).
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Leader election")]
+pub struct LeaderArgs {
     /// Leader election: only the replica holding the Lease reconciles (run two or more replicas for
     /// high availability). `false` for a single replica that needs no Lease.
     #[arg(long, env = "MANAGED_SECRETS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
-    /// Event-driven refresh: the URL of an SQS queue an EventBridge rule feeds with Secrets Manager
-    /// events. A rotation then reaches its Secrets within seconds; polling stays as the backstop.
-    #[arg(long, env = "MANAGED_SECRETS_EVENTS_QUEUE_URL")]
-    pub events_queue_url: Option<String>,
-    /// While events flow, refreshes run at least this far apart (the spec's refreshInterval when
-    /// the queue fails).
-    #[arg(long, env = "MANAGED_SECRETS_EVENTS_BACKSTOP_INTERVAL", default_value = "30m", value_parser = parse_backstop)]
-    pub events_backstop_interval: Duration,
-    /// A received event comes back this long after it was received unless it was handled.
-    #[arg(long, env = "MANAGED_SECRETS_EVENTS_VISIBILITY_TIMEOUT", default_value = "2m", value_parser = parse_visibility)]
-    pub events_visibility_timeout: Duration,
-    /// SQS long-poll wait (1s to 20s).
-    #[arg(long, env = "MANAGED_SECRETS_EVENTS_WAIT", default_value = "20s", value_parser = parse_events_wait)]
-    pub events_wait: Duration,
     /// The leader Lease's name.
     #[arg(
         long,
@@ -207,9 +251,148 @@ pub struct RunArgs {
     /// The leader renews its lease this long before it expires.
     #[arg(long, env = "MANAGED_SECRETS_LEASE_GRACE", default_value = "5s", value_parser = parse_interval)]
     pub lease_grace: Duration,
-    /// Most bytes of AWS secret values held in memory at once (`64Mi`, `1Gi`, or bytes).
-    #[arg(long, env = "MANAGED_SECRETS_CACHE_MAX_BYTES", default_value = "64Mi", value_parser = parse_bytes)]
-    pub cache_max_bytes: usize,
+}
+
+/// The event source: Secrets Manager events from an SQS queue.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Event-driven refresh")]
+pub struct EventArgs {
+    /// Event-driven refresh: the URL of an SQS queue an EventBridge rule feeds with Secrets Manager
+    /// events. A rotation then reaches its Secrets within seconds; polling stays as the backstop.
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_QUEUE_URL")]
+    pub events_queue_url: Option<String>,
+    /// While events flow, refreshes run at least this far apart (the spec's refreshInterval when
+    /// the queue fails).
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_BACKSTOP_INTERVAL", default_value = "30m", value_parser = parse_backstop)]
+    pub events_backstop_interval: Duration,
+    /// A received event comes back this long after it was received unless it was handled.
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_VISIBILITY_TIMEOUT", default_value = "2m", value_parser = parse_visibility)]
+    pub events_visibility_timeout: Duration,
+    /// SQS long-poll wait (1s to 20s).
+    #[arg(long, env = "MANAGED_SECRETS_EVENTS_WAIT", default_value = "20s", value_parser = parse_events_wait)]
+    pub events_wait: Duration,
+}
+
+/// A flag that does not fit with the others. The message names the flags.
+#[derive(thiserror::Error, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--lease-grace must be shorter than --lease-duration")]
+    LeaseGraceNotShorter,
+    #[error("--events-visibility-timeout must be longer than --events-wait")]
+    VisibilityNotLongerThanWait,
+    #[error("{0} must be at least 1")]
+    NotPositive(&'static str),
+}
+
+/// `run`'s flags checked together, in the types the operator runs with.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub scope: ScopeArgs,
+    pub operator: OperatorArgs,
+    pub reconcile: ReconcileArgs,
+    pub kube: KubeArgs,
+    pub cache: CacheLimits,
+    /// The share of AWS Secrets Manager's request quotas the operator allows itself (0 to 1).
+    pub aws_quota_share: f64,
+    pub lease: Lease,
+    /// The event source, when a queue is configured.
+    pub events: Option<EventQueue>,
+}
+
+/// The source cache's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheLimits {
+    pub max_entries: NonZeroUsize,
+    pub max_bytes: NonZeroUsize,
+    /// 0: never sweep.
+    pub sweep_threshold: usize,
+    pub full_reread: Duration,
+}
+
+/// The Lease: the leader's with leader election, the installation's sign of life either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub election: bool,
+    pub name: String,
+    /// `--lease-namespace`, else the operator's namespace.
+    pub namespace: String,
+    pub duration: Duration,
+    /// Shorter than `duration`.
+    pub grace: Duration,
+}
+
+/// The SQS queue events come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQueue {
+    pub url: String,
+    pub wait: Duration,
+    /// Longer than `wait`.
+    pub visibility: Duration,
+    pub backstop: Duration,
+}
+
+impl RunArgs {
+    /// Checks the flags together (each alone was checked while parsing).
+    pub fn validate(self) -> Result<RunConfig, ConfigError> {
+        let RunArgs {
+            scope,
+            operator,
+            reconcile,
+            aws,
+            kube,
+            leader,
+            events,
+        } = self;
+        if leader.lease_grace >= leader.lease_duration {
+            return Err(ConfigError::LeaseGraceNotShorter);
+        }
+        let events = match events.events_queue_url {
+            None => None,
+            Some(_) if events.events_visibility_timeout <= events.events_wait => {
+                return Err(ConfigError::VisibilityNotLongerThanWait);
+            }
+            Some(url) => Some(EventQueue {
+                url,
+                wait: events.events_wait,
+                visibility: events.events_visibility_timeout,
+                backstop: events.events_backstop_interval,
+            }),
+        };
+        let cache = CacheLimits {
+            max_entries: positive("--cache-max-entries", widen(aws.cache_max_entries))?,
+            max_bytes: positive("--cache-max-bytes", aws.cache_max_bytes)?,
+            sweep_threshold: widen(aws.sweep_threshold),
+            full_reread: aws.full_reread_interval,
+        };
+        let lease = Lease {
+            election: leader.leader_election,
+            namespace: leader
+                .lease_namespace
+                .unwrap_or_else(|| operator.operator_namespace.clone()),
+            name: leader.lease_name,
+            duration: leader.lease_duration,
+            grace: leader.lease_grace,
+        };
+        Ok(RunConfig {
+            scope,
+            operator,
+            reconcile,
+            kube,
+            cache,
+            aws_quota_share: aws.aws_quota_share,
+            lease,
+            events,
+        })
+    }
+}
+
+/// A count from a flag (lossless wherever `usize` has 32 bits or more).
+fn widen(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+fn positive(flag: &'static str, n: usize) -> Result<NonZeroUsize, ConfigError> {
+    NonZeroUsize::new(n).ok_or(ConfigError::NotPositive(flag))
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -303,15 +486,15 @@ mod tests {
         .unwrap();
         match c.command {
             Command::Run(a) => {
-                assert_eq!(a.concurrency, 8);
-                assert_eq!(a.min_refresh_interval, Duration::from_secs(60));
-                assert_eq!(a.log_format, LogFormat::Text);
+                assert_eq!(a.reconcile.concurrency, 8);
+                assert_eq!(a.reconcile.min_refresh_interval, Duration::from_secs(60));
+                assert_eq!(a.operator.log_format, LogFormat::Text);
                 assert_eq!(
-                    a.access_policy,
+                    a.scope.access_policy,
                     AccessPolicyArg::Enforce,
                     "secure by default"
                 );
-                assert!(a.namespaces.is_empty());
+                assert!(a.scope.namespaces.is_empty());
             }
             _ => panic!("run"),
         }
@@ -335,8 +518,8 @@ mod tests {
             Cli::try_parse_from(["managed-secrets", "run", "--cache-max-bytes", "1Gi"]).unwrap();
         match c.command {
             Command::Run(a) => {
-                assert_eq!(a.cache_max_bytes, 1 << 30);
-                assert_eq!(a.shutdown_timeout, Duration::from_secs(20));
+                assert_eq!(a.aws.cache_max_bytes, 1 << 30);
+                assert_eq!(a.operator.shutdown_timeout, Duration::from_secs(20));
             }
             _ => panic!("run"),
         }
@@ -354,5 +537,139 @@ mod tests {
                 .to_string();
             assert!(e.contains(flag) && e.contains("out of range"), "{e}");
         }
+    }
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let argv = ["managed-secrets", "run"].iter().chain(flags);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            _ => panic!("run"),
+        }
+    }
+
+    #[test]
+    fn the_lease_grace_must_be_shorter_than_the_lease_duration() {
+        for grace in ["15s", "20s"] {
+            let e = run_args(&["--lease-duration", "15s", "--lease-grace", grace])
+                .validate()
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "--lease-grace must be shorter than --lease-duration"
+            );
+        }
+        let c = run_args(&["--lease-duration", "15s", "--lease-grace", "14s"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.lease.grace, Duration::from_secs(14));
+    }
+
+    #[test]
+    fn with_a_queue_the_visibility_timeout_must_be_longer_than_the_long_poll() {
+        for visibility in ["20s", "10s"] {
+            let e = run_args(&[
+                "--events-queue-url",
+                "https://sqs.example/q",
+                "--events-wait",
+                "20s",
+                "--events-visibility-timeout",
+                visibility,
+            ])
+            .validate()
+            .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "--events-visibility-timeout must be longer than --events-wait"
+            );
+        }
+        // Without a queue there is no event source, and its flags are not checked together.
+        let c = run_args(&["--events-wait", "20s", "--events-visibility-timeout", "10s"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.events, None);
+    }
+
+    #[test]
+    fn the_lease_is_checked_before_the_event_source() {
+        let e = run_args(&[
+            "--lease-grace",
+            "1m",
+            "--events-queue-url",
+            "https://sqs.example/q",
+            "--events-visibility-timeout",
+            "1s",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(e, ConfigError::LeaseGraceNotShorter);
+    }
+
+    #[test]
+    fn a_zero_cache_limit_is_refused_naming_its_flag() {
+        let mut a = run_args(&[]);
+        a.aws.cache_max_entries = 0;
+        assert_eq!(
+            a.validate().unwrap_err().to_string(),
+            "--cache-max-entries must be at least 1"
+        );
+        let mut a = run_args(&[]);
+        a.aws.cache_max_bytes = 0;
+        assert_eq!(
+            a.validate().unwrap_err().to_string(),
+            "--cache-max-bytes must be at least 1"
+        );
+    }
+
+    #[test]
+    fn validated_flags_come_out_in_the_types_the_operator_runs_with() {
+        let c = run_args(&[
+            "--operator-namespace",
+            "ops",
+            "--cache-max-entries",
+            "7",
+            "--cache-max-bytes",
+            "1Ki",
+            "--sweep-threshold",
+            "0",
+            "--events-queue-url",
+            "https://sqs.example/q",
+            "--events-visibility-timeout",
+            "21s",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(
+            c.cache,
+            CacheLimits {
+                max_entries: NonZeroUsize::new(7).unwrap(),
+                max_bytes: NonZeroUsize::new(1024).unwrap(),
+                sweep_threshold: 0,
+                full_reread: Duration::from_secs(24 * 3600),
+            }
+        );
+        assert_eq!(
+            c.lease,
+            Lease {
+                election: true,
+                name: "managed-secrets".into(),
+                namespace: "ops".into(),
+                duration: Duration::from_secs(15),
+                grace: Duration::from_secs(5),
+            },
+            "the Lease lives in the operator's namespace unless told otherwise"
+        );
+        assert_eq!(
+            c.events,
+            Some(EventQueue {
+                url: "https://sqs.example/q".into(),
+                wait: Duration::from_secs(20),
+                visibility: Duration::from_secs(21),
+                backstop: Duration::from_secs(30 * 60),
+            })
+        );
+        let c = run_args(&["--operator-namespace", "ops", "--lease-namespace", "leases"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.lease.namespace, "leases");
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument as _};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -97,7 +97,7 @@ pub async fn run(
     if !settings.enabled {
         // Reconciling does not wait for the Lease.
         leadership.set(true);
-        metrics.leader.set(1);
+        metrics.leader.leading.set(1);
     }
     let Some(mut manager) = build_manager(&client, &settings, &mut shutdown).await else {
         return;
@@ -106,7 +106,7 @@ pub async fn run(
         heartbeat(&settings, &mut manager, shutdown).await;
         // Stopping: reconciles still waiting for a worker need not run.
         leadership.set(false);
-        metrics.leader.set(0);
+        metrics.leader.leading.set(0);
         let _ = tokio::time::timeout(Duration::from_secs(5), manager.release()).await;
         return;
     }
@@ -131,7 +131,12 @@ pub async fn run(
                 async {}
             })
     };
-    let lease_watch = tokio::spawn(lease_watch);
+    let span = info_span!(
+        "lease_watch",
+        lease = %settings.lease_name,
+        namespace = %settings.lease_namespace
+    );
+    let lease_watch = tokio::spawn(lease_watch.instrument(span));
     info!(identity = %settings.identity, lease = %settings.lease_name, "taking part in leader election");
     loop {
         let mut start_over = false;
@@ -146,7 +151,7 @@ pub async fn run(
                         warn!(identity = %settings.identity, "lost the lease: standing by");
                     }
                     leadership.set(leading);
-                    metrics.leader.set(i64::from(leading));
+                    metrics.leader.leading.set(i64::from(leading));
                 }
                 Err(e) => {
                     warn!(error = %e, "leader election failed; retrying");
@@ -165,7 +170,7 @@ pub async fn run(
     }
     lease_watch.abort();
     leadership.set(false);
-    metrics.leader.set(0);
+    metrics.leader.leading.set(0);
     match tokio::time::timeout(Duration::from_secs(5), manager.release()).await {
         Ok(Ok(())) => info!("released the leader Lease"),
         Ok(Err(e)) => warn!(error = %e, "could not release the leader Lease; it expires by itself"),

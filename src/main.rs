@@ -1,12 +1,18 @@
 use anyhow::Context as _;
 use clap::Parser;
-use managed_secrets::config::{AccessPolicyArg, CheckArgs, Cli, Command, RenderArgs, RunArgs};
+use managed_secrets::config::{
+    AccessPolicyArg, CheckArgs, Cli, Command, RenderArgs, RunArgs, RunConfig,
+};
 use managed_secrets::health::Health;
 use managed_secrets::source::cache::{CachedSource, Limits};
 use managed_secrets::{
     cmd, controller, crd, http, leader, lifecycle, metrics::Metrics, permissions, source, telemetry,
 };
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 /// Requests per second of the Lease's own client (a renewal every few seconds, and its watch).
@@ -44,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => args,
     };
-    telemetry::init(args.log_format);
+    telemetry::init(args.operator.log_format);
     let code = match run(*args).await {
         Ok(code) => code,
         Err(e) => {
@@ -149,120 +155,167 @@ fn render(a: &RenderArgs) -> i32 {
 }
 
 /// Runs until SIGTERM/SIGINT (exit 0) or until the controller stops by itself (exit 1: the pod
-/// restarts instead of looking healthy while nothing syncs).
+/// restarts instead of looking healthy while nothing syncs). Logging is already set up.
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let config = args.validate()?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     // The Lease is held with or without leader election (it names the installation).
-    if args.lease_grace >= args.lease_duration {
-        anyhow::bail!("--lease-grace must be shorter than --lease-duration");
-    }
-    let leadership = if args.leader_election {
+    let leadership = if config.lease.election {
         leader::Leadership::new()
     } else {
         leader::Leadership::alone()
     };
-    let src_gate = leadership.flag();
-
-    let client =
-        managed_secrets::k8s::client::client(args.kube_qps, args.kube_burst, metrics.clone())
-            .await
-            .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
-    // The RBAC check runs beside everything else; readiness waits for its answer.
-    let rbac = tokio::spawn(
-        managed_secrets::k8s::access::verify(
-            client.clone(),
-            permissions::checks(&permissions::Deployment {
-                namespaces: args.namespaces.clone(),
-                access_policies: matches!(args.access_policy, AccessPolicyArg::Enforce),
-                leader_election: args.leader_election,
-                operator_namespace: args.operator_namespace.clone(),
-                hash_key_secret: args.hash_key_secret.clone(),
-                lease_namespace: args
-                    .lease_namespace
-                    .clone()
-                    .unwrap_or_else(|| args.operator_namespace.clone()),
-                lease_name: args.lease_name.clone(),
-            }),
+    let connected = connect(&config, &leadership, &metrics, &health).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = serve(&config, &health, &metrics, stopped(&stop_rx)).await?;
+    let election = elect(&config, leadership, &metrics, stopped(&stop_rx)).await?;
+    let settings = connected.settings;
+    tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %config.operator.metrics_addr, "managed-secrets starting");
+    let span = tracing::info_span!("controller", installation = %settings.installation);
+    let ctrl = tokio::spawn(
+        controller::run(
+            connected.client,
+            connected.source,
+            metrics,
             health.clone(),
-            metrics.clone(),
-            std::future::pending::<()>(),
+            settings,
+            stopped(&stop_rx),
         )
-        .instrument(tracing::info_span!("rbac_check")),
+        .instrument(span),
     );
+    let stop = move || {
+        let _ = stop_tx.send(true);
+    };
+    let grace = config.operator.shutdown_timeout;
+    let code = lifecycle::supervise(ctrl, shutdown_signal(), stop, &health, grace).await;
+    wind_down(connected.rbac, election, server).await;
+    Ok(code)
+}
+
+/// What the controller runs against once connected, and the RBAC check started beside it.
+struct Connected {
+    client: kube::Client,
+    source: source::DynSourceRef,
+    settings: controller::Settings,
+    rbac: JoinHandle<()>,
+}
+
+/// Connects to Kubernetes and AWS, starts the RBAC check, reads (or creates) the hash key, and
+/// puts the source cache in front of AWS.
+async fn connect(
+    config: &RunConfig,
+    leadership: &leader::Leadership,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> anyhow::Result<Connected> {
+    let client = managed_secrets::k8s::client::client(
+        config.kube.kube_qps,
+        config.kube.kube_burst,
+        metrics.clone(),
+    )
+    .await
+    .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+    let rbac = spawn_rbac_check(config, &client, health, metrics);
     let tokens: Arc<dyn source::identity::TokenIssuer> =
         Arc::new(managed_secrets::k8s::tokens::KubeTokens {
             client: client.clone(),
         });
     let backend = source::aws::AwsBackend::from_env(metrics.clone(), Some(tokens))
         .await
-        .with_quota_share(args.aws_quota_share);
+        .with_quota_share(config.aws_quota_share);
     let default_region = backend.default_region();
-    let notifications = match &args.events_queue_url {
-        Some(url) => {
-            if args.events_visibility_timeout <= args.events_wait {
-                anyhow::bail!("--events-visibility-timeout must be longer than --events-wait");
-            }
-            let queue = managed_secrets::notifications::queue::SqsQueue::new(
-                backend.sdk_config(),
-                url,
-                args.events_wait,
-            );
-            Some(controller::notifications::NotificationSettings {
-                queue: Arc::new(queue),
-                wait: args.events_wait,
-                visibility: args.events_visibility_timeout,
-                backstop: args.events_backstop_interval,
-            })
+    let notifications = config.events.as_ref().map(|e| {
+        let queue = managed_secrets::notifications::queue::SqsQueue::new(
+            backend.sdk_config(),
+            &e.url,
+            e.wait,
+        );
+        controller::notifications::NotificationSettings {
+            queue: Arc::new(queue),
+            wait: e.wait,
+            visibility: e.visibility,
+            backstop: e.backstop,
         }
-        None => None,
-    };
-    let hash_key = managed_secrets::k8s::hash_key::load_or_create(
-        &client,
-        &args.operator_namespace,
-        &args.hash_key_secret,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "reading or creating the hash key Secret {}/{} (--operator-namespace, --hash-key-secret)",
-            args.operator_namespace, args.hash_key_secret
-        )
-    })?;
-    let src: source::DynSourceRef = Arc::new(
+    });
+    let hash_key = load_hash_key(config, &client).await?;
+    let source: source::DynSourceRef = Arc::new(
         CachedSource::new(backend)
             .with_limits(Limits {
-                max_entries: args.cache_max_entries as usize,
-                max_bytes: args.cache_max_bytes,
-                sweep_threshold: args.sweep_threshold as usize,
-                full_reread: args.full_reread_interval,
+                max_entries: config.cache.max_entries.get(),
+                max_bytes: config.cache.max_bytes.get(),
+                sweep_threshold: config.cache.sweep_threshold,
+                full_reread: config.cache.full_reread,
             })
             .with_metrics(metrics.clone())
-            .with_gate(src_gate),
+            .with_gate(leadership.flag()),
     );
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let router = http::router(health.clone(), metrics.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await
+    Ok(Connected {
+        client,
+        source,
+        settings: controller_settings(config, leadership, default_region, notifications, hash_key),
+        rbac,
+    })
+}
+
+/// Starts the RBAC check: it runs beside everything else, and readiness waits for its answer.
+fn spawn_rbac_check(
+    config: &RunConfig,
+    client: &kube::Client,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> JoinHandle<()> {
+    let checks = permissions::checks(&permissions::Deployment {
+        namespaces: config.scope.namespaces.clone(),
+        access_policies: matches!(config.scope.access_policy, AccessPolicyArg::Enforce),
+        leader_election: config.lease.election,
+        operator_namespace: config.operator.operator_namespace.clone(),
+        hash_key_secret: config.operator.hash_key_secret.clone(),
+        lease_namespace: config.lease.namespace.clone(),
+        lease_name: config.lease.name.clone(),
     });
-    let lease_namespace = args
-        .lease_namespace
-        .clone()
-        .unwrap_or_else(|| args.operator_namespace.clone());
-    let settings = controller::Settings {
-        namespaces: args.namespaces.clone(),
-        concurrency: args.concurrency,
-        min_refresh: args.min_refresh_interval,
-        rollout_debounce: args.rollout_debounce,
-        access_policy: match args.access_policy {
+    let span = tracing::info_span!("rbac_check", checks = checks.len());
+    tokio::spawn(
+        managed_secrets::k8s::access::verify(
+            client.clone(),
+            checks,
+            health.clone(),
+            metrics.clone(),
+            std::future::pending::<()>(),
+        )
+        .instrument(span),
+    )
+}
+
+/// The key of status.dataHash, from its Secret in the operator's namespace (created if missing).
+async fn load_hash_key(config: &RunConfig, client: &kube::Client) -> anyhow::Result<Vec<u8>> {
+    let (namespace, name) = (
+        &config.operator.operator_namespace,
+        &config.operator.hash_key_secret,
+    );
+    managed_secrets::k8s::hash_key::load_or_create(client, namespace, name)
+        .await
+        .with_context(|| {
+            format!(
+                "reading or creating the hash key Secret {namespace}/{name} (--operator-namespace, --hash-key-secret)"
+            )
+        })
+}
+
+/// The controller's settings: the flags, and what `connect` found.
+fn controller_settings(
+    config: &RunConfig,
+    leadership: &leader::Leadership,
+    default_region: Option<String>,
+    notifications: Option<controller::notifications::NotificationSettings>,
+    hash_key: Vec<u8>,
+) -> controller::Settings {
+    controller::Settings {
+        namespaces: config.scope.namespaces.clone(),
+        concurrency: config.reconcile.concurrency,
+        min_refresh: config.reconcile.min_refresh_interval,
+        rollout_debounce: config.reconcile.rollout_debounce,
+        access_policy: match config.scope.access_policy {
             AccessPolicyArg::Enforce => controller::AccessPolicy::Enforce,
             AccessPolicyArg::Off => controller::AccessPolicy::Off,
         },
@@ -270,9 +323,43 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         hash_key: controller::HashKey(Arc::from(hash_key)),
         leadership: leadership.clone(),
         notifications,
-        installation: managed_secrets::claim::installation(&lease_namespace, &args.lease_name),
+        installation: managed_secrets::claim::installation(
+            &config.lease.namespace,
+            &config.lease.name,
+        ),
         ..Default::default()
+    }
+}
+
+/// Binds --metrics-addr and serves /healthz, /readyz and /metrics until `stop`.
+async fn serve(
+    config: &RunConfig,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let addr = config.operator.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {addr}"))?;
+    let router = http::router(health.clone(), metrics.clone());
+    let serving = async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
     };
+    let span = tracing::info_span!("http_server", %addr);
+    Ok(tokio::spawn(serving.instrument(span)))
+}
+
+/// Takes part in leader election (without it, holds the Lease all the same) until `stop`, then
+/// gives the Lease back.
+async fn elect(
+    config: &RunConfig,
+    leadership: leader::Leadership,
+    metrics: &Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("managed-secrets-{:08x}", rand::random::<u32>()));
     // The Lease has a client of its own: a hold after a 429 on the controller's requests (`Pace`)
@@ -280,53 +367,39 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let lease_client = managed_secrets::k8s::client::lease_client(LEASE_QPS, metrics.clone())
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
-    let election = tokio::spawn(leader::run(
-        lease_client,
-        leader::Settings {
-            enabled: args.leader_election,
-            lease_name: args.lease_name.clone(),
-            lease_namespace,
-            duration: args.lease_duration,
-            grace: args.lease_grace,
-            identity,
-        },
-        leadership,
-        metrics.clone(),
-        {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        },
-    ));
-    tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %args.metrics_addr, "managed-secrets starting");
-    let mut ctrl_stop = stop_rx.clone();
-    let shutdown = async move {
-        let _ = ctrl_stop.changed().await;
+    let settings = leader::Settings {
+        enabled: config.lease.election,
+        lease_name: config.lease.name.clone(),
+        lease_namespace: config.lease.namespace.clone(),
+        duration: config.lease.duration,
+        grace: config.lease.grace,
+        identity,
     };
-    let ctrl = tokio::spawn(controller::run(
-        client,
-        src,
-        metrics,
-        health.clone(),
-        settings,
-        shutdown,
-    ));
-    let code = lifecycle::supervise(
-        ctrl,
-        shutdown_signal(),
-        move || {
-            let _ = stop_tx.send(true);
-        },
-        &health,
-        args.shutdown_timeout,
-    )
-    .await;
+    let lease = managed_secrets::claim::installation(&config.lease.namespace, &config.lease.name);
+    let span = tracing::info_span!("leader_election", %lease, enabled = config.lease.election);
+    Ok(tokio::spawn(
+        leader::run(lease_client, settings, leadership, metrics.clone(), stop).instrument(span),
+    ))
+}
+
+/// Resolves once `stop` is sent (or its sender is gone).
+fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.changed().await;
+    }
+}
+
+/// After the controller: the RBAC check ends, the Lease goes back at once (so that a standby
+/// takes over without waiting for it to expire), the HTTP server finishes its answers.
+async fn wind_down(
+    rbac: JoinHandle<()>,
+    election: JoinHandle<()>,
+    server: JoinHandle<std::io::Result<()>>,
+) {
     rbac.abort();
-    // The lease goes back at once, so that a standby takes over without waiting for it to expire.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(6), election).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
-    Ok(code)
+    let _ = tokio::time::timeout(Duration::from_secs(6), election).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
 }
 
 async fn shutdown_signal() {

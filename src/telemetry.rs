@@ -3,7 +3,7 @@
 //! which carry secret values.
 
 use crate::config::LogFormat;
-use tracing::Level;
+use tracing::{Instrument as _, Level};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -25,6 +25,16 @@ pub fn caps() -> Targets {
         .with_target("h2", Level::INFO)
         .with_target("rustls", Level::INFO)
         .with_target("tower", Level::INFO)
+}
+
+/// Spawns `task` inside `span`: every spawned task has one, so that its logs say what they belong
+/// to. (`tokio::spawn(task.instrument(span))` with the span first, for a long `async move` block.)
+pub fn spawn_in<F>(span: tracing::Span, task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(task.instrument(span))
 }
 
 pub fn init(format: LogFormat) {

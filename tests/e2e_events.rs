@@ -41,7 +41,8 @@ async fn operator(c: &Cluster, moto: &Moto, queue: &str, visibility: Duration) -
 
 fn dropped(op: &Operator, reason: &str) -> u64 {
     op.metrics
-        .events_dropped
+        .events
+        .dropped
         .get_or_create(&ReasonLabels {
             reason: reason.into(),
         })
@@ -122,7 +123,8 @@ async fn a_rotation_event_syncs_and_rolls_out_at_once_and_a_duplicate_does_nothi
     drained(&moto, &queue).await;
     assert_eq!(
         op.metrics
-            .events_received
+            .events
+            .received
             .get_or_create(&TypeLabels {
                 r#type: "UpdateSecretVersionStage".into()
             })
@@ -148,7 +150,7 @@ async fn a_rotation_event_syncs_and_rolls_out_at_once_and_a_duplicate_does_nothi
         Some("2"),
         "no second rollout"
     );
-    assert_eq!(op.metrics.event_source_up.get(), 1);
+    assert_eq!(op.metrics.events.source_up.get(), 1);
     assert!(op
         .health
         .ready()
@@ -197,7 +199,7 @@ async fn when_the_queue_fails_polling_carries_on_and_the_metrics_say_so() {
         .await;
     c.wait_secret_value("db", "password", "one").await;
     wait_for("the event source up", DEADLINE, || async {
-        (op.metrics.event_source_up.get() == 1).then_some(())
+        (op.metrics.events.source_up.get() == 1).then_some(())
     })
     .await;
     // The queue goes away: receiving fails, and refreshes fall back to the spec's 2s.
@@ -208,7 +210,7 @@ async fn when_the_queue_fails_polling_carries_on_and_the_metrics_say_so() {
         .await
         .unwrap();
     wait_for("the event source reported down", DEADLINE, || async {
-        (op.metrics.event_source_up.get() == 0 && op.metrics.event_queue_errors.get() > 0)
+        (op.metrics.events.source_up.get() == 0 && op.metrics.events.queue_errors.get() > 0)
             .then_some(())
     })
     .await;
@@ -243,7 +245,8 @@ async fn an_operator_killed_before_deleting_the_message_applies_the_rotation_onc
     wait_for("the event received", DEADLINE, || async {
         (first
             .metrics
-            .events_received
+            .events
+            .received
             .get_or_create(&TypeLabels {
                 r#type: "UpdateSecretVersionStage".into(),
             })
@@ -342,7 +345,8 @@ async fn an_event_before_the_policies_are_listed_waits_and_reads_nothing_denied(
     .await;
     wait_for("the event received", DEADLINE, || async {
         (op.metrics
-            .events_received
+            .events
+            .received
             .get_or_create(&TypeLabels {
                 r#type: "UpdateSecretVersionStage".into(),
             })

@@ -410,7 +410,7 @@ async fn a_second_installation_leaves_claimed_objects_alone_and_takes_over_when_
     // status (Ready, its claim) stays beside the second's note.
     // Three refreshes of the first (2 s each); the second looks as often (its recheck is the
     // refresh interval).
-    let looks = || first.metrics.reconciles_completed.get();
+    let looks = || first.metrics.reconciles.completed.get();
     let before = looks();
     support::wait_for(
         "three refreshes of the first installation",

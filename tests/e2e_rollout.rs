@@ -141,7 +141,7 @@ async fn restarts_and_downtime_roll_out_once_and_never_spuriously() {
     op.stop().await;
     let op2 = Operator::start(&c, &moto).await;
     wait_for("the new operator to reconcile", DEADLINE, || async {
-        (op2.metrics.reconciles_completed.get() >= 1).then_some(())
+        (op2.metrics.reconciles.completed.get() >= 1).then_some(())
     })
     .await;
     c.wait_attempts(&moto, "db", 1).await;

@@ -98,7 +98,7 @@ async fn a_new_managed_secret_costs_a_secret_create_and_a_status_write() {
     if c.is_emulator() {
         // What follows the first sync has run: the reconcile its Secret's watch event brings.
         wait_for("the reconcile after the first sync", DEADLINE, || async {
-            (op.metrics.reconciles_completed.get() >= 2).then_some(())
+            (op.metrics.reconciles.completed.get() >= 2).then_some(())
         })
         .await;
         let (gets, creates, patches, statuses, events) = before;
@@ -458,7 +458,7 @@ async fn deletion_policies_delete_retain_and_give_back_merged_keys() {
     assert_eq!(shared["OTHER"], "x");
     // No ManagedSecret needs the value any more: the operator no longer holds it.
     wait_for("the cached value to be dropped", DEADLINE, || async {
-        (op.metrics.cache_entries.get() == 0 && op.metrics.cache_bytes.get() == 0).then_some(())
+        (op.metrics.cache.entries.get() == 0 && op.metrics.cache.bytes.get() == 0).then_some(())
     })
     .await;
 }
@@ -680,7 +680,7 @@ async fn an_operator_restart_writes_nothing() {
     wait_for(
         "the new operator to finish a reconcile",
         DEADLINE,
-        || async { (op2.metrics.reconciles_completed.get() >= 1).then_some(()) },
+        || async { (op2.metrics.reconciles.completed.get() >= 1).then_some(()) },
     )
     .await;
     assert_eq!(
@@ -773,7 +773,7 @@ async fn kubernetes_api_failures_are_retried() {
             "the failed create was retried"
         );
         assert_eq!(
-            op.metrics.kube_throttled.get(),
+            op.metrics.kube.throttled.get(),
             2,
             "each 429 slowed the client"
         );
@@ -909,9 +909,9 @@ async fn status_writes_trigger_no_reconcile() {
     c.wait_ready("db", "True", "Synced").await;
     // Let the reconciles of the first sync (and of the Secret it wrote) settle.
     let settled = wait_for("reconciles to settle", DEADLINE, || async {
-        let before = op.metrics.reconciles_completed.get();
+        let before = op.metrics.reconciles.completed.get();
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        (op.metrics.reconciles_completed.get() == before).then_some(before)
+        (op.metrics.reconciles.completed.get() == before).then_some(before)
     })
     .await;
     // Someone else writes the status (the operator's own writes look the same to a watch).
@@ -935,9 +935,9 @@ async fn status_writes_trigger_no_reconcile() {
     })
     .await;
     let after = wait_for("reconciles to settle again", DEADLINE, || async {
-        let before = op.metrics.reconciles_completed.get();
+        let before = op.metrics.reconciles.completed.get();
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        (op.metrics.reconciles_completed.get() == before && before > settled).then_some(before)
+        (op.metrics.reconciles.completed.get() == before && before > settled).then_some(before)
     })
     .await;
     assert_eq!(

@@ -148,14 +148,14 @@ async fn policies_allow_and_deny_by_name_selector_variables_and_region_before_an
         + moto
             .calls_for("GetSecretValue", &format!("dev/{ns}/db"))
             .await;
-    let reconciles = op.metrics.reconciles_completed.get();
+    let reconciles = op.metrics.reconciles.completed.get();
     c.patch_ms(
         "by-variables",
         json!({"metadata": {"annotations": {"managedsecrets.io/force-sync": "1"}}}),
     )
     .await;
     support::wait_for("the forced reconcile", support::DEADLINE, || async {
-        (op.metrics.reconciles_completed.get() > reconciles).then_some(())
+        (op.metrics.reconciles.completed.get() > reconciles).then_some(())
     })
     .await;
     let after = moto

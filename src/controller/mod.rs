@@ -156,6 +156,7 @@ impl Context {
         });
         let out = f(st);
         self.metrics
+            .reconciles
             .managed_objects
             .set(i64::try_from(objects.len()).unwrap_or(i64::MAX));
         out
@@ -255,6 +256,7 @@ impl Context {
             let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
             let r = objects.remove(uid);
             self.metrics
+                .reconciles
                 .managed_objects
                 .set(i64::try_from(objects.len()).unwrap_or(i64::MAX));
             r
@@ -357,7 +359,7 @@ async fn reconcile(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> 
 #[instrument(skip_all, fields(namespace = %ms.namespace().unwrap_or_default(), name = %ms.name_any()))]
 async fn work(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    ctx.metrics.reconciles.inc();
+    ctx.metrics.reconciles.started.inc();
     let api: Api<ManagedSecret> =
         Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
     let obj = ms.clone();
@@ -414,9 +416,10 @@ async fn work(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
         other => other,
     };
     ctx.metrics
-        .reconcile_duration
+        .reconciles
+        .duration
         .observe(started.elapsed().as_secs_f64());
-    ctx.metrics.reconciles_completed.inc();
+    ctx.metrics.reconciles.completed.inc();
     res
 }
 

@@ -87,7 +87,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     ctx.health.note("events", "starting");
     loop {
         if !ctx.settings.leadership.is_leader() {
-            ctx.metrics.event_source_up.set(0);
+            ctx.metrics.events.source_up.set(0);
             ctx.health
                 .note("events", "standing by (only the leader receives)");
             tokio::select! {
@@ -131,7 +131,7 @@ fn receiving(ctx: &Context, settings: &NotificationSettings) {
     ctx.notifications
         .last_ok
         .store(unix_now(), Ordering::SeqCst);
-    ctx.metrics.event_source_up.set(1);
+    ctx.metrics.events.source_up.set(1);
     ctx.health.note(
         "events",
         format!("receiving from {}", settings.queue.name()),
@@ -147,8 +147,8 @@ fn failing(ctx: &Context, settings: &NotificationSettings, e: &QueueError) {
     ctx.notifications
         .last_error
         .store(unix_now(), Ordering::SeqCst);
-    ctx.metrics.event_source_up.set(0);
-    ctx.metrics.event_queue_errors.inc();
+    ctx.metrics.events.source_up.set(0);
+    ctx.metrics.events.queue_errors.inc();
     ctx.health.note(
         "events",
         format!("degraded ({e}); polling alone refreshes, at each refreshInterval"),
@@ -183,11 +183,12 @@ async fn handle_and_ack(ctx: &Arc<Context>, settings: &NotificationSettings, m: 
                 ctx.metrics.event_dropped(why);
             } else {
                 ctx.metrics
-                    .event_sync
+                    .events
+                    .sync
                     .observe(started.elapsed().as_secs_f64());
             }
             if let Err(e) = settings.queue.delete(&m.receipt).await {
-                ctx.metrics.event_queue_errors.inc();
+                ctx.metrics.events.queue_errors.inc();
                 warn!(message = %m.id, error = %e, "could not delete a handled event; it will come back and be found a duplicate");
             }
         }

@@ -234,7 +234,7 @@ async fn write(
         .await
         .map_err(|e| name_managers(ctx, &ns, e))?;
     if changed {
-        ctx.metrics.syncs.inc();
+        ctx.metrics.syncs.changed.inc();
         info!(secret = %ms.target_name(), version = %w.version_id, keys = w.keys, "Secret written");
     }
     Ok((w, changed))
@@ -263,7 +263,8 @@ async fn record(
     }
     if changed && w.kind == crate::rollout::Sync::NewVersion {
         ctx.metrics
-            .sync_lag
+            .syncs
+            .lag
             .observe(w.seen_at.elapsed().as_secs_f64());
     }
     match rolled {

@@ -395,7 +395,8 @@ impl PendingRollouts {
             };
             let c = ctx.clone();
             let stop = shutdown.clone();
-            tokio::spawn(async move {
+            let span = tracing::info_span!("argo_rollouts_watch", namespace = scope.as_deref());
+            crate::telemetry::spawn_in(span, async move {
                 let stream = watcher(api, watcher::Config::default())
                     .default_backoff()
                     .inspect(watch_report(

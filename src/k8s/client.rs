@@ -211,7 +211,7 @@ where
         Box::pin(async move {
             let res = fut.await?;
             if res.status() == http::StatusCode::TOO_MANY_REQUESTS {
-                metrics.kube_throttled.inc();
+                metrics.kube.throttled.inc();
                 pace.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .throttled(Instant::now(), retry_after(res.headers()));
@@ -381,7 +381,7 @@ mod tests {
         svc.call(Request::get("/api/v1/secrets").body(()).unwrap())
             .await
             .unwrap();
-        assert_eq!(metrics.kube_throttled.get(), 1);
+        assert_eq!(metrics.kube.throttled.get(), 1);
         // Held for the Retry-After: not ready now; the saved-up tokens are gone.
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);

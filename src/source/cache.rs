@@ -203,9 +203,11 @@ impl<B: SecretsBackend> CachedSource<B> {
 
     fn report(&self, inner: &Inner) {
         if let Some(m) = &self.metrics {
-            m.cache_entries
+            m.cache
+                .entries
                 .set(i64::try_from(inner.entries.len()).unwrap_or(i64::MAX));
-            m.cache_bytes
+            m.cache
+                .bytes
                 .set(i64::try_from(inner.bytes).unwrap_or(i64::MAX));
         }
     }

@@ -935,6 +935,7 @@ impl Operator {
     /// nothing because it failed as the last did).
     pub fn failures(&self, reason: &str) -> u64 {
         self.metrics
+            .reconciles
             .failures
             .get_or_create(&managed_secrets::metrics::ReasonLabels {
                 reason: reason.into(),
