@@ -19,6 +19,7 @@ tools:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	python3 scripts/code-shape.py check
 
 # cargo-deny (deny.toml): licenses, bans (no wildcard versions; duplicate versions are only warned
 # about) and sources (crates.io only). Run `cargo deny check` by hand for the inclusion graphs.
