@@ -297,14 +297,15 @@ impl<B: SecretsBackend> CachedSource<B> {
                         ..key.clone()
                     };
                     let mut f = self.backend.get_value(&by_id).await?;
-                    f.version_stages = versions
-                        .iter()
-                        .find(|(v, _)| *v == current)
-                        .map(|(_, s)| s.clone())
-                        .unwrap_or_default();
+                    f.version_stages = versions.stages_of(&current);
+                    f.rotation = Some(versions.rotation);
                     return Ok(f);
                 }
             }
+            return Ok(Fetched {
+                rotation: Some(versions.rotation),
+                ..got
+            });
         }
         Ok(got)
     }
@@ -357,7 +358,7 @@ impl<B: SecretsBackend> CachedSource<B> {
                     .entries
                     .get(key)
                     .is_some_and(|e| e.moved.is_some());
-                if checked.elapsed() < req.max_age && !full && !moved {
+                if checked.elapsed() < req.max_age && !full && !moved && !req.revalidate {
                     self.lookup("hit");
                     return Ok(Fetched {
                         from_cache: true,
@@ -366,17 +367,18 @@ impl<B: SecretsBackend> CachedSource<B> {
                 }
                 if !full {
                     // Expired: is it still the same version?
-                    let (versions, swept) = self.versions_of(key, req.max_age).await?;
+                    let max_age = if req.revalidate {
+                        Duration::ZERO
+                    } else {
+                        req.max_age
+                    };
+                    let (versions, swept) = self.versions_of(key, max_age).await?;
                     if resolve(&versions, &key.version).as_deref()
                         == Some(cached.version_id.as_str())
                     {
-                        let stages = versions
-                            .iter()
-                            .find(|(v, _)| *v == cached.version_id)
-                            .map(|(_, s)| s.clone())
-                            .unwrap_or_default();
                         let refreshed = Fetched {
-                            version_stages: stages,
+                            version_stages: versions.stages_of(&cached.version_id),
+                            rotation: Some(versions.rotation.clone()),
                             ..cached
                         };
                         self.store(key, &req.owner, &refreshed, false, req.max_age);
@@ -427,6 +429,7 @@ impl<B: SecretsBackend> CachedSource<B> {
                     let mut inner = self.lock();
                     inner.entries.get_mut(key).map(|e| {
                         e.moved = None;
+                        e.fetched.rotation = Some(versions.rotation.clone());
                         e.fetched.clone()
                     })
                 };
@@ -531,6 +534,10 @@ impl<B: SecretsBackend> CachedSource<B> {
                 .get(&key.secret_id)
                 .filter(|f| f.version_id == version)
             {
+                let f = &Fetched {
+                    rotation: swept_version(&listed, &key).map(|v| v.rotation),
+                    ..f.clone()
+                };
                 let max_age = self
                     .lock()
                     .entries
@@ -693,6 +700,7 @@ mod tests {
             version_stages: stages,
             from_cache: false,
             seen_at: Instant::now(),
+            rotation: None,
         }
     }
 
@@ -723,10 +731,11 @@ mod tests {
             Box::pin(async move {
                 self.describes.fetch_add(1, Ordering::SeqCst);
                 let all = self.secrets.lock().unwrap();
-                Ok(all
+                let stages: Vec<(String, Vec<String>)> = all
                     .get(&s.secret_id)
                     .map(|v| v.iter().map(|(a, b, _)| (a.clone(), b.clone())).collect())
-                    .unwrap_or_default())
+                    .unwrap_or_default();
+                Ok(stages.into())
             })
         }
         fn list<'a>(&'a self, _: &'a Group) -> BoxFuture<'a, Result<Vec<Listed>>> {
@@ -742,7 +751,11 @@ mod tests {
                         arn: format!(
                             "arn:aws:secretsmanager:us-east-1:123456789012:secret:{id}-AbCdEf"
                         ),
-                        versions: v.iter().map(|(a, b, _)| (a.clone(), b.clone())).collect(),
+                        versions: v
+                            .iter()
+                            .map(|(a, b, _)| (a.clone(), b.clone()))
+                            .collect::<Vec<_>>()
+                            .into(),
                     })
                     .collect())
             })
@@ -784,6 +797,7 @@ mod tests {
             },
             bypass_cache: bypass,
             max_age,
+            revalidate: false,
             owner: owner.into(),
         }
     }
@@ -826,6 +840,32 @@ mod tests {
         let moved = c.fetch(&req(false, Duration::ZERO)).await.unwrap();
         assert_eq!(moved.version_id, "v2");
         assert_eq!(value(&moved), "two");
+    }
+
+    #[tokio::test]
+    async fn a_due_rotation_revalidates_a_fresh_entry_and_reads_only_a_moved_version() {
+        let c = CachedSource::new(Store::with(&["prod/db/credentials"]));
+        let hour = Duration::from_secs(3600);
+        c.fetch(&req(false, hour)).await.unwrap();
+        let (gets, describes) = (
+            c.backend.gets.load(Ordering::SeqCst),
+            c.backend.describes.load(Ordering::SeqCst),
+        );
+        let due = FetchRequest {
+            revalidate: true,
+            ..req(false, hour)
+        };
+        let same = c.fetch(&due).await.unwrap();
+        assert!(same.from_cache);
+        assert_eq!(c.backend.describes.load(Ordering::SeqCst), describes + 1);
+        assert_eq!(
+            c.backend.gets.load(Ordering::SeqCst),
+            gets,
+            "not moved: no read"
+        );
+        c.backend.rotate("prod/db/credentials", "v2", "two");
+        assert_eq!(value(&c.fetch(&due).await.unwrap()), "two");
+        assert_eq!(value(&c.fetch(&req(false, hour)).await.unwrap()), "two");
     }
 
     #[tokio::test]
