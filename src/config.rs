@@ -186,8 +186,8 @@ pub struct ReconcileArgs {
     /// (a ManagedSecret's rollout.debounce overrides it).
     #[arg(long, env = "MANAGED_SECRETS_ROLLOUT_DEBOUNCE", default_value = "5s", value_parser = parse_debounce)]
     pub rollout_debounce: Duration,
-    /// A rotation whose NextRotationDate passed longer ago than this, AWSCURRENT not moved, is
-    /// overdue (RotationHealthy=False, RotationOverdue). 1s to 7d.
+    /// A rotation whose NextRotationDate (the end of its window: AWS rotates on or before it) passed
+    /// longer ago than this is overdue (RotationHealthy=False, RotationOverdue). 1s to 7d.
     #[arg(long, env = "MANAGED_SECRETS_ROTATION_OVERDUE_AFTER", default_value = "1h", value_parser = parse_rotation_threshold)]
     pub rotation_overdue_after: Duration,
     /// A version that has carried AWSPENDING without AWSCURRENT for longer than this is a stuck

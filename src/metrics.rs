@@ -683,6 +683,7 @@ mod tests {
         m.rollout("Deployment", "triggered");
         m.failure("Throttled");
         m.watch_error("secrets", "Forbidden");
+        m.rotation.set(&Arc::from("team/a"), Some("RotationStuck"));
         let served: Vec<String> = m
             .render()
             .lines()

@@ -1,11 +1,12 @@
 //! Pure: what AWS's rotation metadata means for a ManagedSecret. AWS rotates a secret at any time
-//! in its rotation window: from NextRotationDate for the rules' `Duration` (without one, an hour
-//! for a schedule in hours, else to the end of that UTC day). When to look again so that the
-//! rotation reaches the Secret soon after it finishes ([`next_check`]); what `status.rotation`
-//! says ([`status`]); and whether the rotation is healthy ([`health`]): overdue (the window closed
-//! longer than a grace period ago, AWSCURRENT not moved), stuck (a version has carried AWSPENDING
-//! without AWSCURRENT for longer than a threshold: the rotation function's finishSecret never
-//! ran), or disabled. Only metadata, never values; every date and text from AWS is checked.
+//! in its rotation window, "on or before" NextRotationDate, the window's end (the window is the
+//! rules' `Duration` long; without one, an hour for a schedule in hours, else that UTC day). When
+//! to look again so that the rotation reaches the Secret soon after it finishes ([`next_check`]);
+//! what `status.rotation` says ([`status`]); and whether the rotation is healthy ([`health`]):
+//! overdue (NextRotationDate passed longer than a grace period ago: AWS moves it forward after
+//! every successful rotation), stuck (a version has carried AWSPENDING without AWSCURRENT for
+//! longer than a threshold: the rotation function's finishSecret never ran), or disabled. Only
+//! metadata, never values; every date and text from AWS is checked.
 
 use crate::crd::RotationStatus;
 use crate::reason;
@@ -14,8 +15,8 @@ use crate::status::{parse_ts, ts};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
-/// A rotation is first looked for this long after its window opens (a rotation function usually
-/// finishes within seconds of starting).
+/// A rotation is first looked for this long after its window opens, and last this long after it
+/// ends (a rotation function usually finishes within seconds of starting).
 pub const SETTLE: Duration = Duration::from_secs(30);
 /// While the window is open (and until the rotation is overdue), look every sixtieth of the
 /// window, at least this often apart...
@@ -56,65 +57,108 @@ fn plus(t: DateTime<Utc>, d: Duration) -> Option<DateTime<Utc>> {
     crate::schedule::after(t, d)
 }
 
-/// How long the window that opens at `next` stays open: the rules' `Duration` (`3h`), else an
-/// hour for a schedule in hours (`rate(4 hours)`, or a cron in hours), else to the end of that UTC
-/// day; never more than a day, never less than an hour.
-pub fn window(duration: Option<&str>, schedule: Option<&str>, next: DateTime<Utc>) -> Duration {
+/// When the window that ends at `next` (NextRotationDate: AWS rotates "on or before" it) opens:
+/// the rules' `Duration` (`3h`) before it; an hour before it for a schedule in hours
+/// (`rate(4 hours)`, or a cron whose hours field repeats); else at the start of that UTC day. Never
+/// before that day starts (a window does not cross into the next UTC day).
+pub fn window_opens(
+    duration: Option<&str>,
+    schedule: Option<&str>,
+    next: DateTime<Utc>,
+) -> DateTime<Utc> {
     let hour = Duration::from_secs(3600);
-    if let Some(h) = duration
+    let length = duration
         .and_then(|d| d.trim().strip_suffix('h'))
         .and_then(|n| n.parse::<u64>().ok())
-    {
-        return Duration::from_secs(h.saturating_mul(3600)).clamp(hour, MAX_WINDOW);
-    }
-    if schedule.is_some_and(|s| s.len() <= 256 && s.contains("hour")) {
-        return hour;
-    }
-    let end_of_day = next
+        .map(|h| Duration::from_secs(h.saturating_mul(3600)).clamp(hour, MAX_WINDOW))
+        .or_else(|| schedule.filter(|s| hourly(s)).map(|_| hour));
+    let start_of_day = next
         .date_naive()
-        .succ_opt()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc());
-    end_of_day
-        .and_then(|e| (e - next).to_std().ok())
-        .unwrap_or(MAX_WINDOW)
-        .clamp(hour, MAX_WINDOW)
+        .and_hms_opt(0, 0, 0)
+        .map(|d| d.and_utc())
+        .unwrap_or(next);
+    match length {
+        Some(l) => before(next, l).map_or(start_of_day, |o| o.max(start_of_day)),
+        None => start_of_day,
+    }
 }
 
-/// The rotation window of `rot`: (opens, closes), if AWS says when.
+/// Whether a schedule expression repeats within a day: `rate(N hour[s])`, or a cron whose hours
+/// field is not one hour.
+fn hourly(schedule: &str) -> bool {
+    let s = schedule.trim();
+    if s.len() > 256 {
+        return false;
+    }
+    if let Some(rate) = s.strip_prefix("rate(") {
+        return rate.contains("hour");
+    }
+    s.strip_prefix("cron(")
+        .and_then(|c| c.split_whitespace().nth(1))
+        .is_some_and(|h| h.contains(['*', '/', ',', '-']))
+}
+
+fn before(t: DateTime<Utc>, d: Duration) -> Option<DateTime<Utc>> {
+    t.checked_sub_signed(chrono::TimeDelta::from_std(d).ok()?)
+}
+
+/// The rotation window of `rot`: (opens, ends at NextRotationDate), if AWS says when.
 fn window_of(rot: &Rotation) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let next = at(rot.next_rotation)?;
-    let w = window(rot.window.as_deref(), rot.schedule.as_deref(), next);
-    Some((next, plus(next, w)?))
+    let opens = window_opens(rot.window.as_deref(), rot.schedule.as_deref(), next);
+    Some((opens, next))
 }
 
-/// The earliest time to look again for the rotation's sake (the refresh interval still applies):
-/// shortly after a NextRotationDate ahead; every [`DUE_POLL`] while a due rotation has not
-/// finished and is not overdue yet; None otherwise (disabled, unknown, or overdue: the interval).
-pub fn next_check(rot: &Rotation, now: DateTime<Utc>, t: &Thresholds) -> Option<DateTime<Utc>> {
-    if !rot.enabled {
-        return None;
-    }
-    let (opens, closes) = window_of(rot)?;
-    let settled = plus(opens, SETTLE)?;
-    if now < settled {
-        return Some(settled);
-    }
-    let overdue = plus(closes, t.overdue_after)?;
-    let every = ((closes - opens).to_std().ok()? / 60).clamp(DUE_POLL, DUE_POLL_MAX);
-    (now < overdue).then(|| plus(now, every).map_or(overdue, |p| p.min(overdue)))
+/// The earliest time to look again for the rotation's sake (the refresh interval stays the
+/// backstop): 30 s after the window opens; while it is open, every sixtieth of it (1 to 30
+/// minutes apart) and 30 s after it ends; then once more when it would turn overdue; and when a
+/// pending version would turn stuck. None when there is nothing to look for.
+pub fn next_check(
+    rot: &Rotation,
+    st: &RotationStatus,
+    now: DateTime<Utc>,
+    t: &Thresholds,
+) -> Option<DateTime<Utc>> {
+    let stuck = parse_ts(st.pending_since.as_deref())
+        .filter(|_| st.pending_version_id.is_some())
+        .and_then(|since| plus(since, t.stuck_after + Duration::from_secs(1)));
+    let scheduled = rot
+        .enabled
+        .then(|| window_of(rot))
+        .flatten()
+        .and_then(|(opens, ends)| {
+            let settled = plus(opens, SETTLE)?;
+            if now < settled {
+                return Some(settled);
+            }
+            let overdue = plus(ends, t.overdue_after + Duration::from_secs(1))?;
+            if now >= overdue {
+                return None;
+            }
+            let window = (ends - opens).to_std().ok()?;
+            let every = Duration::from_secs(window.as_secs() / 60).clamp(DUE_POLL, DUE_POLL_MAX);
+            let mut at = plus(now, every)?.min(overdue);
+            if let Some(last) = plus(ends, SETTLE).filter(|l| now < *l) {
+                at = at.min(last);
+            }
+            Some(at)
+        });
+    [stuck.filter(|s| *s > now), scheduled]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
-/// Whether a refresh at `now` must ask AWS even if the cache checked the secret recently: while
-/// the rotation window (as the status last saw it) is open, and until the rotation is overdue.
+/// Whether a refresh at `now` must ask AWS even if the cache checked the secret recently: from the
+/// window's opening (as the status last saw it) until the rotation would be overdue.
 pub fn due(st: Option<&RotationStatus>, now: DateTime<Utc>, t: &Thresholds) -> bool {
     let Some(st) = st.filter(|s| s.enabled) else {
         return false;
     };
-    let opens = parse_ts(st.next_rotation_time.as_deref());
-    let closes = parse_ts(st.window_closes_time.as_deref());
-    match (opens, closes) {
-        (Some(o), Some(c)) => now >= o && plus(c, t.overdue_after).is_some_and(|end| now <= end),
+    let opens = parse_ts(st.window_opens_time.as_deref());
+    let ends = parse_ts(st.next_rotation_time.as_deref());
+    match (opens, ends) {
+        (Some(o), Some(e)) => now >= o && plus(e, t.overdue_after).is_some_and(|end| now <= end),
         _ => false,
     }
 }
@@ -131,7 +175,7 @@ pub fn status(prev: Option<&RotationStatus>, rot: &Rotation, now: DateTime<Utc>)
         enabled: rot.enabled,
         last_rotated_time: at(rot.last_rotated).map(ts),
         next_rotation_time: at(rot.next_rotation).map(ts),
-        window_closes_time: window_of(rot).map(|(_, c)| ts(c)),
+        window_opens_time: window_of(rot).map(|(o, _)| ts(o)),
         pending_version_id: rot.pending.clone(),
         pending_since,
     }
@@ -168,15 +212,15 @@ pub fn health(st: &RotationStatus, now: DateTime<Utc>, t: &Thresholds) -> Health
             message: "rotation is not enabled on the AWS secret".into(),
         };
     }
-    let closes = parse_ts(st.window_closes_time.as_deref());
-    if let Some(closes) = closes {
-        if plus(closes, t.overdue_after).is_some_and(|limit| now > limit) {
+    let next = parse_ts(st.next_rotation_time.as_deref());
+    if let Some(next) = next {
+        if plus(next, t.overdue_after).is_some_and(|limit| now > limit) {
             return Health {
                 status: "False",
                 reason: reason::ROTATION_OVERDUE,
                 message: format!(
                     "the rotation due by {} has not happened (AWSCURRENT did not move): check the rotation function",
-                    ts(closes)
+                    ts(next)
                 ),
             };
         }
@@ -211,55 +255,102 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_the_rules_duration_an_hour_for_hourly_schedules_else_the_rest_of_the_day() {
-        let next = t("2026-12-01T10:00:00Z");
-        let h = |n: u64| Duration::from_secs(n * 3600);
-        assert_eq!(window(Some("3h"), None, next), h(3));
-        assert_eq!(window(Some("99h"), None, next), h(24));
-        assert_eq!(window(Some("0h"), None, next), h(1));
-        assert_eq!(window(None, Some("rate(4 hours)"), next), h(1));
-        assert_eq!(window(None, Some("rate(10 days)"), next), h(14));
-        assert_eq!(window(None, None, t("2026-12-01T23:30:00Z")), h(1));
-        assert_eq!(window(Some("junk"), None, next), h(14));
+    fn the_window_ends_at_next_rotation_and_opens_the_rules_duration_before_it() {
+        let next = t("2026-12-01T23:59:59Z");
+        assert_eq!(
+            window_opens(Some("3h"), None, next),
+            t("2026-12-01T20:59:59Z")
+        );
+        assert_eq!(
+            window_opens(Some("99h"), None, next),
+            t("2026-12-01T00:00:00Z"),
+            "never before the day starts"
+        );
+        assert_eq!(
+            window_opens(Some("0h"), None, next),
+            t("2026-12-01T22:59:59Z")
+        );
+        for hourly in [
+            "rate(4 hours)",
+            "rate(1 hour)",
+            "cron(0 */4 * * ? *)",
+            "cron(0 8,20 * * ? *)",
+        ] {
+            assert_eq!(
+                window_opens(None, Some(hourly), next),
+                t("2026-12-01T22:59:59Z"),
+                "{hourly}"
+            );
+        }
+        for daily in ["rate(10 days)", "cron(0 8 1 * ? *)"] {
+            assert_eq!(
+                window_opens(None, Some(daily), next),
+                t("2026-12-01T00:00:00Z"),
+                "{daily}"
+            );
+        }
+        assert_eq!(
+            window_opens(Some("junk"), None, next),
+            t("2026-12-01T00:00:00Z")
+        );
+        assert_eq!(
+            window_opens(Some("2h"), None, t("2026-12-01T01:00:00Z")),
+            t("2026-12-01T00:00:00Z")
+        );
     }
 
     #[test]
-    fn a_rotation_ahead_is_looked_for_shortly_after_it_is_due_then_every_minute_until_overdue() {
+    fn a_window_is_looked_at_as_it_opens_while_open_as_it_ends_and_when_it_would_be_overdue() {
         let th = Thresholds::default();
-        let r = rot("2026-12-01T10:20:00Z");
+        // Window 10:20 to 11:20 (Duration 1h, NextRotationDate 11:20).
+        let r = rot("2026-12-01T11:20:00Z");
+        let st = status(None, &r, t("2026-12-01T10:00:00Z"));
         assert_eq!(
-            next_check(&r, t("2026-12-01T10:00:00Z"), &th),
-            Some(t("2026-12-01T10:20:30Z"))
+            st.window_opens_time.as_deref(),
+            Some("2026-12-01T10:20:00Z")
         );
+        let at = |now: &str| next_check(&r, &st, t(now), &th);
+        assert_eq!(at("2026-12-01T10:00:00Z"), Some(t("2026-12-01T10:20:30Z")));
+        assert_eq!(at("2026-12-01T10:20:30Z"), Some(t("2026-12-01T10:21:30Z")));
         assert_eq!(
-            next_check(&r, t("2026-12-01T10:20:30Z"), &th),
-            Some(t("2026-12-01T10:21:30Z"))
+            at("2026-12-01T11:19:40Z"),
+            Some(t("2026-12-01T11:20:30Z")),
+            "30 s after the window ends"
         );
+        assert_eq!(at("2026-12-01T11:20:30Z"), Some(t("2026-12-01T11:21:30Z")));
         assert_eq!(
-            next_check(&r, t("2026-12-01T12:19:40Z"), &th),
-            Some(t("2026-12-01T12:20:00Z")),
-            "never past the window and the grace"
+            at("2026-12-01T12:19:40Z"),
+            Some(t("2026-12-01T12:20:01Z")),
+            "when it would turn overdue"
         );
-        assert_eq!(next_check(&r, t("2026-12-01T12:20:01Z"), &th), None);
+        assert_eq!(at("2026-12-01T12:20:01Z"), None);
         // A day-long window: every 24 minutes.
         let day = Rotation {
             window: Some("24h".into()),
+            next_rotation: Some(t("2026-12-01T23:59:59Z").timestamp()),
             ..r.clone()
         };
+        let dst = status(None, &day, t("2026-12-01T10:00:00Z"));
         assert_eq!(
-            next_check(&day, t("2026-12-01T11:00:00Z"), &th),
-            Some(t("2026-12-01T11:24:00Z"))
+            next_check(&day, &dst, t("2026-12-01T11:00:00Z"), &th),
+            Some(t("2026-12-01T11:23:59Z")),
+            "a window of 86,399 s: every 1,439 s"
         );
         let off = Rotation {
             enabled: false,
             ..r.clone()
         };
-        assert_eq!(next_check(&off, t("2026-12-01T10:00:00Z"), &th), None);
-        let unknown = Rotation {
-            next_rotation: None,
-            ..r
+        assert_eq!(next_check(&off, &st, t("2026-12-01T10:00:00Z"), &th), None);
+        // A pending version: looked at when it would turn stuck, rotation enabled or not.
+        let pending = Rotation {
+            pending: Some("v2".into()),
+            ..off
         };
-        assert_eq!(next_check(&unknown, t("2026-12-01T10:00:00Z"), &th), None);
+        let pst = status(None, &pending, t("2026-12-01T10:00:00Z"));
+        assert_eq!(
+            next_check(&pending, &pst, t("2026-12-01T10:05:00Z"), &th),
+            Some(t("2026-12-01T11:00:01Z"))
+        );
     }
 
     #[test]
@@ -272,8 +363,8 @@ mod tests {
                 next_rotation: Some(bad),
                 ..Rotation::default()
             };
-            assert_eq!(next_check(&r, t("2026-12-01T10:00:00Z"), &th), None);
             let st = status(None, &r, t("2026-12-01T10:00:00Z"));
+            assert_eq!(next_check(&r, &st, t("2026-12-01T10:00:00Z"), &th), None);
             assert_eq!((st.last_rotated_time, st.next_rotation_time), (None, None));
         }
     }
@@ -327,7 +418,7 @@ mod tests {
         let h = health(&st, t("2026-12-01T12:00:01Z"), &th);
         assert_eq!(
             (h.status, h.reason, h.message.as_str()),
-            ("False", "RotationOverdue", "the rotation due by 2026-12-01T11:00:00Z has not happened (AWSCURRENT did not move): check the rotation function")
+            ("False", "RotationOverdue", "the rotation due by 2026-12-01T10:00:00Z has not happened (AWSCURRENT did not move): check the rotation function")
         );
         let off = status(None, &Rotation::default(), t("2026-12-01T10:00:00Z"));
         let h = health(&off, t("2026-12-01T10:00:00Z"), &th);
@@ -343,14 +434,14 @@ mod tests {
             t("2026-12-01T09:00:00Z"),
         );
         let at = |s: &str| due(Some(&st), t(s), &th);
-        assert!(!at("2026-12-01T09:59:00Z"), "not due yet");
-        assert!(at("2026-12-01T10:00:00Z"));
-        assert!(at("2026-12-01T10:30:00Z"));
+        assert!(!at("2026-12-01T08:59:00Z"), "the window is not open yet");
+        assert!(at("2026-12-01T09:00:00Z"));
+        assert!(at("2026-12-01T09:30:00Z"));
         assert!(
-            at("2026-12-01T11:30:00Z"),
+            at("2026-12-01T10:59:00Z"),
             "the window closed, not overdue yet"
         );
-        assert!(!at("2026-12-01T12:00:01Z"), "overdue: the interval");
+        assert!(!at("2026-12-01T11:00:01Z"), "overdue: the interval");
         assert!(!due(None, t("2026-12-01T10:00:10Z"), &th));
         let off = RotationStatus {
             enabled: false,

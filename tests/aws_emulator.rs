@@ -236,8 +236,10 @@ async fn label_moves_are_delivered_as_eventbridge_events_and_rotations_are_recor
         .unwrap();
     let last = d.last_rotated_date().map(|t| t.secs()).unwrap();
     assert!(last >= before, "LastRotatedDate {last} is the finish");
+    let due = last + 30 * 86400;
     assert_eq!(
         d.next_rotation_date().map(|t| t.secs()),
-        Some(last + 30 * 86400)
+        Some(due - due % 86400 + 86399),
+        "on or before the end of the UTC day 30 days on"
     );
 }

@@ -180,6 +180,17 @@ pub(super) struct Write {
     pub rotation_unhealthy: Option<&'static str>,
 }
 
+/// Why the status says the rotation is unhealthy (the metric's label), if it does.
+pub(super) fn rotation_unhealthy(st: &ManagedSecretStatus) -> Option<&'static str> {
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == reason::ROTATION_HEALTHY && c.status == "False")?;
+    [reason::ROTATION_OVERDUE, reason::ROTATION_STUCK]
+        .into_iter()
+        .find(|r| *r == c.reason)
+}
+
 /// An Event about the rotation's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RotationNews {
@@ -211,11 +222,19 @@ pub(super) fn write(
     let name = ms.target_name();
     let polled = schedule::after(now, schedule::jittered(seen.interval, jitter))
         .ok_or_else(|| Error::InvalidSpec("refreshInterval is too long".into()))?;
-    // A scheduled rotation is looked for shortly after it is due (the interval stays the backstop).
+    // status.rotation as AWS's metadata says it now (kept as it was when AWS said nothing: a
+    // pinned version is read without its metadata).
+    let rotation_status = fetched
+        .rotation
+        .as_ref()
+        .map(|r| rotation::status(prev.rotation.as_ref(), r, now));
+    // A rotation window, or a pending version, is looked at when it matters (the interval stays
+    // the backstop).
     let next = fetched
         .rotation
         .as_ref()
-        .and_then(|r| rotation::next_check(r, now, &seen.thresholds))
+        .zip(rotation_status.as_ref())
+        .and_then(|(r, st)| rotation::next_check(r, st, now, &seen.thresholds))
         .map_or(polled, |r| r.min(polled));
     let mut status = status::synced(
         prev,
@@ -232,10 +251,12 @@ pub(super) fn write(
             forced: if bypass_cache { force(ms) } else { None },
         },
     );
+    if rotation_status.is_some() {
+        status.rotation = rotation_status;
+    }
     let (rotation_news, rotation_unhealthy) = rotation_health(
         &mut status,
         prev,
-        fetched.rotation.as_ref(),
         ms.metadata.generation,
         now,
         &seen.thresholds,
@@ -263,20 +284,15 @@ pub(super) fn write(
     })
 }
 
-/// `status.rotation` and the `RotationHealthy` condition from what AWS said (kept as they were
-/// when it said nothing: a pinned version is read without its metadata); the Event when the
-/// health changed, and the unhealthy reason.
+/// The `RotationHealthy` condition from `st.rotation`; the Event when the health changed, and the
+/// unhealthy reason.
 fn rotation_health(
     st: &mut ManagedSecretStatus,
     prev: &ManagedSecretStatus,
-    aws: Option<&crate::source::Rotation>,
     generation: Option<i64>,
     now: DateTime<Utc>,
     thresholds: &rotation::Thresholds,
 ) -> (Option<RotationNews>, Option<&'static str>) {
-    if let Some(r) = aws {
-        st.rotation = Some(rotation::status(prev.rotation.as_ref(), r, now));
-    }
     let Some(rot) = &st.rotation else {
         return (None, None);
     };
@@ -807,7 +823,8 @@ mod tests {
         let mut s = seen(&m);
         s.interval = Duration::from_secs(3600);
         let mut f = fetched("v1", &["AWSCURRENT"]);
-        f.rotation = Some(rotating("2026-12-01T10:20:00Z", None));
+        // The window opens at 10:20 (Duration 1h; it ends at NextRotationDate, 11:20).
+        f.rotation = Some(rotating("2026-12-01T11:20:00Z", None));
         let w = write(&m, &s, &f, false, b"k", 0.0).unwrap();
         assert_eq!(w.next_refresh, t("2026-12-01T10:20:30Z"));
         assert_eq!(w.wait, Duration::from_secs(20 * 60 + 30));
@@ -821,7 +838,7 @@ mod tests {
             (
                 true,
                 Some("2026-11-01T10:00:00Z"),
-                Some("2026-12-01T10:20:00Z")
+                Some("2026-12-01T11:20:00Z")
             )
         );
         let c = w

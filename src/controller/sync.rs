@@ -186,6 +186,10 @@ async fn rest(
     until: chrono::DateTime<Utc>,
 ) -> std::result::Result<Action, Failure> {
     let wait = plan::rest_wait(seen.now, until, ctx.settings.min_refresh);
+    // What the status says (after a restart or a change of leader, before any sync).
+    ctx.metrics
+        .rotation
+        .set(&seen.memory.key, plan::rotation_unhealthy(&seen.status));
     if ms.spec.rollout.is_none() {
         return Ok(Action::requeue(wait));
     }

@@ -347,15 +347,15 @@ pub struct RotationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub last_rotated_time: Option<String>,
-    /// When AWS rotates it next (RFC 3339).
+    /// AWS rotates it on or before this time (RFC 3339); it moves forward after every rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub next_rotation_time: Option<String>,
-    /// When the rotation window that opens at nextRotationTime closes (AWS rotates at any time in
-    /// it); the rotation is overdue once it closed longer than the operator's grace ago.
+    /// When the rotation window that ends at nextRotationTime opens (AWS rotates at any time in
+    /// it, on or before nextRotationTime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
-    pub window_closes_time: Option<String>,
+    pub window_opens_time: Option<String>,
     /// A version that carries AWSPENDING and not AWSCURRENT: a rotation started, not finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]

@@ -65,6 +65,20 @@ const MOVING: &[&str] = &[
 
 /// Bodies are at most this long (SQS's own limit is 256 KiB).
 pub const MAX_BODY: usize = 256 * 1024;
+/// Most secrets one message may name (a real event names one; more are ignored).
+pub const MAX_NAMED: usize = 16;
+
+/// A region as AWS spells them (`us-east-1`), or nothing.
+fn region_of(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str)
+        .filter(|r| {
+            !r.is_empty()
+                && r.len() <= 32
+                && r.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+        .map(str::to_string)
+}
 
 /// Parses an SQS message body: an EventBridge event (as an EventBridge rule delivers it), or the
 /// same wrapped in an SNS notification.
@@ -104,7 +118,11 @@ pub fn parse(body: &str) -> Result<Notification, Ignored> {
     let mut secrets: Vec<String> = Vec::new();
     let mut add = |s: Option<&Value>| {
         if let Some(s) = s.and_then(Value::as_str).map(str::trim) {
-            if !s.is_empty() && s.len() <= 2048 && !secrets.iter().any(|x| x == s) {
+            if !s.is_empty()
+                && s.len() <= 2048
+                && secrets.len() < MAX_NAMED
+                && !secrets.iter().any(|x| x == s)
+            {
                 secrets.push(s.to_string());
             }
         }
@@ -155,11 +173,7 @@ pub fn parse(body: &str) -> Result<Notification, Ignored> {
     if secrets.is_empty() {
         return Err(Ignored::Malformed("no secret named in the event"));
     }
-    let region = detail
-        .get("awsRegion")
-        .or_else(|| v.get("region"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let region = region_of(detail.get("awsRegion").or_else(|| v.get("region")));
     Ok(Notification {
         name,
         secrets,
@@ -182,15 +196,21 @@ fn label_updated(v: &Value, detail: &Value) -> Result<Notification, Ignored> {
     if UNREAD_LABELS.contains(&label) {
         return Err(Ignored::ReadOnly(format!("{LABEL_UPDATED} {label}")));
     }
+    // The ARN says which account's secret it is; the name alone only when there is none.
     let mut secrets: Vec<String> = Vec::new();
-    let named = v
-        .get("resources")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .chain(detail.get("name"));
+    let resources = v.get("resources").and_then(Value::as_array);
+    let named = resources.into_iter().flatten().chain(
+        resources
+            .is_none_or(Vec::is_empty)
+            .then(|| detail.get("name"))
+            .flatten(),
+    );
     for s in named.filter_map(Value::as_str).map(str::trim) {
-        if !s.is_empty() && s.len() <= 2048 && !secrets.iter().any(|x| x == s) {
+        if !s.is_empty()
+            && s.len() <= 2048
+            && secrets.len() < MAX_NAMED
+            && !secrets.iter().any(|x| x == s)
+        {
             secrets.push(s.to_string());
         }
     }
@@ -200,17 +220,19 @@ fn label_updated(v: &Value, detail: &Value) -> Result<Notification, Ignored> {
     Ok(Notification {
         name: LABEL_UPDATED.into(),
         secrets,
-        region: v.get("region").and_then(Value::as_str).map(str::to_string),
+        region: region_of(v.get("region")),
         label: Some(label.to_string()),
     })
 }
 
 /// Whether a notification about `label` can move what a ManagedSecret reads: the stage it reads
-/// (`stage`, AWSCURRENT by default), never a pinned version id. No label: it may have moved any.
+/// (`stage`, AWSCURRENT by default; AWSPREVIOUS moves with AWSCURRENT, and AWS announces only the
+/// latter), never a pinned version id. No label: it may have moved any.
 pub fn moves_what_it_reads(label: Option<&str>, stage: Option<&str>, pinned: bool) -> bool {
+    let stage = stage.unwrap_or("AWSCURRENT");
     match label {
         None => true,
-        Some(l) => !pinned && stage.unwrap_or("AWSCURRENT") == l,
+        Some(l) => !pinned && (stage == l || (l == "AWSCURRENT" && stage == "AWSPREVIOUS")),
     }
 }
 
@@ -434,7 +456,7 @@ mod tests {
     fn a_secret_label_updated_event_names_its_secret_and_the_label_that_moved() {
         let want = Notification {
             name: "Secret Label Updated".into(),
-            secrets: vec![ARN.into(), "prod/db/credentials".into()],
+            secrets: vec![ARN.into()],
             region: Some("us-east-1".into()),
             label: Some("AWSCURRENT".into()),
         };
@@ -479,7 +501,33 @@ mod tests {
         assert!(!moves_what_it_reads(Some("blue"), None, false));
         assert!(moves_what_it_reads(Some("blue"), Some("blue"), false));
         assert!(!moves_what_it_reads(Some("AWSCURRENT"), None, true));
+        assert!(
+            moves_what_it_reads(Some("AWSCURRENT"), Some("AWSPREVIOUS"), false),
+            "AWSPREVIOUS moves with AWSCURRENT"
+        );
+        assert!(!moves_what_it_reads(
+            Some("blue"),
+            Some("AWSPREVIOUS"),
+            false
+        ));
         assert!(moves_what_it_reads(None, Some("blue"), false));
         assert!(moves_what_it_reads(None, None, true), "CloudTrail: any");
+    }
+
+    #[test]
+    fn a_message_names_at_most_sixteen_secrets_and_a_region_as_aws_spells_them() {
+        let mut e = label_updated_event("AWSCURRENT");
+        let many: Vec<String> = (0..1000).map(|i| format!("{ARN}{i}")).collect();
+        e["resources"] = json!(many);
+        e["region"] = json!("x".repeat(5000));
+        let n = parse(&e.to_string()).unwrap();
+        assert_eq!(n.secrets.len(), MAX_NAMED);
+        assert_eq!(n.region, None);
+        // Without resources, the name.
+        e["resources"] = json!([]);
+        e["region"] = json!("eu-west-1");
+        let n = parse(&e.to_string()).unwrap();
+        assert_eq!(n.secrets, vec!["prod/db/credentials".to_string()]);
+        assert_eq!(n.region.as_deref(), Some("eu-west-1"));
     }
 }

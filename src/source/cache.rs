@@ -31,6 +31,10 @@ pub const MIN_SWEEP_PERIOD: Duration = Duration::from_secs(10);
 /// The refresh interval recorded for a value an event had read before any ManagedSecret asked.
 const CONFIRMED_MAX_AGE: Duration = Duration::from_secs(300);
 
+/// A fetch that must revalidate (a rotation window is open) still takes an answer this fresh: the
+/// readers of one secret looking at once cost one DescribeSecret, not one each.
+const REVALIDATED_WITHIN: Duration = Duration::from_secs(15);
+
 /// How much older than its period a sweep may be and still answer (it runs on a 1s tick).
 const SWEEP_SLACK: Duration = Duration::from_secs(3);
 
@@ -358,7 +362,12 @@ impl<B: SecretsBackend> CachedSource<B> {
                     .entries
                     .get(key)
                     .is_some_and(|e| e.moved.is_some());
-                if checked.elapsed() < req.max_age && !full && !moved && !req.revalidate {
+                let fresh_for = if req.revalidate {
+                    req.max_age.min(REVALIDATED_WITHIN)
+                } else {
+                    req.max_age
+                };
+                if checked.elapsed() < fresh_for && !full && !moved {
                     self.lookup("hit");
                     return Ok(Fetched {
                         from_cache: true,
@@ -367,12 +376,7 @@ impl<B: SecretsBackend> CachedSource<B> {
                 }
                 if !full {
                     // Expired: is it still the same version?
-                    let max_age = if req.revalidate {
-                        Duration::ZERO
-                    } else {
-                        req.max_age
-                    };
-                    let (versions, swept) = self.versions_of(key, max_age).await?;
+                    let (versions, swept) = self.versions_of(key, fresh_for).await?;
                     if resolve(&versions, &key.version).as_deref()
                         == Some(cached.version_id.as_str())
                     {
@@ -847,14 +851,24 @@ mod tests {
         let c = CachedSource::new(Store::with(&["prod/db/credentials"]));
         let hour = Duration::from_secs(3600);
         c.fetch(&req(false, hour)).await.unwrap();
-        let (gets, describes) = (
-            c.backend.gets.load(Ordering::SeqCst),
-            c.backend.describes.load(Ordering::SeqCst),
-        );
         let due = FetchRequest {
             revalidate: true,
             ..req(false, hour)
         };
+        assert!(
+            c.fetch(&due).await.unwrap().from_cache,
+            "checked within 15 s: one answer serves every reader"
+        );
+        // Checked 16 s ago.
+        {
+            let mut inner = c.lock();
+            let e = inner.entries.get_mut(&due.secret).unwrap();
+            e.checked = e.checked.checked_sub(Duration::from_secs(16)).unwrap();
+        }
+        let (gets, describes) = (
+            c.backend.gets.load(Ordering::SeqCst),
+            c.backend.describes.load(Ordering::SeqCst),
+        );
         let same = c.fetch(&due).await.unwrap();
         assert!(same.from_cache);
         assert_eq!(c.backend.describes.load(Ordering::SeqCst), describes + 1);
@@ -864,6 +878,11 @@ mod tests {
             "not moved: no read"
         );
         c.backend.rotate("prod/db/credentials", "v2", "two");
+        {
+            let mut inner = c.lock();
+            let e = inner.entries.get_mut(&due.secret).unwrap();
+            e.checked = e.checked.checked_sub(Duration::from_secs(16)).unwrap();
+        }
         assert_eq!(value(&c.fetch(&due).await.unwrap()), "two");
         assert_eq!(value(&c.fetch(&req(false, hour)).await.unwrap()), "two");
     }

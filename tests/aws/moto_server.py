@@ -17,9 +17,10 @@ It also does what AWS does around moto that moto does not:
   every rule.
 - Rotation metadata: when a rotation finishes (AWSCURRENT moves to the version that carried
   AWSPENDING), LastRotatedDate becomes now and, with rotation enabled, NextRotationDate now plus the
-  rotation period. `POST /__rotation {"secret_id": ID, "region": R, "next_rotation_date": UNIX,
-  "duration": "1h"}` enables rotation and moves NextRotationDate (time passing: a schedule coming
-  due), with that rotation window (RotationRules.Duration) if given.
+  rotation period (on or before the end of that UTC day: NextRotationDate is the latest time the
+  rotation happens, the end of its window). `POST /__rotation {"secret_id": ID, "region": R,
+  "next_rotation_date": UNIX, "duration": "1h"}` enables rotation and moves NextRotationDate (time
+  passing: a schedule coming due), with that window length (RotationRules.Duration) if given.
 """
 
 import argparse
@@ -67,7 +68,8 @@ def _label_updated(backend, secret, label, version_id):
     }
     body = json.dumps(event)
     with _rules_lock:
-        rules = list(_rules)
+        # The default event bus is regional: a rule sees its own account's and region's events.
+        rules = [r for r in _rules if r["account"] == backend.account_id and r["region"] == backend.region_name]
     for r in rules:
         message = body
         if r["sns"]:
@@ -78,7 +80,10 @@ def _label_updated(backend, secret, label, version_id):
                 "Message": body,
                 "Timestamp": event["time"],
             })
-        sqs_backends[r["account"]][r["region"]].send_message(r["queue"], message)
+        try:
+            sqs_backends[r["account"]][r["region"]].send_message(r["queue"], message)
+        except Exception as e:  # EventBridge retries, then drops; the API call itself succeeded
+            print(f"eventbridge: could not deliver to {r['queue']}: {e}", file=sys.stderr, flush=True)
 
 
 def _update_secret_version_stage(self, secret_id, version_stage, remove_from_version_id, move_to_version_id):
@@ -96,11 +101,13 @@ def _update_secret_version_stage(self, secret_id, version_stage, remove_from_ver
         if hasattr(secret, "set_default_version_id"):
             secret.set_default_version_id(move_to_version_id)
     if finishing:
-        # A rotation's finishSecret: AWS records it and schedules the next one.
+        # A rotation's finishSecret: AWS records it and schedules the next one, on or before the
+        # end of the UTC day the rotation period ends.
         now = int(time.time())
         secret.last_rotation_date = now
         if secret.rotation_enabled and secret.auto_rotate_after_days:
-            secret.next_rotation_date = now + int(secret.auto_rotate_after_days) * 86400
+            due = now + int(secret.auto_rotate_after_days) * 86400
+            secret.next_rotation_date = due - due % 86400 + 86399
     if move_to_version_id:
         _label_updated(self, secret, version_stage, move_to_version_id)
     return result
@@ -131,8 +138,29 @@ def _to_dict(self):
 
 
 FakeSecret.to_dict = _to_dict
+_original_update_secret = SecretsManagerBackend.update_secret
+
+
+def _current_version(backend, secret_id):
+    if secret_id not in backend.secrets:
+        return None
+    versions = backend.secrets[secret_id].versions
+    return next((v for v, d in versions.items() if "AWSCURRENT" in d["version_stages"]), None)
+
+
+def _update_secret(self, secret_id, *args, **kwargs):
+    """UpdateSecret with a new value moves AWSCURRENT to a new version, as PutSecretValue does."""
+    before = _current_version(self, secret_id)
+    result = _original_update_secret(self, secret_id, *args, **kwargs)
+    after = _current_version(self, secret_id)
+    if after and after != before:
+        _label_updated(self, self.secrets[secret_id], "AWSCURRENT", after)
+    return result
+
+
 SecretsManagerBackend.update_secret_version_stage = _update_secret_version_stage
 SecretsManagerBackend.put_secret_value = _put_secret_value
+SecretsManagerBackend.update_secret = _update_secret
 
 
 class TestControl:
