@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # make demo: the operator end to end on local emulators (the project's Kubernetes API emulator and
-# moto for AWS Secrets Manager). Runs until Ctrl-C; DEMO_NONINTERACTIVE=1 exits after the walkthrough.
+# moto for AWS Secrets Manager, SQS and EventBridge's delivery): sync, a denied reference, a
+# rotation announced by Secrets Manager's own event reaching the Secret at once and restarting the
+# one Deployment that uses it, and a stuck rotation reported. Runs until Ctrl-C;
+# DEMO_NONINTERACTIVE=1 exits after the walkthrough (make test checks every step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -38,8 +41,43 @@ k apply -f examples/access-policy.yaml
 say "Creating prod/db/credentials in AWS Secrets Manager"
 "$py" scripts/aws_demo.py create prod/db/credentials "$(cat examples/aws-values/prod/db/credentials.json)"
 
-say "Starting the operator (managed-secrets run)"
-KUBECONFIG="$work/kubeconfig" POD_NAMESPACE=default "$target/debug/managed-secrets" run --metrics-addr 127.0.0.1:0 > "$work/operator.log" 2>&1 & pids+=($!)
+say "An SQS queue fed by an EventBridge rule on Secrets Manager's 'Secret Label Updated' events"
+queue=$("$py" scripts/aws_demo.py queue managed-secrets-events)
+echo "queue: $queue   (rule: {\"source\": [\"aws.secretsmanager\"], \"detail-type\": [\"Secret Label Updated\"]})"
+
+say "Two Deployments in db: api reads the Secret db-credentials, web does not"
+k -n db apply -f - <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+        - name: api
+          image: registry.example.com/db/api:1.0
+          envFrom: [{secretRef: {name: db-credentials}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: registry.example.com/db/web:1.0}]
+YAML
+revision() { k -n db get deployment "$1" -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}'; }
+for _ in $(seq 50); do [ "$(revision api)" = "1" ] && [ "$(revision web)" = "1" ] && break; sleep 0.1; done
+echo "revisions: api $(revision api), web $(revision web)"
+
+say "Starting the operator (managed-secrets run), receiving from the queue"
+KUBECONFIG="$work/kubeconfig" POD_NAMESPACE=default "$target/debug/managed-secrets" run --metrics-addr 127.0.0.1:0 \
+  --events-queue-url "$queue" --events-wait 2s --events-backstop-interval 10s --rotation-stuck-after 5s \
+  > "$work/operator.log" 2>&1 & pids+=($!)
 
 say "Applying a ManagedSecret (examples/db-credentials.yaml)"
 cat examples/db-credentials.yaml
@@ -66,22 +104,63 @@ k -n db get managedsecret payments-api-key -o jsonpath='{.status.conditions[?(@.
 k -n db get secret payments-api-key 2>/dev/null && { echo "a denied ManagedSecret wrote a Secret"; exit 1; } || echo "(no Secret payments-api-key was written)"
 echo "AWS version:  $old_version"
 
-say "Rotating the AWS secret the way a rotation Lambda does (AWSPENDING, then AWSCURRENT moved)"
-new_version=$("$py" scripts/aws_demo.py rotate prod/db/credentials Rotated-456)
-echo "new AWSCURRENT version: $new_version"
+say "Restart what reads the Secret when AWS rotates it (rollout.auto finds api, not web); refresh hourly from now on"
+k -n db patch managedsecret db-credentials --type merge -p '{"spec":{"refreshInterval":"1h","rollout":{"auto":true,"debounce":"1s"}}}'
+for _ in $(seq 100); do
+  recorded=$(k -n db get managedsecret db-credentials -o jsonpath='{.status.rollouts[*].name}')
+  [ "$recorded" = "api" ] && break
+  sleep 0.1
+done
+[ "$recorded" = "api" ] || { echo "the rollout target was not recorded (got: $recorded)"; tail -20 "$work/operator.log"; exit 1; }
+echo "rollout targets: $recorded (nothing restarted on the first sync)"
 
-say "Waiting for the operator's next refresh (refreshInterval: 10s)"
-for _ in $(seq 60); do
+say "Rotating the AWS secret the way a rotation Lambda does (AWSPENDING, then AWSCURRENT moved)"
+sleep 1   # the patch above has been synced; no refresh is due for an hour
+start=$(date +%s%N)
+new_version=$("$py" scripts/aws_demo.py rotate prod/db/credentials Rotated-456)
+echo "new AWSCURRENT version: $new_version; Secrets Manager announces it (Secret Label Updated)"
+for _ in $(seq 300); do
   v=$(k -n db get managedsecret db-credentials -o jsonpath='{.status.syncedVersionId}')
   [ "$v" = "$new_version" ] && break
-  sleep 1
+  sleep 0.05
 done
 [ "$v" = "$new_version" ] || { echo "the rotation did not reach the Secret"; tail -20 "$work/operator.log"; exit 1; }
 echo "password:     $(k -n db get secret db-credentials -o jsonpath='{.data.password}' | base64 -d)"
-echo "AWS version:  $v"
-k -n db get events --field-selector involvedObject.name=db-credentials
+echo "AWS version:  $v, in the Secret $(( ($(date +%s%N) - start) / 1000000 )) ms after the rotation started (no refresh was due for an hour)"
+grep -q "an event moved ManagedSecrets" "$work/operator.log" || { echo "the rotation did not come by its event"; tail -20 "$work/operator.log"; exit 1; }
 
-say "Done: the Secret follows AWS. Operator log: $work/operator.log"
+say "The workload that reads it rolls out once; the other is untouched"
+for _ in $(seq 100); do [ "$(revision api)" = "2" ] && break; sleep 0.1; done
+[ "$(revision api)" = "2" ] || { echo "api did not roll out"; tail -20 "$work/operator.log"; exit 1; }
+[ "$(revision web)" = "1" ] || { echo "web was restarted"; exit 1; }
+echo "revisions: api $(revision api), web $(revision web)"
+for _ in $(seq 50); do
+  k -n db get events --field-selector involvedObject.name=db-credentials -o jsonpath='{.items[*].reason}' | grep -qw RolledOut && break
+  sleep 0.1
+done
+k -n db get events --field-selector involvedObject.name=db-credentials
+k -n db get events --field-selector involvedObject.name=db-credentials -o jsonpath='{.items[*].reason}' | grep -qw RolledOut \
+  || { echo "no RolledOut Event"; exit 1; }
+sleep 3
+[ "$(revision api)" = "2" ] || { echo "api rolled out twice"; exit 1; }
+
+say "A rotation whose function fails after createSecret: AWSPENDING stays, finishSecret never runs"
+pending=$("$py" scripts/aws_demo.py start-rotation prod/db/credentials Never-Finished)
+echo "AWSPENDING version: $pending (AWS announces no AWSPENDING; the operator sees it at its next look:"
+echo "a refresh, a rotation window, or, here, the force-sync annotation; it reports it after --rotation-stuck-after, 5s here)"
+k -n db annotate managedsecret db-credentials --overwrite "managedsecrets.io/force-sync=$(date +%s)"
+for _ in $(seq 60); do
+  reason=$(k -n db get managedsecret db-credentials -o jsonpath='{.status.conditions[?(@.type=="RotationHealthy")].reason}')
+  [ "$reason" = "RotationStuck" ] && break
+  sleep 1
+done
+[ "$reason" = "RotationStuck" ] || { echo "the stuck rotation was not reported"; tail -20 "$work/operator.log"; exit 1; }
+k -n db get managedsecret db-credentials -o jsonpath='{.status.conditions[?(@.type=="RotationHealthy")].message}'; echo
+ready=$(k -n db get managedsecret db-credentials -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')
+echo "Ready: $ready (the synced value is still valid); password still $(k -n db get secret db-credentials -o jsonpath='{.data.password}' | base64 -d)"
+[ "$ready" = "True" ] || { echo "Ready changed"; exit 1; }
+
+say "Done: the Secret follows AWS, its workload restarts once, and a failing rotation shows. Operator log: $work/operator.log"
 if [ "${DEMO_NONINTERACTIVE:-}" = "1" ]; then exit 0; fi
 echo "Everything keeps running; try kubectl with KUBECONFIG=$work/kubeconfig. Ctrl-C to stop."
 wait

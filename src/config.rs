@@ -186,6 +186,14 @@ pub struct ReconcileArgs {
     /// (a ManagedSecret's rollout.debounce overrides it).
     #[arg(long, env = "MANAGED_SECRETS_ROLLOUT_DEBOUNCE", default_value = "5s", value_parser = parse_debounce)]
     pub rollout_debounce: Duration,
+    /// A rotation whose NextRotationDate (the end of its window: AWS rotates on or before it) passed
+    /// longer ago than this is overdue (RotationHealthy=False, RotationOverdue). 1s to 7d.
+    #[arg(long, env = "MANAGED_SECRETS_ROTATION_OVERDUE_AFTER", default_value = "1h", value_parser = parse_rotation_threshold)]
+    pub rotation_overdue_after: Duration,
+    /// A version that has carried AWSPENDING without AWSCURRENT for longer than this is a stuck
+    /// rotation (RotationHealthy=False, RotationStuck). 1s to 7d.
+    #[arg(long, env = "MANAGED_SECRETS_ROTATION_STUCK_AFTER", default_value = "1h", value_parser = parse_rotation_threshold)]
+    pub rotation_stuck_after: Duration,
 }
 
 /// What AWS is asked, how often, and how much of it is held in memory (the source cache).
@@ -402,6 +410,15 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 fn parse_debounce(s: &str) -> Result<Duration, String> {
     let d = parse_interval(s)?;
     crate::schedule::debounce(Some(s), d).map_err(|e| e.to_string())
+}
+
+fn parse_rotation_threshold(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        crate::rotation::MIN_THRESHOLD,
+        crate::rotation::MAX_THRESHOLD,
+        "a rotation threshold",
+    )
 }
 
 /// A duration between `min` and `max` (both included).

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod reason;
 pub mod render;
 pub mod rollout;
+pub mod rotation;
 pub mod schedule;
 pub mod source;
 pub mod status;

@@ -315,6 +315,10 @@ fn controller_settings(
         concurrency: config.reconcile.concurrency,
         min_refresh: config.reconcile.min_refresh_interval,
         rollout_debounce: config.reconcile.rollout_debounce,
+        rotation: managed_secrets::rotation::Thresholds {
+            overdue_after: config.reconcile.rotation_overdue_after,
+            stuck_after: config.reconcile.rotation_stuck_after,
+        },
         access_policy: match config.scope.access_policy {
             AccessPolicyArg::Enforce => controller::AccessPolicy::Enforce,
             AccessPolicyArg::Off => controller::AccessPolicy::Off,

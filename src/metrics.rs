@@ -172,6 +172,56 @@ impl SyncMetrics {
     }
 }
 
+/// Rotations that are not healthy, by reason (no per-object label: the condition names the
+/// object).
+#[derive(Default)]
+pub struct RotationMetrics {
+    pub unhealthy: Family<ReasonLabels, Gauge>,
+    /// Per object: the reason its rotation is unhealthy.
+    by_object: Mutex<HashMap<Arc<str>, &'static str>>,
+}
+
+impl RotationMetrics {
+    pub fn register(self, registry: &mut Registry) -> Self {
+        registry.register(
+            "rotation_unhealthy",
+            "ManagedSecrets whose AWS secret's rotation is overdue or stuck, by reason",
+            self.unhealthy.clone(),
+        );
+        self
+    }
+
+    /// Records that `key`'s rotation is unhealthy for `reason` (None: healthy, or unknown).
+    pub fn set(&self, key: &Arc<str>, reason: Option<&'static str>) {
+        let mut m = self.by_object.lock().unwrap_or_else(|e| e.into_inner());
+        let before = match reason {
+            Some(r) => m.insert(key.clone(), r),
+            None => m.remove(key),
+        };
+        if before != reason {
+            self.adjust(before, -1);
+            self.adjust(reason, 1);
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        let before = self
+            .by_object
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        self.adjust(before, -1);
+    }
+
+    fn adjust(&self, reason: Option<&'static str>, by: i64) {
+        if let Some(r) = reason {
+            self.unhealthy
+                .get_or_create(&ReasonLabels { reason: r.into() })
+                .inc_by(by);
+        }
+    }
+}
+
 /// Calls to AWS: Secrets Manager by API and outcome (and what they cost), STS.
 #[derive(Default)]
 pub struct AwsMetrics {
@@ -428,6 +478,7 @@ pub struct Metrics {
     pub permissions: PermissionMetrics,
     pub workers: WorkerMetrics,
     pub claims: ClaimMetrics,
+    pub rotation: RotationMetrics,
 }
 
 impl Default for Metrics {
@@ -445,6 +496,7 @@ impl Default for Metrics {
             permissions: PermissionMetrics::default().register(&mut registry),
             workers: WorkerMetrics::default().register(&mut registry),
             claims: ClaimMetrics::default().register(&mut registry),
+            rotation: RotationMetrics::default().register(&mut registry),
             registry,
         }
     }
@@ -534,6 +586,7 @@ impl Metrics {
     }
     pub fn forget(&self, key: &str) {
         self.syncs.freshness().remove(key);
+        self.rotation.forget(key);
     }
     pub fn render(&self) -> String {
         self.syncs
@@ -630,6 +683,7 @@ mod tests {
         m.rollout("Deployment", "triggered");
         m.failure("Throttled");
         m.watch_error("secrets", "Forbidden");
+        m.rotation.set(&Arc::from("team/a"), Some("RotationStuck"));
         let served: Vec<String> = m
             .render()
             .lines()
@@ -660,5 +714,26 @@ mod tests {
                 "the dashboard queries {q}, which is not served (served: {served:?})"
             );
         }
+    }
+
+    #[test]
+    fn unhealthy_rotations_are_counted_once_per_object_by_reason() {
+        let m = Metrics::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("team/a".into(), "team/b".into());
+        let count = |r: &str| {
+            m.rotation
+                .unhealthy
+                .get_or_create(&ReasonLabels { reason: r.into() })
+                .get()
+        };
+        m.rotation.set(&a, Some("RotationStuck"));
+        m.rotation.set(&a, Some("RotationStuck"));
+        m.rotation.set(&b, Some("RotationOverdue"));
+        assert_eq!((count("RotationStuck"), count("RotationOverdue")), (1, 1));
+        m.rotation.set(&a, Some("RotationOverdue"));
+        assert_eq!((count("RotationStuck"), count("RotationOverdue")), (0, 2));
+        m.rotation.set(&a, None);
+        m.forget("team/b");
+        assert_eq!((count("RotationStuck"), count("RotationOverdue")), (0, 0));
     }
 }

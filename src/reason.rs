@@ -13,6 +13,9 @@ pub const ROLLOUT_TARGET_MISSING: &str = "RolloutTargetMissing";
 pub const CONTESTED: &str = "Contested";
 /// SecretAccessPolicy: whether every rule is in effect.
 pub const VALID: &str = "Valid";
+/// ManagedSecret: whether the AWS secret's rotation runs as scheduled (informational: never
+/// affects Ready).
+pub const ROTATION_HEALTHY: &str = "RotationHealthy";
 
 // Reasons of conditions and Events that are not failures.
 /// Ready=True, and the Event of a new version written.
@@ -27,6 +30,11 @@ pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
 pub const TAKEN_OVER: &str = "TakenOver";
 /// Contested=True.
 pub const CLAIMED_ELSEWHERE: &str = "ClaimedByAnotherInstallation";
+/// RotationHealthy: on schedule (True); overdue or stuck (False); not enabled (Unknown).
+pub const ROTATION_ON_SCHEDULE: &str = "RotationOnSchedule";
+pub const ROTATION_OVERDUE: &str = "RotationOverdue";
+pub const ROTATION_STUCK: &str = "RotationStuck";
+pub const ROTATION_DISABLED: &str = "RotationDisabled";
 /// Valid=True / Valid=False on a SecretAccessPolicy.
 pub const RULES_VALID: &str = "RulesValid";
 pub const RULES_IGNORED: &str = "RulesIgnored";

@@ -33,6 +33,19 @@ pub fn condition(
     now: DateTime<Utc>,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
+    condition_with(prev, type_, status, reason, message, generation, now)
+}
+
+/// [`condition`] with any status ("True", "False", "Unknown").
+pub fn condition_with(
+    prev: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
     let since = prev
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -127,6 +140,7 @@ pub fn synced(prev: &ManagedSecretStatus, s: Synced) -> ManagedSecretStatus {
         rollouts: prev.rollouts.clone(),
         rollout_pending_since: prev.rollout_pending_since.clone(),
         claimed_by: prev.claimed_by.clone(),
+        rotation: prev.rotation.clone(),
     }
 }
 

@@ -164,3 +164,82 @@ async fn list_secrets_and_batch_reads_see_a_lambda_rotation_like_real_aws() {
         Some(r#"{"password":"one"}"#)
     );
 }
+
+/// Secrets Manager's own `Secret Label Updated` event reaches an SQS queue as an EventBridge rule
+/// delivers it (also SNS-wrapped), for a moved label but never AWSPENDING or AWSPREVIOUS; a
+/// finished rotation records LastRotatedDate and schedules the next one.
+#[tokio::test]
+async fn label_moves_are_delivered_as_eventbridge_events_and_rotations_are_recorded() {
+    let moto = Moto::start().await;
+    let queue = moto.create_queue("events").await;
+    moto.route_label_events_to(&queue, false).await;
+    moto.route_label_events_to(&queue, true).await;
+    moto.create_json("prod/db/credentials", &json!({"password": "one"}))
+        .await;
+    let arn = moto.arn_of("prod/db/credentials").await;
+    let soon = chrono::Utc::now().timestamp() + 600;
+    moto.schedule_rotation("prod/db/credentials", soon).await;
+    let d = moto
+        .client
+        .describe_secret()
+        .secret_id("prod/db/credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.rotation_enabled(), Some(true));
+    assert_eq!(d.next_rotation_date().map(|t| t.secs()), Some(soon));
+    // createSecret: AWSPENDING moves, and AWS says nothing of it.
+    let pending = moto
+        .put_pending("prod/db/credentials", &json!({"password": "two"}))
+        .await;
+    assert_eq!(moto.queue_depth(&queue).await, 0);
+    let before = chrono::Utc::now().timestamp();
+    moto.finish_rotation("prod/db/credentials", &pending).await;
+    let got = moto
+        .sqs()
+        .receive_message()
+        .queue_url(&queue)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    let bodies: Vec<serde_json::Value> = got
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2, "one event per rule: {bodies:?}");
+    let direct = bodies
+        .iter()
+        .find(|b| b["source"] == "aws.secretsmanager")
+        .expect("the event as EventBridge delivers it");
+    assert_eq!(direct["detail-type"], "Secret Label Updated");
+    assert_eq!(direct["resources"], json!([arn]));
+    assert_eq!(
+        direct["detail"],
+        json!({"name": "prod/db/credentials", "labelUpdated": "AWSCURRENT", "versionId": pending})
+    );
+    let wrapped = bodies
+        .iter()
+        .find(|b| b["Type"] == "Notification")
+        .expect("the event in an SNS notification");
+    let inner: serde_json::Value =
+        serde_json::from_str(wrapped["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["detail"], direct["detail"]);
+    // AWS recorded the rotation and scheduled the next one (30 days on).
+    let d = moto
+        .client
+        .describe_secret()
+        .secret_id("prod/db/credentials")
+        .send()
+        .await
+        .unwrap();
+    let last = d.last_rotated_date().map(|t| t.secs()).unwrap();
+    assert!(last >= before, "LastRotatedDate {last} is the finish");
+    let due = last + 30 * 86400;
+    assert_eq!(
+        d.next_rotation_date().map(|t| t.secs()),
+        Some(due - due % 86400 + 86399),
+        "on or before the end of the UTC day 30 days on"
+    );
+}

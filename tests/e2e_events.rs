@@ -158,6 +158,116 @@ async fn a_rotation_event_syncs_and_rolls_out_at_once_and_a_duplicate_does_nothi
         .contains("; events: receiving from http://"));
 }
 
+/// Secrets Manager's own event, as EventBridge delivers it: `label` moved to `version`.
+fn label_updated(name: &str, arn: &str, label: &str, version: &str) -> String {
+    json!({
+        "version": "0", "id": format!("ev-{}", rand::random::<u32>()),
+        "detail-type": "Secret Label Updated", "source": "aws.secretsmanager",
+        "account": "123456789012", "time": "2026-12-01T10:00:00Z", "region": "us-east-1",
+        "resources": [arn],
+        "detail": {"name": name, "labelUpdated": label, "versionId": version}
+    })
+    .to_string()
+}
+
+fn received(op: &Operator, name: &str) -> u64 {
+    op.metrics
+        .events
+        .received
+        .get_or_create(&TypeLabels {
+            r#type: name.into(),
+        })
+        .get()
+}
+
+/// The event a new user gets with no CloudTrail trail: Secrets Manager's `Secret Label Updated`,
+/// sent by the test ground as EventBridge sends it when the rotation's finishSecret moves
+/// AWSCURRENT. With refreshInterval 1h the Secret follows at once and the workload rolls out once;
+/// the same event again, and one for AWSPREVIOUS, change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_label_event_syncs_and_rolls_out_once_with_an_hourly_refresh() {
+    let (c, moto, queue) = ground().await;
+    moto.route_label_events_to(&queue, false).await;
+    let (v1, arn) = rolling_db(&c, &moto).await;
+    let op = operator(&c, &moto, &queue, Duration::from_secs(30)).await;
+    create_rolling_ms(&c).await;
+    c.wait_secret_value("db", "password", "one").await;
+    wait_rollouts_recorded(&c, "db", &v1, 1).await;
+
+    // A Lambda-style rotation; AWS announces the AWSCURRENT move by itself.
+    let v2 = moto
+        .rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    c.wait_secret_value("db", "password", "two").await;
+    wait_rollouts_recorded(&c, "db", &v2, 1).await;
+    assert_eq!(revision(&c, "api").await.as_deref(), Some("2"));
+    drained(&moto, &queue).await;
+    assert_eq!(received(&op, "Secret Label Updated"), 1);
+    assert_eq!(sample(&op, "managed_secrets_event_sync_seconds_count"), 1.0);
+
+    // Delivered twice (EventBridge delivers at least once), and a label nobody reads.
+    let calls = moto.calls("DescribeSecret").await;
+    moto.send_message(
+        &queue,
+        &label_updated("prod/db/credentials", &arn, "AWSCURRENT", &v2),
+    )
+    .await;
+    moto.send_message(
+        &queue,
+        &label_updated("prod/db/credentials", &arn, "AWSPREVIOUS", &v1),
+    )
+    .await;
+    drained(&moto, &queue).await;
+    assert_eq!(dropped(&op, "duplicate"), 1);
+    assert_eq!(dropped(&op, "irrelevant"), 1);
+    assert_eq!(
+        moto.calls("DescribeSecret").await,
+        calls + 1,
+        "one confirmation for the duplicate, none for AWSPREVIOUS"
+    );
+    assert_eq!(
+        revision(&c, "api").await.as_deref(),
+        Some("2"),
+        "no second rollout"
+    );
+}
+
+/// The same through SNS (a rule that targets a topic the queue subscribes to); a label event for
+/// a secret no ManagedSecret reads, and one for a custom label nobody reads, cost no AWS call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sns_wrapped_label_event_syncs_and_unmanaged_ones_cost_nothing() {
+    let (c, moto, queue) = ground().await;
+    moto.route_label_events_to(&queue, true).await;
+    moto.create_json("prod/db/credentials", &creds("one")).await;
+    moto.create_json("prod/other/secret", &creds("x")).await;
+    let arn = moto.arn_of("prod/db/credentials").await;
+    let op = operator(&c, &moto, &queue, Duration::from_secs(30)).await;
+    c.create_ms("db", json!({"secretId": "prod/db/credentials", "refreshInterval": "1h", "data": {"allKeys": true}}))
+        .await;
+    c.wait_secret_value("db", "password", "one").await;
+    moto.rotate_like_lambda("prod/db/credentials", &creds("two"))
+        .await;
+    c.wait_secret_value("db", "password", "two").await;
+    drained(&moto, &queue).await;
+    assert_eq!(received(&op, "Secret Label Updated"), 1);
+
+    let calls = moto.calls("DescribeSecret").await;
+    // Someone updates another secret (PutSecretValue moves its AWSCURRENT).
+    moto.put_json("prod/other/secret", &creds("y")).await;
+    moto.send_message(
+        &queue,
+        &label_updated("prod/db/credentials", &arn, "blue", "v-blue"),
+    )
+    .await;
+    drained(&moto, &queue).await;
+    assert_eq!(dropped(&op, "unmanaged"), 2);
+    assert_eq!(
+        moto.calls("DescribeSecret").await,
+        calls,
+        "no AWS call for an event nobody needs"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_reads_and_other_secrets_events_are_dropped_without_harm() {
     let (c, moto, queue) = ground().await;

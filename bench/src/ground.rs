@@ -290,13 +290,18 @@ impl Ground {
     /// Rotates `name` as a rotation Lambda does (AWSPENDING, then AWSCURRENT moved to it) to the
     /// value `{"username": "app", "password": <password>}`; returns the new version id.
     pub async fn rotate(&self, name: &str, password: &str) -> Result<String> {
-        // A ClientRequestToken is 32 to 64 characters, as a rotation Lambda's is.
-        let token = format!("rot-{:032x}", rand::random::<u128>());
+        let token = rotation_token();
+        self.rotate_with(name, password, &token).await?;
+        Ok(token)
+    }
+
+    /// [`Ground::rotate`] with the new version's id chosen by the caller (`rotation_token`).
+    pub async fn rotate_with(&self, name: &str, password: &str, token: &str) -> Result<()> {
         self.sm
             .put_secret_value()
             .secret_id(name)
             .secret_string(json!({"username": "app", "password": password}).to_string())
-            .client_request_token(&token)
+            .client_request_token(token)
             .version_stages("AWSPENDING")
             .send()
             .await
@@ -320,14 +325,14 @@ impl Ground {
             .update_secret_version_stage()
             .secret_id(name)
             .version_stage("AWSCURRENT")
-            .move_to_version_id(&token)
+            .move_to_version_id(token)
             .remove_from_version_id(current)
             .send()
             .await
             .map_err(|e| {
                 anyhow::anyhow!("UpdateSecretVersionStage: {}", DisplayErrorContext(&e))
             })?;
-        Ok(token)
+        Ok(())
     }
 }
 
@@ -360,4 +365,9 @@ async fn install_crds(client: &Client) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new version's ClientRequestToken: 32 to 64 characters, as a rotation Lambda's is.
+pub fn rotation_token() -> String {
+    format!("rot-{:032x}", rand::random::<u128>())
 }

@@ -333,18 +333,24 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
         json!([{"namespaceSelector": {"matchLabels": {"team": "bench"}}, "secrets": ["bench/*"]}]),
     )
     .await?;
-    // Events mode: the queue an EventBridge rule would feed; each rotation sends its event.
+    // Events mode: the queue an EventBridge rule on Secrets Manager's own `Secret Label Updated`
+    // feeds (the AWS test ground delivers it when a rotation moves AWSCURRENT).
     let sqs = aws_sdk_sqs::Client::new(&ground.sdk);
     let queue = if mode == "events" {
-        Some(
-            sqs.create_queue()
-                .queue_name("managed-secrets-events")
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("CreateQueue: {}", DisplayErrorContext(&e)))?
-                .queue_url
-                .context("queue url")?,
-        )
+        let url = sqs
+            .create_queue()
+            .queue_name("managed-secrets-events")
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("CreateQueue: {}", DisplayErrorContext(&e)))?
+            .queue_url
+            .context("queue url")?;
+        http.post(format!("{aws_url}/__eventbridge"))
+            .json(&json!({"queue_url": url}))
+            .send()
+            .await?
+            .error_for_status()?;
+        Some(url)
     } else {
         None
     };
@@ -521,25 +527,15 @@ async fn scenario(args: &RunArgs, spec: &str, mode: &str) -> Result<Result1> {
     let spacing = window / 2 / rotations as u32;
     for j in &rotated {
         let name = format!("bench/s{j}");
-        let token = ground.rotate(&name, &format!("p-{j}-1")).await?;
+        // Recorded before the rotation: its event may be handled before the call returns.
+        let token = ground::rotation_token();
         rotated_at
             .lock()
             .unwrap()
             .insert(*j, (Instant::now(), token.clone()));
-        if let Some(q) = &queue {
-            // What EventBridge delivers for the rotation Lambda's finishSecret call.
-            let body = json!({"version": "0", "id": format!("bench-{j}"), "detail-type": "AWS API Call via CloudTrail",
-                "source": "aws.secretsmanager", "region": "us-east-1",
-                "detail": {"eventSource": "secretsmanager.amazonaws.com", "eventName": "UpdateSecretVersionStage",
-                           "awsRegion": "us-east-1",
-                           "requestParameters": {"secretId": name, "versionStage": "AWSCURRENT", "moveToVersionId": token}}});
-            sqs.send_message()
-                .queue_url(q)
-                .message_body(body.to_string())
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("SendMessage: {}", DisplayErrorContext(&e)))?;
-        }
+        ground
+            .rotate_with(&name, &format!("p-{j}-1"), &token)
+            .await?;
         tokio::time::sleep(spacing).await;
     }
     let rest = window.saturating_sub(start.elapsed());

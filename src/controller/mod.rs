@@ -59,6 +59,8 @@ pub struct Settings {
     pub reporter: String,
     /// Default debounce before a rollout (a ManagedSecret's rollout.debounce overrides it).
     pub rollout_debounce: Duration,
+    /// When a rotation counts as overdue or stuck (RotationHealthy).
+    pub rotation: crate::rotation::Thresholds,
     pub access_policy: AccessPolicy,
     /// The region a secret is read in when neither its spec nor its ARN says (for policies).
     pub default_region: Option<String>,
@@ -76,6 +78,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             rollout_debounce: Duration::from_secs(5),
+            rotation: crate::rotation::Thresholds::default(),
             namespaces: vec![],
             concurrency: 4,
             min_refresh: schedule::MIN_REFRESH,

@@ -280,8 +280,14 @@ fn readers(
                 notification.region.as_deref(),
             )
         });
+        let reads_label = notifications::moves_what_it_reads(
+            notification.label.as_deref(),
+            ms.spec.version_stage.as_deref(),
+            ms.spec.version_id.is_some(),
+        );
         // Objects left to another installation are that installation's to refresh.
         if !concerned
+            || !reads_label
             || ms.metadata.deletion_timestamp.is_some()
             || ctx.claims.is_contested(&super::uid(&ms))
         {

@@ -11,6 +11,7 @@ use crate::policy::Identity;
 use crate::reason;
 use crate::render::{Mapping, SecretData};
 use crate::rollout::Sync;
+use crate::rotation;
 use crate::schedule::{self, Observed, Plan};
 use crate::source::Fetched;
 use crate::status::{self, Failed, Synced, READY};
@@ -79,6 +80,8 @@ pub(super) struct Observation {
     pub current: Option<Option<Secret>>,
     /// The Secret still holds what was synced (true when nothing was synced yet).
     pub intact: bool,
+    /// When a rotation counts as overdue or stuck.
+    pub thresholds: rotation::Thresholds,
 }
 
 impl Observation {
@@ -171,6 +174,29 @@ pub(super) struct Write {
     pub release: Option<String>,
     /// When the operator first saw this version (the sync-lag metric).
     pub seen_at: Instant,
+    /// The rotation's health when it changed: an Event (a warning when it is not healthy).
+    pub rotation_news: Option<RotationNews>,
+    /// Why the rotation is unhealthy (the metric), None when it is healthy or unknown.
+    pub rotation_unhealthy: Option<&'static str>,
+}
+
+/// Why the status says the rotation is unhealthy (the metric's label), if it does.
+pub(super) fn rotation_unhealthy(st: &ManagedSecretStatus) -> Option<&'static str> {
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == reason::ROTATION_HEALTHY && c.status == "False")?;
+    [reason::ROTATION_OVERDUE, reason::ROTATION_STUCK]
+        .into_iter()
+        .find(|r| *r == c.reason)
+}
+
+/// An Event about the rotation's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RotationNews {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// What the Secret, the status and the schedule become with `fetched`. `jitter` in [0, 1).
@@ -194,9 +220,23 @@ pub(super) fn write(
     let prev = &seen.status;
     let now = seen.now;
     let name = ms.target_name();
-    let next = schedule::after(now, schedule::jittered(seen.interval, jitter))
+    let polled = schedule::after(now, schedule::jittered(seen.interval, jitter))
         .ok_or_else(|| Error::InvalidSpec("refreshInterval is too long".into()))?;
-    let status = status::synced(
+    // status.rotation as AWS's metadata says it now (kept as it was when AWS said nothing: a
+    // pinned version is read without its metadata).
+    let rotation_status = fetched
+        .rotation
+        .as_ref()
+        .map(|r| rotation::status(prev.rotation.as_ref(), r, now));
+    // A rotation window, or a pending version, is looked at when it matters (the interval stays
+    // the backstop).
+    let next = fetched
+        .rotation
+        .as_ref()
+        .zip(rotation_status.as_ref())
+        .and_then(|(r, st)| rotation::next_check(r, st, now, &seen.thresholds))
+        .map_or(polled, |r| r.min(polled));
+    let mut status = status::synced(
         prev,
         Synced {
             generation: ms.metadata.generation,
@@ -210,6 +250,16 @@ pub(super) fn write(
             next_refresh: next,
             forced: if bypass_cache { force(ms) } else { None },
         },
+    );
+    if rotation_status.is_some() {
+        status.rotation = rotation_status;
+    }
+    let (rotation_news, rotation_unhealthy) = rotation_health(
+        &mut status,
+        prev,
+        ms.metadata.generation,
+        now,
+        &seen.thresholds,
     );
     Ok(Write {
         desired: target::desired_secret(ms, &data, &fetched.version_id),
@@ -229,7 +279,49 @@ pub(super) fn write(
             .then(|| synced_note(ms, &name, &fetched.version_id, &data)),
         release: prev.secret_name.clone().filter(|o| *o != name),
         seen_at: fetched.seen_at,
+        rotation_news,
+        rotation_unhealthy,
     })
+}
+
+/// The `RotationHealthy` condition from `st.rotation`; the Event when the health changed, and the
+/// unhealthy reason.
+fn rotation_health(
+    st: &mut ManagedSecretStatus,
+    prev: &ManagedSecretStatus,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+    thresholds: &rotation::Thresholds,
+) -> (Option<RotationNews>, Option<&'static str>) {
+    let Some(rot) = &st.rotation else {
+        return (None, None);
+    };
+    let h = rotation::health(rot, now, thresholds);
+    let before = prev
+        .conditions
+        .iter()
+        .find(|c| c.type_ == reason::ROTATION_HEALTHY)
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    let changed =
+        before.as_ref().map(|(s, r)| (s.as_str(), r.as_str())) != Some((h.status, h.reason));
+    let was_unhealthy = before.as_ref().is_some_and(|(s, _)| s == "False");
+    let news = (changed && (h.status == "False" || was_unhealthy)).then(|| RotationNews {
+        warning: h.status == "False",
+        reason: h.reason,
+        message: h.message.clone(),
+    });
+    let unhealthy = (h.status == "False").then_some(h.reason);
+    let c = status::condition_with(
+        &prev.conditions,
+        reason::ROTATION_HEALTHY,
+        h.status,
+        h.reason,
+        h.message,
+        generation,
+        now,
+    );
+    status::set_condition(&mut st.conditions, reason::ROTATION_HEALTHY, Some(c));
+    (news, unhealthy)
 }
 
 fn synced_note(ms: &ManagedSecret, name: &str, version: &str, data: &SecretData) -> String {
@@ -392,6 +484,7 @@ mod tests {
             source_moved: false,
             current: None,
             intact: true,
+            thresholds: rotation::Thresholds::default(),
         }
     }
 
@@ -404,6 +497,7 @@ mod tests {
             version_stages: stages.iter().map(|s| s.to_string()).collect(),
             from_cache: false,
             seen_at: Instant::now(),
+            rotation: None,
         }
     }
 
@@ -710,5 +804,85 @@ mod tests {
             ..Default::default()
         };
         assert!(!intact(&st, None, b"k"), "no Secret");
+    }
+
+    fn rotating(next: &str, pending: Option<&str>) -> crate::source::Rotation {
+        crate::source::Rotation {
+            enabled: true,
+            last_rotated: Some(t("2026-11-01T10:00:00Z").timestamp()),
+            next_rotation: Some(t(next).timestamp()),
+            pending: pending.map(String::from),
+            window: Some("1h".into()),
+            schedule: None,
+        }
+    }
+
+    #[test]
+    fn a_rotation_due_within_the_interval_is_looked_for_shortly_after() {
+        let m = ms(spec(), synced_status());
+        let mut s = seen(&m);
+        s.interval = Duration::from_secs(3600);
+        let mut f = fetched("v1", &["AWSCURRENT"]);
+        // The window opens at 10:20 (Duration 1h; it ends at NextRotationDate, 11:20).
+        f.rotation = Some(rotating("2026-12-01T11:20:00Z", None));
+        let w = write(&m, &s, &f, false, b"k", 0.0).unwrap();
+        assert_eq!(w.next_refresh, t("2026-12-01T10:20:30Z"));
+        assert_eq!(w.wait, Duration::from_secs(20 * 60 + 30));
+        let rot = w.status.rotation.clone().unwrap();
+        assert_eq!(
+            (
+                rot.enabled,
+                rot.last_rotated_time.as_deref(),
+                rot.next_rotation_time.as_deref()
+            ),
+            (
+                true,
+                Some("2026-11-01T10:00:00Z"),
+                Some("2026-12-01T11:20:00Z")
+            )
+        );
+        let c = w
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "RotationHealthy")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "RotationOnSchedule")
+        );
+        assert_eq!((w.rotation_news, w.rotation_unhealthy), (None, None));
+        // Beyond the interval: the interval.
+        f.rotation = Some(rotating("2026-12-05T10:00:00Z", None));
+        let w = write(&m, &s, &f, false, b"k", 0.0).unwrap();
+        assert_eq!(w.next_refresh, t("2026-12-01T11:00:00Z"));
+    }
+
+    #[test]
+    fn a_stuck_rotation_is_news_once_and_healthy_again_is_news_too() {
+        let m = ms(spec(), synced_status());
+        let mut s = seen(&m);
+        s.thresholds.stuck_after = Duration::from_secs(60);
+        let mut f = fetched("v1", &["AWSCURRENT"]);
+        f.rotation = Some(rotating("2026-12-30T10:00:00Z", Some("v2")));
+        let first = write(&m, &s, &f, false, b"k", 0.0).unwrap();
+        assert_eq!(first.rotation_news, None, "pending: a rotation in progress");
+        s.status = first.status.clone();
+        s.now = t("2026-12-01T10:02:00Z");
+        let stuck = write(&m, &s, &f, false, b"k", 0.0).unwrap();
+        let news = stuck.rotation_news.clone().unwrap();
+        assert_eq!((news.warning, news.reason), (true, "RotationStuck"));
+        assert_eq!(stuck.rotation_unhealthy, Some("RotationStuck"));
+        s.status = stuck.status.clone();
+        s.now = t("2026-12-01T10:03:00Z");
+        let again = write(&m, &s, &f, false, b"k", 0.0).unwrap();
+        assert_eq!(again.rotation_news, None, "the same: no Event");
+        s.status = again.status.clone();
+        f.rotation = Some(rotating("2026-12-30T10:00:00Z", None));
+        let healed = write(&m, &s, &f, false, b"k", 0.0).unwrap();
+        let news = healed.rotation_news.unwrap();
+        assert_eq!((news.warning, news.reason), (false, "RotationOnSchedule"));
+        assert_eq!(healed.rotation_unhealthy, None);
+        assert_eq!(healed.status.rotation.unwrap().pending_version_id, None);
     }
 }

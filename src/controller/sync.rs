@@ -122,6 +122,7 @@ async fn observe(ms: &ManagedSecret, ctx: &Context) -> Result<Observation> {
         source_moved,
         current,
         intact,
+        thresholds: ctx.settings.rotation,
     })
 }
 
@@ -185,6 +186,10 @@ async fn rest(
     until: chrono::DateTime<Utc>,
 ) -> std::result::Result<Action, Failure> {
     let wait = plan::rest_wait(seen.now, until, ctx.settings.min_refresh);
+    // What the status says (after a restart or a change of leader, before any sync).
+    ctx.metrics
+        .rotation
+        .set(&seen.memory.key, plan::rotation_unhealthy(&seen.status));
     if ms.spec.rollout.is_none() {
         return Ok(Action::requeue(wait));
     }
@@ -212,6 +217,7 @@ async fn write(
         secret: secret_ref(ms, seen.identity.clone()),
         bypass_cache,
         max_age: seen.interval,
+        revalidate: crate::rotation::due(seen.status.rotation.as_ref(), seen.now, &seen.thresholds),
         owner: uid(ms),
     };
     let fetched = ctx.source.fetch(&req).await?;
@@ -250,6 +256,17 @@ async fn record(
 ) -> std::result::Result<Action, Failure> {
     if let Some(note) = w.note.filter(|_| changed) {
         ctx.event(ms, EventType::Normal, reason::SYNCED, note).await;
+    }
+    ctx.metrics
+        .rotation
+        .set(&seen.memory.key, w.rotation_unhealthy);
+    if let Some(news) = w.rotation_news {
+        let kind = if news.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(ms, kind, news.reason, news.message).await;
     }
     if let Some(old) = &w.release {
         release(ms, ctx, old).await?;

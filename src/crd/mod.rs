@@ -331,6 +331,39 @@ pub struct ManagedSecretStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 507))]
     pub claimed_by: Option<String>,
+    /// The AWS secret's rotation, as its metadata says (never a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+}
+
+/// What AWS says of a secret's rotation (DescribeSecret, ListSecrets).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// Rotation is enabled on the AWS secret.
+    #[serde(default)]
+    pub enabled: bool,
+    /// When AWS last rotated the secret (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub last_rotated_time: Option<String>,
+    /// AWS rotates it on or before this time (RFC 3339); it moves forward after every rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub next_rotation_time: Option<String>,
+    /// When the rotation window that ends at nextRotationTime opens (AWS rotates at any time in
+    /// it, on or before nextRotationTime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub window_opens_time: Option<String>,
+    /// A version that carries AWSPENDING and not AWSCURRENT: a rotation started, not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub pending_version_id: Option<String>,
+    /// When the operator first saw that version pending (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub pending_since: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

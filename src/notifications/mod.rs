@@ -18,7 +18,17 @@ pub struct Notification {
     pub secrets: Vec<String>,
     /// The region the event happened in, when it says.
     pub region: Option<String>,
+    /// The staging label that moved (`Secret Label Updated`); None when the event does not say
+    /// which (an API call recorded by CloudTrail may have moved any).
+    pub label: Option<String>,
 }
+
+/// Secrets Manager's own event when a staging label moves to another version (every label but
+/// AWSPENDING and AWSPREVIOUS), on by default, no CloudTrail trail needed.
+pub const LABEL_UPDATED: &str = "Secret Label Updated";
+
+/// Labels no ManagedSecret reads: a pending value is not in use yet, a previous one no longer.
+const UNREAD_LABELS: &[&str] = &["AWSPENDING", "AWSPREVIOUS"];
 
 /// Why a message is not a notification we act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +65,20 @@ const MOVING: &[&str] = &[
 
 /// Bodies are at most this long (SQS's own limit is 256 KiB).
 pub const MAX_BODY: usize = 256 * 1024;
+/// Most secrets one message may name (a real event names one; more are ignored).
+pub const MAX_NAMED: usize = 16;
+
+/// A region as AWS spells them (`us-east-1`), or nothing.
+fn region_of(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str)
+        .filter(|r| {
+            !r.is_empty()
+                && r.len() <= 32
+                && r.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+        .map(str::to_string)
+}
 
 /// Parses an SQS message body: an EventBridge event (as an EventBridge rule delivers it), or the
 /// same wrapped in an SNS notification.
@@ -78,10 +102,14 @@ pub fn parse(body: &str) -> Result<Notification, Ignored> {
         .get("detail")
         .filter(|d| d.is_object())
         .ok_or(Ignored::Malformed("an event without a detail"))?;
+    let detail_type = v.get("detail-type").and_then(Value::as_str);
+    if detail_type == Some(LABEL_UPDATED) {
+        return label_updated(&v, detail);
+    }
     let name = detail
         .get("eventName")
         .and_then(Value::as_str)
-        .or_else(|| v.get("detail-type").and_then(Value::as_str))
+        .or(detail_type)
         .unwrap_or_default()
         .to_string();
     if !MOVING.contains(&name.as_str()) {
@@ -90,7 +118,11 @@ pub fn parse(body: &str) -> Result<Notification, Ignored> {
     let mut secrets: Vec<String> = Vec::new();
     let mut add = |s: Option<&Value>| {
         if let Some(s) = s.and_then(Value::as_str).map(str::trim) {
-            if !s.is_empty() && s.len() <= 2048 && !secrets.iter().any(|x| x == s) {
+            if !s.is_empty()
+                && s.len() <= 2048
+                && secrets.len() < MAX_NAMED
+                && !secrets.iter().any(|x| x == s)
+            {
                 secrets.push(s.to_string());
             }
         }
@@ -141,16 +173,67 @@ pub fn parse(body: &str) -> Result<Notification, Ignored> {
     if secrets.is_empty() {
         return Err(Ignored::Malformed("no secret named in the event"));
     }
-    let region = detail
-        .get("awsRegion")
-        .or_else(|| v.get("region"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let region = region_of(detail.get("awsRegion").or_else(|| v.get("region")));
     Ok(Notification {
         name,
         secrets,
         region,
+        label: None,
     })
+}
+
+/// A `Secret Label Updated` event: `resources` has the secret's ARN, `detail.name` its name,
+/// `detail.labelUpdated` the label that moved.
+fn label_updated(v: &Value, detail: &Value) -> Result<Notification, Ignored> {
+    let label = detail
+        .get("labelUpdated")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.len() <= 256)
+        .ok_or(Ignored::Malformed(
+            "a Secret Label Updated event without a label",
+        ))?;
+    if UNREAD_LABELS.contains(&label) {
+        return Err(Ignored::ReadOnly(format!("{LABEL_UPDATED} {label}")));
+    }
+    // The ARN says which account's secret it is; the name alone only when there is none.
+    let mut secrets: Vec<String> = Vec::new();
+    let resources = v.get("resources").and_then(Value::as_array);
+    let named = resources.into_iter().flatten().chain(
+        resources
+            .is_none_or(Vec::is_empty)
+            .then(|| detail.get("name"))
+            .flatten(),
+    );
+    for s in named.filter_map(Value::as_str).map(str::trim) {
+        if !s.is_empty()
+            && s.len() <= 2048
+            && secrets.len() < MAX_NAMED
+            && !secrets.iter().any(|x| x == s)
+        {
+            secrets.push(s.to_string());
+        }
+    }
+    if secrets.is_empty() {
+        return Err(Ignored::Malformed("no secret named in the event"));
+    }
+    Ok(Notification {
+        name: LABEL_UPDATED.into(),
+        secrets,
+        region: region_of(v.get("region")),
+        label: Some(label.to_string()),
+    })
+}
+
+/// Whether a notification about `label` can move what a ManagedSecret reads: the stage it reads
+/// (`stage`, AWSCURRENT by default; AWSPREVIOUS moves with AWSCURRENT, and AWS announces only the
+/// latter), never a pinned version id. No label: it may have moved any.
+pub fn moves_what_it_reads(label: Option<&str>, stage: Option<&str>, pinned: bool) -> bool {
+    let stage = stage.unwrap_or("AWSCURRENT");
+    match label {
+        None => true,
+        Some(l) => !pinned && (stage == l || (l == "AWSCURRENT" && stage == "AWSPREVIOUS")),
+    }
 }
 
 /// A secret's name: itself, or from an ARN (`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-xxxxxx`,
@@ -246,6 +329,7 @@ mod tests {
                 name: "UpdateSecretVersionStage".into(),
                 secrets: vec![ARN.into(), "prod/db/credentials".into()],
                 region: Some("us-east-1".into()),
+                label: None,
             })
         );
         // The other spelling some responses use.
@@ -357,5 +441,93 @@ mod tests {
         assert!(!healthy(100, Some(90), Some(95), w), "failed since");
         assert!(!healthy(200, Some(90), None, w), "too long ago");
         assert!(!healthy(100, None, None, w));
+    }
+
+    fn label_updated_event(label: &str) -> Value {
+        json!({"version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+               "detail-type": "Secret Label Updated", "source": "aws.secretsmanager",
+               "account": "123456789012", "time": "2026-12-01T10:00:00Z", "region": "us-east-1",
+               "resources": [ARN],
+               "detail": {"name": "prod/db/credentials", "labelUpdated": label,
+                          "versionId": "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111"}})
+    }
+
+    #[test]
+    fn a_secret_label_updated_event_names_its_secret_and_the_label_that_moved() {
+        let want = Notification {
+            name: "Secret Label Updated".into(),
+            secrets: vec![ARN.into()],
+            region: Some("us-east-1".into()),
+            label: Some("AWSCURRENT".into()),
+        };
+        assert_eq!(
+            parse(&label_updated_event("AWSCURRENT").to_string()),
+            Ok(want.clone())
+        );
+        let sns = json!({"Type": "Notification", "MessageId": "m-1",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:secrets",
+            "Message": label_updated_event("AWSCURRENT").to_string()});
+        assert_eq!(parse(&sns.to_string()), Ok(want));
+        // AWS sends neither of these; a message that says so moves nothing anyone reads.
+        for l in ["AWSPREVIOUS", "AWSPENDING"] {
+            assert_eq!(
+                parse(&label_updated_event(l).to_string()),
+                Err(Ignored::ReadOnly(format!("Secret Label Updated {l}")))
+            );
+        }
+        let mut no_label = label_updated_event("AWSCURRENT");
+        no_label["detail"]
+            .as_object_mut()
+            .unwrap()
+            .remove("labelUpdated");
+        assert_eq!(
+            parse(&no_label.to_string()),
+            Err(Ignored::Malformed(
+                "a Secret Label Updated event without a label"
+            ))
+        );
+        let custom = parse(&label_updated_event("blue").to_string()).unwrap();
+        assert_eq!(custom.label.as_deref(), Some("blue"));
+    }
+
+    #[test]
+    fn a_label_moves_what_its_readers_read_and_nothing_pinned() {
+        assert!(moves_what_it_reads(Some("AWSCURRENT"), None, false));
+        assert!(moves_what_it_reads(
+            Some("AWSCURRENT"),
+            Some("AWSCURRENT"),
+            false
+        ));
+        assert!(!moves_what_it_reads(Some("blue"), None, false));
+        assert!(moves_what_it_reads(Some("blue"), Some("blue"), false));
+        assert!(!moves_what_it_reads(Some("AWSCURRENT"), None, true));
+        assert!(
+            moves_what_it_reads(Some("AWSCURRENT"), Some("AWSPREVIOUS"), false),
+            "AWSPREVIOUS moves with AWSCURRENT"
+        );
+        assert!(!moves_what_it_reads(
+            Some("blue"),
+            Some("AWSPREVIOUS"),
+            false
+        ));
+        assert!(moves_what_it_reads(None, Some("blue"), false));
+        assert!(moves_what_it_reads(None, None, true), "CloudTrail: any");
+    }
+
+    #[test]
+    fn a_message_names_at_most_sixteen_secrets_and_a_region_as_aws_spells_them() {
+        let mut e = label_updated_event("AWSCURRENT");
+        let many: Vec<String> = (0..1000).map(|i| format!("{ARN}{i}")).collect();
+        e["resources"] = json!(many);
+        e["region"] = json!("x".repeat(5000));
+        let n = parse(&e.to_string()).unwrap();
+        assert_eq!(n.secrets.len(), MAX_NAMED);
+        assert_eq!(n.region, None);
+        // Without resources, the name.
+        e["resources"] = json!([]);
+        e["region"] = json!("eu-west-1");
+        let n = parse(&e.to_string()).unwrap();
+        assert_eq!(n.secrets, vec!["prod/db/credentials".to_string()]);
+        assert_eq!(n.region.as_deref(), Some("eu-west-1"));
     }
 }

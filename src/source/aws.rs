@@ -4,7 +4,9 @@
 use super::identity::{Identities, TokenIssuer};
 use super::limits::ApiLimits;
 use super::region;
-use super::{Fetched, Group, Listed, SecretRef, SecretsBackend, VersionSelector, Versions};
+use super::{
+    Fetched, Group, Listed, Rotation, SecretRef, SecretsBackend, VersionSelector, Versions,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::policy::Identity;
@@ -275,6 +277,7 @@ impl SecretsBackend for AwsBackend {
                 version_stages: out.version_stages().to_vec(),
                 from_cache: false,
                 seen_at: std::time::Instant::now(),
+                rotation: None,
             })
         })
     }
@@ -294,7 +297,21 @@ impl SecretsBackend for AwsBackend {
                 .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
                 .unwrap_or_default();
             v.sort();
-            Ok(v)
+            let rules = out.rotation_rules();
+            let rotation = Rotation::new(
+                out.rotation_enabled().unwrap_or(false),
+                out.last_rotated_date().map(|t| t.secs()),
+                out.next_rotation_date().map(|t| t.secs()),
+                &v,
+            )
+            .with_rules(
+                rules.and_then(|r| r.duration()),
+                rules.and_then(|r| r.schedule_expression()),
+            );
+            Ok(Versions {
+                stages: v,
+                rotation,
+            })
         })
     }
 
@@ -314,11 +331,23 @@ impl SecretsBackend for AwsBackend {
                     if e.deleted_date().is_some() {
                         continue;
                     }
-                    let mut versions: Versions = e
+                    let mut stages: Vec<(String, Vec<String>)> = e
                         .secret_versions_to_stages()
                         .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
                         .unwrap_or_default();
-                    versions.sort();
+                    stages.sort();
+                    let rules = e.rotation_rules();
+                    let rotation = Rotation::new(
+                        e.rotation_enabled().unwrap_or(false),
+                        e.last_rotated_date().map(|t| t.secs()),
+                        e.next_rotation_date().map(|t| t.secs()),
+                        &stages,
+                    )
+                    .with_rules(
+                        rules.and_then(|r| r.duration()),
+                        rules.and_then(|r| r.schedule_expression()),
+                    );
+                    let versions = Versions { stages, rotation };
                     out.push(Listed {
                         name: e.name().unwrap_or_default().to_string(),
                         arn: e.arn().unwrap_or_default().to_string(),
@@ -366,6 +395,7 @@ impl SecretsBackend for AwsBackend {
                                 version_stages: v.version_stages().to_vec(),
                                 from_cache: false,
                                 seen_at: std::time::Instant::now(),
+                                rotation: None,
                             },
                         ));
                     }

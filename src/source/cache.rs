@@ -31,6 +31,10 @@ pub const MIN_SWEEP_PERIOD: Duration = Duration::from_secs(10);
 /// The refresh interval recorded for a value an event had read before any ManagedSecret asked.
 const CONFIRMED_MAX_AGE: Duration = Duration::from_secs(300);
 
+/// A fetch that must revalidate (a rotation window is open) still takes an answer this fresh: the
+/// readers of one secret looking at once cost one DescribeSecret, not one each.
+const REVALIDATED_WITHIN: Duration = Duration::from_secs(15);
+
 /// How much older than its period a sweep may be and still answer (it runs on a 1s tick).
 const SWEEP_SLACK: Duration = Duration::from_secs(3);
 
@@ -297,14 +301,15 @@ impl<B: SecretsBackend> CachedSource<B> {
                         ..key.clone()
                     };
                     let mut f = self.backend.get_value(&by_id).await?;
-                    f.version_stages = versions
-                        .iter()
-                        .find(|(v, _)| *v == current)
-                        .map(|(_, s)| s.clone())
-                        .unwrap_or_default();
+                    f.version_stages = versions.stages_of(&current);
+                    f.rotation = Some(versions.rotation);
                     return Ok(f);
                 }
             }
+            return Ok(Fetched {
+                rotation: Some(versions.rotation),
+                ..got
+            });
         }
         Ok(got)
     }
@@ -357,7 +362,12 @@ impl<B: SecretsBackend> CachedSource<B> {
                     .entries
                     .get(key)
                     .is_some_and(|e| e.moved.is_some());
-                if checked.elapsed() < req.max_age && !full && !moved {
+                let fresh_for = if req.revalidate {
+                    req.max_age.min(REVALIDATED_WITHIN)
+                } else {
+                    req.max_age
+                };
+                if checked.elapsed() < fresh_for && !full && !moved {
                     self.lookup("hit");
                     return Ok(Fetched {
                         from_cache: true,
@@ -366,17 +376,13 @@ impl<B: SecretsBackend> CachedSource<B> {
                 }
                 if !full {
                     // Expired: is it still the same version?
-                    let (versions, swept) = self.versions_of(key, req.max_age).await?;
+                    let (versions, swept) = self.versions_of(key, fresh_for).await?;
                     if resolve(&versions, &key.version).as_deref()
                         == Some(cached.version_id.as_str())
                     {
-                        let stages = versions
-                            .iter()
-                            .find(|(v, _)| *v == cached.version_id)
-                            .map(|(_, s)| s.clone())
-                            .unwrap_or_default();
                         let refreshed = Fetched {
-                            version_stages: stages,
+                            version_stages: versions.stages_of(&cached.version_id),
+                            rotation: Some(versions.rotation.clone()),
                             ..cached
                         };
                         self.store(key, &req.owner, &refreshed, false, req.max_age);
@@ -427,6 +433,7 @@ impl<B: SecretsBackend> CachedSource<B> {
                     let mut inner = self.lock();
                     inner.entries.get_mut(key).map(|e| {
                         e.moved = None;
+                        e.fetched.rotation = Some(versions.rotation.clone());
                         e.fetched.clone()
                     })
                 };
@@ -531,6 +538,10 @@ impl<B: SecretsBackend> CachedSource<B> {
                 .get(&key.secret_id)
                 .filter(|f| f.version_id == version)
             {
+                let f = &Fetched {
+                    rotation: swept_version(&listed, &key).map(|v| v.rotation),
+                    ..f.clone()
+                };
                 let max_age = self
                     .lock()
                     .entries
@@ -693,6 +704,7 @@ mod tests {
             version_stages: stages,
             from_cache: false,
             seen_at: Instant::now(),
+            rotation: None,
         }
     }
 
@@ -723,10 +735,11 @@ mod tests {
             Box::pin(async move {
                 self.describes.fetch_add(1, Ordering::SeqCst);
                 let all = self.secrets.lock().unwrap();
-                Ok(all
+                let stages: Vec<(String, Vec<String>)> = all
                     .get(&s.secret_id)
                     .map(|v| v.iter().map(|(a, b, _)| (a.clone(), b.clone())).collect())
-                    .unwrap_or_default())
+                    .unwrap_or_default();
+                Ok(stages.into())
             })
         }
         fn list<'a>(&'a self, _: &'a Group) -> BoxFuture<'a, Result<Vec<Listed>>> {
@@ -742,7 +755,11 @@ mod tests {
                         arn: format!(
                             "arn:aws:secretsmanager:us-east-1:123456789012:secret:{id}-AbCdEf"
                         ),
-                        versions: v.iter().map(|(a, b, _)| (a.clone(), b.clone())).collect(),
+                        versions: v
+                            .iter()
+                            .map(|(a, b, _)| (a.clone(), b.clone()))
+                            .collect::<Vec<_>>()
+                            .into(),
                     })
                     .collect())
             })
@@ -784,6 +801,7 @@ mod tests {
             },
             bypass_cache: bypass,
             max_age,
+            revalidate: false,
             owner: owner.into(),
         }
     }
@@ -826,6 +844,47 @@ mod tests {
         let moved = c.fetch(&req(false, Duration::ZERO)).await.unwrap();
         assert_eq!(moved.version_id, "v2");
         assert_eq!(value(&moved), "two");
+    }
+
+    #[tokio::test]
+    async fn a_due_rotation_revalidates_a_fresh_entry_and_reads_only_a_moved_version() {
+        let c = CachedSource::new(Store::with(&["prod/db/credentials"]));
+        let hour = Duration::from_secs(3600);
+        c.fetch(&req(false, hour)).await.unwrap();
+        let due = FetchRequest {
+            revalidate: true,
+            ..req(false, hour)
+        };
+        assert!(
+            c.fetch(&due).await.unwrap().from_cache,
+            "checked within 15 s: one answer serves every reader"
+        );
+        // Checked 16 s ago.
+        {
+            let mut inner = c.lock();
+            let e = inner.entries.get_mut(&due.secret).unwrap();
+            e.checked = e.checked.checked_sub(Duration::from_secs(16)).unwrap();
+        }
+        let (gets, describes) = (
+            c.backend.gets.load(Ordering::SeqCst),
+            c.backend.describes.load(Ordering::SeqCst),
+        );
+        let same = c.fetch(&due).await.unwrap();
+        assert!(same.from_cache);
+        assert_eq!(c.backend.describes.load(Ordering::SeqCst), describes + 1);
+        assert_eq!(
+            c.backend.gets.load(Ordering::SeqCst),
+            gets,
+            "not moved: no read"
+        );
+        c.backend.rotate("prod/db/credentials", "v2", "two");
+        {
+            let mut inner = c.lock();
+            let e = inner.entries.get_mut(&due.secret).unwrap();
+            e.checked = e.checked.checked_sub(Duration::from_secs(16)).unwrap();
+        }
+        assert_eq!(value(&c.fetch(&due).await.unwrap()), "two");
+        assert_eq!(value(&c.fetch(&req(false, hour)).await.unwrap()), "two");
     }
 
     #[tokio::test]

@@ -37,6 +37,9 @@ pub struct FetchRequest {
     pub bypass_cache: bool,
     /// A cached value older than this is re-validated with AWS.
     pub max_age: Duration,
+    /// Re-validate with AWS now however fresh the cached value is (its metadata first; the value
+    /// is read only if the version moved): a scheduled rotation is due.
+    pub revalidate: bool,
     /// Who needs the value (a ManagedSecret's UID): the cache drops values nobody needs.
     pub owner: String,
 }
@@ -51,6 +54,56 @@ pub struct Fetched {
     pub from_cache: bool,
     /// When the operator first saw this version (for the sync-lag metric).
     pub seen_at: std::time::Instant,
+    /// The secret's rotation as AWS last described it (None: not asked, e.g. a pinned version).
+    pub rotation: Option<Rotation>,
+}
+
+/// What AWS says of a secret's rotation: metadata only, dates as unix seconds as AWS gave them
+/// (`rotation` checks them before any use).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rotation {
+    pub enabled: bool,
+    pub last_rotated: Option<i64>,
+    pub next_rotation: Option<i64>,
+    /// A version that carries AWSPENDING and not AWSCURRENT (a rotation started, not finished).
+    pub pending: Option<String>,
+    /// The rotation rules' window length (`3h`) and schedule (`rate(4 hours)`), as AWS gave them
+    /// (at most 64 characters each).
+    pub window: Option<String>,
+    pub schedule: Option<String>,
+}
+
+impl Rotation {
+    /// From AWS's answer and the versions' staging labels.
+    pub fn new(
+        enabled: bool,
+        last_rotated: Option<i64>,
+        next_rotation: Option<i64>,
+        stages: &[(String, Vec<String>)],
+    ) -> Rotation {
+        let pending = stages
+            .iter()
+            .find(|(_, st)| {
+                st.iter().any(|s| s == "AWSPENDING") && !st.iter().any(|s| s == "AWSCURRENT")
+            })
+            .map(|(v, _)| v.chars().take(64).collect());
+        Rotation {
+            enabled,
+            last_rotated,
+            next_rotation,
+            pending,
+            window: None,
+            schedule: None,
+        }
+    }
+
+    /// With the rotation rules' window and schedule.
+    pub fn with_rules(mut self, window: Option<&str>, schedule: Option<&str>) -> Rotation {
+        let bounded = |s: Option<&str>| s.map(|s| s.chars().take(64).collect());
+        self.window = bounded(window);
+        self.schedule = bounded(schedule);
+        self
+    }
 }
 
 /// An identity in a region: what one ListSecrets sweep covers (AWS quotas are per account and
@@ -110,8 +163,31 @@ pub trait SecretSource: Send + Sync {
     fn background(&self) -> BoxFuture<'_, ()>;
 }
 
-/// DescribeSecret's answer: each version id with its staging labels.
-pub type Versions = Vec<(String, Vec<String>)>;
+/// DescribeSecret's (or a ListSecrets entry's) answer: each version id with its staging labels,
+/// and the rotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub stages: Vec<(String, Vec<String>)>,
+    pub rotation: Rotation,
+}
+
+impl Versions {
+    /// The staging labels of `version`.
+    pub fn stages_of(&self, version: &str) -> Vec<String> {
+        self.stages
+            .iter()
+            .find(|(v, _)| v == version)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl From<Vec<(String, Vec<String>)>> for Versions {
+    fn from(stages: Vec<(String, Vec<String>)>) -> Self {
+        let rotation = Rotation::new(false, None, None, &stages);
+        Versions { stages, rotation }
+    }
+}
 
 /// The raw calls a backend answers; the cache decides which to make.
 pub trait SecretsBackend: Send + Sync {
@@ -133,7 +209,8 @@ pub trait SecretsBackend: Send + Sync {
 }
 
 /// The version id a selector points at, per a DescribeSecret answer.
-pub fn resolve(versions: &[(String, Vec<String>)], sel: &VersionSelector) -> Option<String> {
+pub fn resolve(versions: &Versions, sel: &VersionSelector) -> Option<String> {
+    let versions = &versions.stages;
     match sel {
         VersionSelector::Id(id) => versions
             .iter()

@@ -7,6 +7,20 @@ AWSCURRENT to another version, moto keeps answering GetSecretValue without a Ver
 BatchGetSecretValue, and DescribeSecret's default version) with the old version, because it never
 updates the secret's default version. Real Secrets Manager answers with the new AWSCURRENT.
 tests/aws_emulator.rs proves the correction.
+
+It also does what AWS does around moto that moto does not:
+- EventBridge: Secrets Manager sends `Secret Label Updated` to the default event bus when a staging
+  label moves to another version (every label but AWSPENDING and AWSPREVIOUS). `POST /__eventbridge
+  {"queue_url": URL, "region": "us-east-1", "sns": false}` adds a rule whose target is that SQS
+  queue (moto's, in this process), the event delivered as EventBridge delivers it (the event JSON as
+  the body, or wrapped in an SNS notification with "sns": true); `DELETE /__eventbridge` removes
+  every rule.
+- Rotation metadata: when a rotation finishes (AWSCURRENT moves to the version that carried
+  AWSPENDING), LastRotatedDate becomes now and, with rotation enabled, NextRotationDate now plus the
+  rotation period (on or before the end of that UTC day: NextRotationDate is the latest time the
+  rotation happens, the end of its window). `POST /__rotation {"secret_id": ID, "region": R,
+  "next_rotation_date": UNIX, "duration": "1h"}` enables rotation and moves NextRotationDate (time
+  passing: a schedule coming due), with that window length (RotationRules.Duration) if given.
 """
 
 import argparse
@@ -21,23 +35,132 @@ import threading
 import time
 from collections import Counter
 
+import uuid
+
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from moto.secretsmanager.models import SecretsManagerBackend
+from moto.secretsmanager.models import FakeSecret, SecretsManagerBackend, secretsmanager_backends
+from moto.sqs.models import sqs_backends
 from werkzeug.serving import make_server
 
 _original_update_stage = SecretsManagerBackend.update_secret_version_stage
+_original_put_value = SecretsManagerBackend.put_secret_value
+
+# EventBridge rules whose target is an SQS queue: {"account", "region", "queue", "sns"}.
+_rules = []
+_rules_lock = threading.Lock()
+UNANNOUNCED = ("AWSPENDING", "AWSPREVIOUS")
+
+
+def _label_updated(backend, secret, label, version_id):
+    """Delivers `Secret Label Updated` to every rule's queue, as EventBridge does."""
+    if label in UNANNOUNCED:
+        return
+    event = {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Secret Label Updated",
+        "source": "aws.secretsmanager",
+        "account": backend.account_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": backend.region_name,
+        "resources": [secret.arn],
+        "detail": {"name": secret.name, "labelUpdated": label, "versionId": version_id},
+    }
+    body = json.dumps(event)
+    with _rules_lock:
+        # The default event bus is regional: a rule sees its own account's and region's events.
+        rules = [r for r in _rules if r["account"] == backend.account_id and r["region"] == backend.region_name]
+    for r in rules:
+        message = body
+        if r["sns"]:
+            message = json.dumps({
+                "Type": "Notification",
+                "MessageId": str(uuid.uuid4()),
+                "TopicArn": f"arn:aws:sns:{r['region']}:{r['account']}:secrets-manager-events",
+                "Message": body,
+                "Timestamp": event["time"],
+            })
+        try:
+            sqs_backends[r["account"]][r["region"]].send_message(r["queue"], message)
+        except Exception as e:  # EventBridge retries, then drops; the API call itself succeeded
+            print(f"eventbridge: could not deliver to {r['queue']}: {e}", file=sys.stderr, flush=True)
 
 
 def _update_secret_version_stage(self, secret_id, version_stage, remove_from_version_id, move_to_version_id):
+    secret = self.secrets[secret_id] if secret_id in self.secrets else None
+    finishing = (
+        version_stage == "AWSCURRENT"
+        and move_to_version_id
+        and secret is not None
+        and move_to_version_id in secret.versions
+        and "AWSPENDING" in secret.versions[move_to_version_id]["version_stages"]
+    )
     result = _original_update_stage(self, secret_id, version_stage, remove_from_version_id, move_to_version_id)
+    secret = self.secrets[secret_id]
     if version_stage == "AWSCURRENT" and move_to_version_id:
-        secret = self.secrets[secret_id]
         if hasattr(secret, "set_default_version_id"):
             secret.set_default_version_id(move_to_version_id)
+    if finishing:
+        # A rotation's finishSecret: AWS records it and schedules the next one, on or before the
+        # end of the UTC day the rotation period ends.
+        now = int(time.time())
+        secret.last_rotation_date = now
+        if secret.rotation_enabled and secret.auto_rotate_after_days:
+            due = now + int(secret.auto_rotate_after_days) * 86400
+            secret.next_rotation_date = due - due % 86400 + 86399
+    if move_to_version_id:
+        _label_updated(self, secret, version_stage, move_to_version_id)
+    return result
+
+
+def _put_secret_value(self, secret_id, secret_string, secret_binary, client_request_token, version_stages):
+    secret = self.secrets[secret_id] if secret_id in self.secrets else None
+    repeated = secret is not None and client_request_token in secret.versions
+    result = _original_put_value(self, secret_id, secret_string, secret_binary, client_request_token, version_stages)
+    if repeated:
+        return result  # the same request again (idempotent): nothing moved
+    answer = json.loads(result)
+    for label in answer.get("VersionStages") or []:
+        _label_updated(self, self.secrets[secret_id], label, answer.get("VersionId", ""))
+    return result
+
+
+_original_to_dict = FakeSecret.to_dict
+
+
+def _to_dict(self):
+    """DescribeSecret and ListSecrets with the rotation window (RotationRules.Duration) when set."""
+    d = _original_to_dict(self)
+    window = getattr(self, "rotation_window", None)
+    if window and "RotationRules" in d:
+        d["RotationRules"]["Duration"] = window
+    return d
+
+
+FakeSecret.to_dict = _to_dict
+_original_update_secret = SecretsManagerBackend.update_secret
+
+
+def _current_version(backend, secret_id):
+    if secret_id not in backend.secrets:
+        return None
+    versions = backend.secrets[secret_id].versions
+    return next((v for v, d in versions.items() if "AWSCURRENT" in d["version_stages"]), None)
+
+
+def _update_secret(self, secret_id, *args, **kwargs):
+    """UpdateSecret with a new value moves AWSCURRENT to a new version, as PutSecretValue does."""
+    before = _current_version(self, secret_id)
+    result = _original_update_secret(self, secret_id, *args, **kwargs)
+    after = _current_version(self, secret_id)
+    if after and after != before:
+        _label_updated(self, self.secrets[secret_id], "AWSCURRENT", after)
     return result
 
 
 SecretsManagerBackend.update_secret_version_stage = _update_secret_version_stage
+SecretsManagerBackend.put_secret_value = _put_secret_value
+SecretsManagerBackend.update_secret = _update_secret
 
 
 class TestControl:
@@ -88,6 +211,41 @@ class TestControl:
                     entry["token_aud"] = None
         return entry
 
+    @staticmethod
+    def _json_body(environ):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        return json.loads(environ["wsgi.input"].read(length) or b"{}")
+
+    def _eventbridge(self, environ, start_response, method):
+        if method == "DELETE":
+            with _rules_lock:
+                _rules.clear()
+            return self._reply(start_response, 200, {"ok": True})
+        rule = self._json_body(environ)
+        # http://host:port/ACCOUNT/QUEUE
+        parts = urllib.parse.urlparse(rule["queue_url"]).path.strip("/").split("/")
+        with _rules_lock:
+            _rules.append({
+                "account": parts[0],
+                "queue": parts[-1],
+                "region": rule.get("region", "us-east-1"),
+                "sns": bool(rule.get("sns", False)),
+            })
+        return self._reply(start_response, 200, {"ok": True})
+
+    def _rotation(self, environ, start_response):
+        req = self._json_body(environ)
+        backend = secretsmanager_backends[req.get("account", "123456789012")][req.get("region", "us-east-1")]
+        secret = backend.secrets[req["secret_id"]]
+        secret.rotation_requested = True
+        secret.rotation_enabled = True
+        if not secret.auto_rotate_after_days:
+            secret.auto_rotate_after_days = 30
+        secret.next_rotation_date = int(req["next_rotation_date"])
+        if req.get("duration"):
+            secret.rotation_window = req["duration"]
+        return self._reply(start_response, 200, {"ok": True})
+
     def _reply(self, start_response, status, body):
         data = json.dumps(body).encode()
         start_response(f"{status} X", [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(data)))])
@@ -107,6 +265,10 @@ class TestControl:
             with self.lock:
                 self.faults.clear()
             return self._reply(start_response, 200, {"ok": True})
+        if path == "/__eventbridge":
+            return self._eventbridge(environ, start_response, method)
+        if path == "/__rotation" and method == "POST":
+            return self._rotation(environ, start_response)
         if path == "/__calls":
             with self.lock:
                 if method == "DELETE":

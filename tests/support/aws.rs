@@ -267,6 +267,28 @@ impl Moto {
         v
     }
 
+    /// An EventBridge rule on Secrets Manager's `Secret Label Updated` whose target is `queue`
+    /// (wrapped in an SNS notification when `sns`): every label move is delivered there.
+    pub async fn route_label_events_to(&self, queue: &str, sns: bool) {
+        self.http
+            .post(format!("{}/__eventbridge", self.url))
+            .json(&json!({"queue_url": queue, "sns": sns}))
+            .send()
+            .await
+            .expect("eventbridge rule");
+    }
+
+    /// Rotation enabled on `name`, its next rotation window opening at `at` (unix seconds) for an
+    /// hour: a schedule coming due, without waiting days for it.
+    pub async fn schedule_rotation(&self, name: &str, at: i64) {
+        self.http
+            .post(format!("{}/__rotation", self.url))
+            .json(&json!({"secret_id": name, "next_rotation_date": at, "duration": "1h"}))
+            .send()
+            .await
+            .expect("rotation schedule");
+    }
+
     /// Makes the next `count` calls of `action` for `secret_id` answer the AWS error `code`.
     pub async fn fault(&self, action: &str, secret_id: &str, code: &str, count: u32) {
         let status = if code == "InternalServiceError" {

@@ -858,6 +858,7 @@ impl Operator {
             min_refresh: Duration::from_secs(1),
             reporter: "managed-secrets".into(),
             rollout_debounce: Duration::from_secs(1),
+            rotation: Default::default(),
             access_policy: controller::AccessPolicy::Off,
             default_region,
             hash_key: controller::HashKey(Arc::from(key)),
