@@ -222,20 +222,8 @@ pub(super) fn write(
     let name = ms.target_name();
     let polled = schedule::after(now, schedule::jittered(seen.interval, jitter))
         .ok_or_else(|| Error::InvalidSpec("refreshInterval is too long".into()))?;
-    // status.rotation as AWS's metadata says it now (kept as it was when AWS said nothing: a
-    // pinned version is read without its metadata).
-    let rotation_status = fetched
-        .rotation
-        .as_ref()
-        .map(|r| rotation::status(prev.rotation.as_ref(), r, now));
-    // A rotation window, or a pending version, is looked at when it matters (the interval stays
-    // the backstop).
-    let next = fetched
-        .rotation
-        .as_ref()
-        .zip(rotation_status.as_ref())
-        .and_then(|(r, st)| rotation::next_check(r, st, now, &seen.thresholds))
-        .map_or(polled, |r| r.min(polled));
+    let (rotation_status, look) = rotation_schedule(fetched, prev, now, &seen.thresholds);
+    let next = look.map_or(polled, |r| r.min(polled));
     let mut status = status::synced(
         prev,
         Synced {
@@ -322,6 +310,23 @@ fn rotation_health(
     );
     status::set_condition(&mut st.conditions, reason::ROTATION_HEALTHY, Some(c));
     (news, unhealthy)
+}
+
+/// status.rotation as AWS's metadata says it now (None when AWS said nothing: a pinned version is
+/// read without its metadata, and the status keeps what it had), and when a rotation window or a
+/// pending version is next worth a look (the interval stays the backstop).
+fn rotation_schedule(
+    fetched: &Fetched,
+    prev: &ManagedSecretStatus,
+    now: DateTime<Utc>,
+    thresholds: &rotation::Thresholds,
+) -> (Option<crate::crd::RotationStatus>, Option<DateTime<Utc>>) {
+    let Some(r) = &fetched.rotation else {
+        return (None, None);
+    };
+    let st = rotation::status(prev.rotation.as_ref(), r, now);
+    let look = rotation::next_check(r, &st, now, thresholds);
+    (Some(st), look)
 }
 
 fn synced_note(ms: &ManagedSecret, name: &str, version: &str, data: &SecretData) -> String {
