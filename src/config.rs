@@ -44,6 +44,21 @@ pub struct CheckArgs {
     /// The operator's --min-refresh-interval, which refreshInterval must not be under.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     pub min_refresh_interval: Duration,
+    /// SecretAccessPolicy files or directories: decide every ManagedSecret against them, as the
+    /// operator would with access policies enforced.
+    #[arg(long = "policies")]
+    pub policies: Vec<std::path::PathBuf>,
+    /// With --policies: each namespace's labels, `namespace=key=value` (comma-separated or
+    /// repeated; `namespace=` for one without labels).
+    #[arg(long = "namespace-labels")]
+    pub namespace_labels: Vec<String>,
+    /// With --policies: the namespace of ManagedSecrets whose manifest names none.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    pub namespace: String,
+    /// With --policies: the region the operator reads secrets in when neither the spec nor an ARN
+    /// says (its AWS_REGION).
+    #[arg(long)]
+    pub default_region: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]

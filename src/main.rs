@@ -79,6 +79,17 @@ fn check(a: &CheckArgs) -> i32 {
         }
     };
     let mut summary = cmd::check::Summary::default();
+    let checker = if a.policies.is_empty() {
+        checker
+    } else {
+        match access(a, &checker, &mut summary) {
+            Ok(access) => checker.with_access(access),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
+    };
     for f in &files {
         match std::fs::read_to_string(f) {
             Ok(text) => checker.check_text(&f.display().to_string(), &text, &mut summary),
@@ -101,6 +112,28 @@ fn check(a: &CheckArgs) -> i32 {
         summary.findings.len()
     );
     i32::from(!summary.findings.is_empty())
+}
+
+/// What `check --policies` decides with: the policies (their own problems are findings), the
+/// namespace labels, the defaults.
+fn access(
+    a: &CheckArgs,
+    checker: &cmd::check::Checker,
+    summary: &mut cmd::check::Summary,
+) -> Result<cmd::check::Access, String> {
+    let mut texts = vec![];
+    for f in cmd::check::files(&a.policies).map_err(|e| e.to_string())? {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        texts.push((f.display().to_string(), text));
+    }
+    let (policies, found) = cmd::check::policies_in(checker, &texts);
+    summary.findings.extend(found.findings);
+    Ok(cmd::check::Access {
+        policies,
+        namespaces: cmd::check::namespace_labels(&a.namespace_labels)?,
+        default_namespace: a.namespace.clone(),
+        default_region: a.default_region.clone(),
+    })
 }
 
 /// `render`: the Secret's keys on stdout; an error (never echoing the value) and 1 otherwise.

@@ -179,13 +179,15 @@ async fn label_moves_are_delivered_as_eventbridge_events_and_rotations_are_recor
     let arn = moto.arn_of("prod/db/credentials").await;
     let soon = chrono::Utc::now().timestamp() + 600;
     moto.schedule_rotation("prod/db/credentials", soon).await;
-    let d = moto
-        .client
-        .describe_secret()
-        .secret_id("prod/db/credentials")
-        .send()
-        .await
-        .unwrap();
+    let describe = || async {
+        moto.client
+            .describe_secret()
+            .secret_id("prod/db/credentials")
+            .send()
+            .await
+            .unwrap()
+    };
+    let d = describe().await;
     assert_eq!(d.rotation_enabled(), Some(true));
     assert_eq!(d.next_rotation_date().map(|t| t.secs()), Some(soon));
     // createSecret: AWSPENDING moves, and AWS says nothing of it.
@@ -227,13 +229,7 @@ async fn label_moves_are_delivered_as_eventbridge_events_and_rotations_are_recor
         serde_json::from_str(wrapped["Message"].as_str().unwrap()).unwrap();
     assert_eq!(inner["detail"], direct["detail"]);
     // AWS recorded the rotation and scheduled the next one (30 days on).
-    let d = moto
-        .client
-        .describe_secret()
-        .secret_id("prod/db/credentials")
-        .send()
-        .await
-        .unwrap();
+    let d = describe().await;
     let last = d.last_rotated_date().map(|t| t.secs()).unwrap();
     assert!(last >= before, "LastRotatedDate {last} is the finish");
     let due = last + 30 * 86400;

@@ -81,6 +81,51 @@ fn check_passes_every_example_and_fails_a_broken_file_with_file_and_line() {
     assert!(err.contains("1 problem(s)"), "{err}");
 }
 
+/// `check --policies`: the access decision offline, with the namespace labels given; a denied
+/// reference fails CI with the PolicyDenied message, at its secretId line.
+#[test]
+fn check_with_policies_grants_by_label_and_refuses_a_denied_reference() {
+    let base = [
+        "check",
+        "-f",
+        "examples/db-credentials.yaml",
+        "--policies",
+        "examples/access-policy.yaml",
+        "--default-region",
+        "us-east-1",
+    ];
+    let (code, out, err) = run(&[&base[..], &["--namespace-labels", "db=env=prod"]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Without the label the naming convention grants nothing.
+    let (code, out, _) = run(&[&base[..], &["--namespace-labels", "db="]].concat());
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        out,
+        "examples/db-credentials.yaml:9: PolicyDenied: no SecretAccessPolicy grants namespace db the AWS secret prod/db/credentials (us-east-1); policies for this namespace: none; nothing is read from AWS until a SecretAccessPolicy grants it\n"
+    );
+    // Another team's secret, with the label: still denied.
+    let (code, out, _) = run(&[
+        "check",
+        "-f",
+        "examples/denied.yaml",
+        "--policies",
+        "examples/access-policy.yaml",
+        "--namespace-labels",
+        "db=env=prod",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.starts_with("examples/denied.yaml:")
+            && out.contains("PolicyDenied: no SecretAccessPolicy grants namespace db the AWS secret prod/payments/api-key")
+            && out.contains("policies for this namespace: naming-convention"),
+        "{out}"
+    );
+    // A malformed label list is a usage error.
+    let (code, _, err) = run(&[&base[..], &["--namespace-labels", "db"]].concat());
+    assert_eq!(code, Some(2));
+    assert!(err.contains("is not namespace=key=value"), "{err}");
+}
+
 #[test]
 fn render_prints_keys_redacted_unless_asked() {
     let args = [

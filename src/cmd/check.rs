@@ -1,11 +1,16 @@
 //! `managed-secrets check -f DIR|FILE`: validates ManagedSecret and SecretAccessPolicy manifests
 //! offline, the way the cluster would (the generated CRD schema, unknown fields the API server
 //! would silently drop) and the way the controller would (its own spec checks, the mapping and
-//! templates compiled), with `file:line: message` findings. Other kinds are skipped.
+//! templates compiled), with `file:line: message` findings. Other kinds are skipped. With
+//! `--policies`, every ManagedSecret is also decided against those SecretAccessPolicies and the
+//! namespace labels given (`Access`), with the message its `PolicyDenied` condition would show.
 
 use super::{documents, locate};
-use crate::crd::{policy::SecretAccessPolicy, ManagedSecret, GROUP};
+use crate::crd::{policy::SecretAccessPolicy, ManagedSecret, SecretAccessPolicySpec, GROUP};
+use crate::error::Error;
+use crate::policy::{Namespace, Request};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +45,98 @@ pub struct Checker {
     policy_schema: Value,
     policy: jsonschema::Validator,
     min_refresh: Duration,
+    access: Option<Access>,
+}
+
+/// What the access decision reads offline: the policies, each namespace's labels, the namespace of
+/// a manifest that names none, and the operator's default region.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub policies: Vec<(String, SecretAccessPolicySpec)>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub default_namespace: String,
+    pub default_region: Option<String>,
+}
+
+impl Access {
+    /// The decision for `ms` (in `namespace`): the message of the PolicyDenied it would get.
+    pub fn denied(&self, ms: &ManagedSecret, namespace: &str) -> Option<String> {
+        let ns = Namespace {
+            name: namespace.to_string(),
+            labels: self.namespaces.get(namespace).cloned().unwrap_or_default(),
+        };
+        let region = crate::source::region::resolve(
+            ms.spec.region.as_deref(),
+            &ms.spec.secret_id,
+            self.default_region.as_deref(),
+        );
+        let name = ms.metadata.name.clone().unwrap_or_default();
+        let req = Request {
+            namespace: &ns,
+            name: &name,
+            secret_id: &ms.spec.secret_id,
+            region: region.as_deref(),
+            service_account: ms.spec.service_account_name.as_deref(),
+        };
+        crate::policy::decide(&self.policies, &req)
+            .err()
+            .map(|m| Error::PolicyDenied(m).to_string())
+    }
+}
+
+/// `ns=key=value` items (comma-separated, or one per flag) as each namespace's labels. A namespace
+/// named without labels (`ns=`) has none.
+pub fn namespace_labels(
+    items: &[String],
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for item in items.iter().flat_map(|i| i.split(',')).map(str::trim) {
+        if item.is_empty() {
+            continue;
+        }
+        let bad = || format!("--namespace-labels {item:?} is not namespace=key=value");
+        let (ns, label) = item.split_once('=').ok_or_else(bad)?;
+        if ns.is_empty() {
+            return Err(bad());
+        }
+        let labels = out.entry(ns.to_string()).or_default();
+        if label.is_empty() {
+            continue;
+        }
+        let (k, v) = label.split_once('=').ok_or_else(bad)?;
+        if k.is_empty() {
+            return Err(bad());
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// The SecretAccessPolicies in `texts` ((file, text)); a document that is not a well-formed
+/// policy is a finding (as `check -f` reports it).
+pub fn policies_in(
+    checker: &Checker,
+    texts: &[(String, String)],
+) -> (Vec<(String, SecretAccessPolicySpec)>, Summary) {
+    let mut found = vec![];
+    let mut summary = Summary::default();
+    for (file, text) in texts {
+        checker.check_text(file, text, &mut summary);
+        for (_, doc) in documents(text) {
+            let Ok(v) = serde_yaml::from_str::<Value>(&doc) else {
+                continue;
+            };
+            if v["kind"] != "SecretAccessPolicy" {
+                continue;
+            }
+            if let Ok(p) = serde_json::from_value::<SecretAccessPolicy>(v) {
+                found.push((p.metadata.name.clone().unwrap_or_default(), p.spec));
+            }
+        }
+    }
+    summary.managed_secrets = 0;
+    summary.skipped = 0;
+    (found, summary)
 }
 
 impl Checker {
@@ -53,7 +150,14 @@ impl Checker {
             policy: jsonschema::validator_for(&policy_schema)?,
             policy_schema,
             min_refresh,
+            access: None,
         })
+    }
+
+    /// Also decides every ManagedSecret against these policies and labels.
+    pub fn with_access(mut self, access: Access) -> Checker {
+        self.access = Some(access);
+        self
     }
 
     /// Checks every document of one file's text.
@@ -149,7 +253,13 @@ impl Checker {
         if !found.is_empty() {
             return found;
         }
-        // The controller's own checks, on what the schema accepted.
+        found.extend(self.controller_checks(kind, value));
+        found
+    }
+
+    /// The controller's own checks, on what the schema accepted (and the access decision).
+    fn controller_checks(&self, kind: &str, value: &Value) -> Vec<(Vec<String>, String)> {
+        let mut found: Vec<(Vec<String>, String)> = vec![];
         let spec = vec!["spec".to_string()];
         if kind == "ManagedSecret" {
             match serde_json::from_value::<ManagedSecret>(value.clone()) {
@@ -159,6 +269,15 @@ impl Checker {
                         found.push((spec, e.to_string()));
                     } else if let Err(e) = crate::render::validate_mapping(&ms.spec) {
                         found.push((spec, e.to_string()));
+                    } else if let Some(access) = &self.access {
+                        let ns = ms
+                            .metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| access.default_namespace.clone());
+                        if let Some(m) = access.denied(&ms, &ns) {
+                            found.push((vec!["spec".into(), "secretId".into()], m));
+                        }
                     }
                 }
             }
@@ -446,5 +565,91 @@ spec:
         let m = messages(&check(&bad));
         assert_eq!(m.len(), 1, "{m:?}");
         assert!(m[0].starts_with("f.yaml:7: spec.rules[0]: "), "{m:?}");
+    }
+
+    const POLICIES: &str = "apiVersion: managedsecrets.io/v1alpha1
+kind: SecretAccessPolicy
+metadata:
+  name: teams
+spec:
+  rules:
+    - namespaceSelector:
+        matchLabels: {env: prod}
+      secrets: [\"$(labels.env)/$(namespace)/*\"]
+---
+apiVersion: managedsecrets.io/v1alpha1
+kind: SecretAccessPolicy
+metadata:
+  name: shared
+spec:
+  rules:
+    - namespaces: [payments]
+      secrets: [\"shared/*\"]
+";
+
+    fn access(labels: &[&str]) -> Access {
+        let c = Checker::new(Duration::from_secs(10)).unwrap();
+        let (policies, s) = policies_in(&c, &[("p.yaml".into(), POLICIES.into())]);
+        assert_eq!(messages(&s), Vec::<String>::new());
+        assert_eq!(policies.len(), 2);
+        let labels: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        Access {
+            policies,
+            namespaces: namespace_labels(&labels).unwrap(),
+            default_namespace: "default".into(),
+            default_region: Some("us-east-1".into()),
+        }
+    }
+
+    fn check_with(access: Access, text: &str) -> Vec<String> {
+        let c = Checker::new(Duration::from_secs(10))
+            .unwrap()
+            .with_access(access);
+        let mut s = Summary::default();
+        c.check_text("f.yaml", text, &mut s);
+        messages(&s)
+    }
+
+    #[test]
+    fn policies_grant_by_labels_and_variables_and_deny_with_the_conditions_message() {
+        let in_db = GOOD.replace("  name: db\n", "  name: db\n  namespace: db\n");
+        // db is env=prod: prod/db/* is granted through $(labels.env)/$(namespace)/*.
+        assert_eq!(
+            check_with(access(&["db=env=prod,db=team=db"]), &in_db),
+            Vec::<String>::new()
+        );
+        // Without the label: denied, with the message the PolicyDenied condition shows.
+        assert_eq!(
+            check_with(access(&["db=team=db"]), &in_db),
+            vec!["f.yaml:7: PolicyDenied: no SecretAccessPolicy grants namespace db the AWS secret prod/db/credentials (us-east-1); policies for this namespace: none; nothing is read from AWS until a SecretAccessPolicy grants it"]
+        );
+        // Another namespace's secret: $(namespace) is payments.
+        let other = in_db.replace("namespace: db", "namespace: payments");
+        let m = check_with(access(&["payments=env=prod"]), &other);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(
+            m[0].contains("namespace payments the AWS secret prod/db/credentials")
+                && m[0].contains("policies for this namespace: shared, teams"),
+            "{m:?}"
+        );
+        // No namespace in the manifest: --namespace (default here).
+        let m = check_with(access(&["default=env=prod"]), GOOD);
+        assert!(m[0].contains("namespace default"), "{m:?}");
+    }
+
+    #[test]
+    fn namespace_labels_parse_and_say_what_is_wrong() {
+        let l = namespace_labels(&["db=env=prod,db=team=db".into(), "payments=".into()]).unwrap();
+        assert_eq!(l["db"]["env"], "prod");
+        assert_eq!(l["db"]["team"], "db");
+        assert!(l["payments"].is_empty());
+        assert_eq!(
+            namespace_labels(&["db".into()]),
+            Err("--namespace-labels \"db\" is not namespace=key=value".into())
+        );
+        assert_eq!(
+            namespace_labels(&["db=env".into()]),
+            Err("--namespace-labels \"db=env\" is not namespace=key=value".into())
+        );
     }
 }

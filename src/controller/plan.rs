@@ -239,8 +239,8 @@ pub(super) fn write(
             forced: if bypass_cache { force(ms) } else { None },
         },
     );
-    if rotation_status.is_some() {
-        status.rotation = rotation_status;
+    if let Some(r) = rotation_status {
+        status.rotation = r;
     }
     let (rotation_news, rotation_unhealthy) = rotation_health(
         &mut status,
@@ -282,6 +282,7 @@ fn rotation_health(
     thresholds: &rotation::Thresholds,
 ) -> (Option<RotationNews>, Option<&'static str>) {
     let Some(rot) = &st.rotation else {
+        status::set_condition(&mut st.conditions, reason::ROTATION_HEALTHY, None);
         return (None, None);
     };
     let h = rotation::health(rot, now, thresholds);
@@ -313,20 +314,27 @@ fn rotation_health(
 }
 
 /// status.rotation as AWS's metadata says it now (None when AWS said nothing: a pinned version is
-/// read without its metadata, and the status keeps what it had), and when a rotation window or a
-/// pending version is next worth a look (the interval stays the backstop).
+/// read without its metadata, and the status keeps what it had; Some(None) for a secret never set
+/// up for rotation, which gets none), and when a rotation window or a pending version is next
+/// worth a look (the interval stays the backstop).
 fn rotation_schedule(
     fetched: &Fetched,
     prev: &ManagedSecretStatus,
     now: DateTime<Utc>,
     thresholds: &rotation::Thresholds,
-) -> (Option<crate::crd::RotationStatus>, Option<DateTime<Utc>>) {
+) -> (
+    Option<Option<crate::crd::RotationStatus>>,
+    Option<DateTime<Utc>>,
+) {
     let Some(r) = &fetched.rotation else {
         return (None, None);
     };
+    if !r.relevant() {
+        return (Some(None), None);
+    }
     let st = rotation::status(prev.rotation.as_ref(), r, now);
     let look = rotation::next_check(r, &st, now, thresholds);
-    (Some(st), look)
+    (Some(Some(st)), look)
 }
 
 fn synced_note(ms: &ManagedSecret, name: &str, version: &str, data: &SecretData) -> String {
@@ -819,6 +827,7 @@ mod tests {
             pending: pending.map(String::from),
             window: Some("1h".into()),
             schedule: None,
+            configured: true,
         }
     }
 
@@ -889,5 +898,35 @@ mod tests {
         assert_eq!((news.warning, news.reason), (false, "RotationOnSchedule"));
         assert_eq!(healed.rotation_unhealthy, None);
         assert_eq!(healed.status.rotation.unwrap().pending_version_id, None);
+    }
+
+    #[test]
+    fn a_secret_never_set_up_for_rotation_gets_no_rotation_status_nor_condition() {
+        let m = ms(spec(), synced_status());
+        let mut f = fetched("v1", &["AWSCURRENT"]);
+        f.rotation = Some(crate::source::Rotation::default());
+        let w = write(&m, &seen(&m), &f, false, b"k", 0.0).unwrap();
+        assert_eq!(w.status.rotation, None);
+        assert!(!w
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "RotationHealthy"));
+        // Set up once and disabled since: said so (informational).
+        f.rotation = Some(crate::source::Rotation {
+            configured: true,
+            ..Default::default()
+        });
+        let w = write(&m, &seen(&m), &f, false, b"k", 0.0).unwrap();
+        let c = w
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "RotationHealthy")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "RotationDisabled")
+        );
     }
 }

@@ -106,6 +106,16 @@ pub fn parse(body: &str) -> Result<Notification, Ignored> {
     if detail_type == Some(LABEL_UPDATED) {
         return label_updated(&v, detail);
     }
+    cloudtrail(&v, detail, detail_type)
+}
+
+/// An API call as CloudTrail records it (or a rotation service event): the secrets it names in
+/// whichever field this call uses.
+fn cloudtrail(
+    v: &Value,
+    detail: &Value,
+    detail_type: Option<&str>,
+) -> Result<Notification, Ignored> {
     let name = detail
         .get("eventName")
         .and_then(Value::as_str)

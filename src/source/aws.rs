@@ -251,6 +251,35 @@ pub fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     }
 }
 
+/// The rotation fields DescribeSecret and a ListSecrets entry both carry.
+struct RotationFields<'a> {
+    enabled: Option<bool>,
+    last: Option<&'a aws_sdk_secretsmanager::primitives::DateTime>,
+    next: Option<&'a aws_sdk_secretsmanager::primitives::DateTime>,
+    rules: Option<&'a aws_sdk_secretsmanager::types::RotationRulesType>,
+    lambda: Option<&'a str>,
+}
+
+/// A secret's versions (sorted) and rotation, as DescribeSecret or ListSecrets describe them.
+fn versions(stages: Option<&HashMap<String, Vec<String>>>, r: RotationFields<'_>) -> Versions {
+    let mut stages: Vec<(String, Vec<String>)> = stages
+        .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
+        .unwrap_or_default();
+    stages.sort();
+    let rotation = Rotation::new(
+        r.enabled.unwrap_or(false),
+        r.last.map(|t| t.secs()),
+        r.next.map(|t| t.secs()),
+        &stages,
+    )
+    .with_rules(
+        r.rules.and_then(|x| x.duration()),
+        r.rules.and_then(|x| x.schedule_expression()),
+        r.rules.is_some() || r.lambda.is_some_and(|l| !l.is_empty()),
+    );
+    Versions { stages, rotation }
+}
+
 impl SecretsBackend for AwsBackend {
     fn get_value<'a>(&'a self, secret: &'a SecretRef) -> BoxFuture<'a, Result<Fetched>> {
         Box::pin(async move {
@@ -292,26 +321,16 @@ impl SecretsBackend for AwsBackend {
             if out.deleted_date().is_some() {
                 return Err(Error::SecretNotFound(secret.secret_id.clone()));
             }
-            let mut v: Vec<(String, Vec<String>)> = out
-                .version_ids_to_stages()
-                .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
-                .unwrap_or_default();
-            v.sort();
-            let rules = out.rotation_rules();
-            let rotation = Rotation::new(
-                out.rotation_enabled().unwrap_or(false),
-                out.last_rotated_date().map(|t| t.secs()),
-                out.next_rotation_date().map(|t| t.secs()),
-                &v,
-            )
-            .with_rules(
-                rules.and_then(|r| r.duration()),
-                rules.and_then(|r| r.schedule_expression()),
-            );
-            Ok(Versions {
-                stages: v,
-                rotation,
-            })
+            Ok(versions(
+                out.version_ids_to_stages(),
+                RotationFields {
+                    enabled: out.rotation_enabled(),
+                    last: out.last_rotated_date(),
+                    next: out.next_rotation_date(),
+                    rules: out.rotation_rules(),
+                    lambda: out.rotation_lambda_arn(),
+                },
+            ))
         })
     }
 
@@ -331,23 +350,16 @@ impl SecretsBackend for AwsBackend {
                     if e.deleted_date().is_some() {
                         continue;
                     }
-                    let mut stages: Vec<(String, Vec<String>)> = e
-                        .secret_versions_to_stages()
-                        .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
-                        .unwrap_or_default();
-                    stages.sort();
-                    let rules = e.rotation_rules();
-                    let rotation = Rotation::new(
-                        e.rotation_enabled().unwrap_or(false),
-                        e.last_rotated_date().map(|t| t.secs()),
-                        e.next_rotation_date().map(|t| t.secs()),
-                        &stages,
-                    )
-                    .with_rules(
-                        rules.and_then(|r| r.duration()),
-                        rules.and_then(|r| r.schedule_expression()),
+                    let versions = versions(
+                        e.secret_versions_to_stages(),
+                        RotationFields {
+                            enabled: e.rotation_enabled(),
+                            last: e.last_rotated_date(),
+                            next: e.next_rotation_date(),
+                            rules: e.rotation_rules(),
+                            lambda: e.rotation_lambda_arn(),
+                        },
                     );
-                    let versions = Versions { stages, rotation };
                     out.push(Listed {
                         name: e.name().unwrap_or_default().to_string(),
                         arn: e.arn().unwrap_or_default().to_string(),

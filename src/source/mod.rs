@@ -71,6 +71,8 @@ pub struct Rotation {
     /// (at most 64 characters each).
     pub window: Option<String>,
     pub schedule: Option<String>,
+    /// Rotation was ever set up (rules or a rotation function), enabled now or not.
+    pub configured: bool,
 }
 
 impl Rotation {
@@ -94,14 +96,27 @@ impl Rotation {
             pending,
             window: None,
             schedule: None,
+            configured: false,
         }
     }
 
-    /// With the rotation rules' window and schedule.
-    pub fn with_rules(mut self, window: Option<&str>, schedule: Option<&str>) -> Rotation {
+    /// Whether there is anything to say about the secret's rotation: it is or was set up, or a
+    /// version is pending. A secret never set up for rotation gets no `status.rotation`.
+    pub fn relevant(&self) -> bool {
+        self.enabled || self.configured || self.pending.is_some()
+    }
+
+    /// With the rotation rules' window and schedule; `configured` when rotation was ever set up.
+    pub fn with_rules(
+        mut self,
+        window: Option<&str>,
+        schedule: Option<&str>,
+        configured: bool,
+    ) -> Rotation {
         let bounded = |s: Option<&str>| s.map(|s| s.chars().take(64).collect());
         self.window = bounded(window);
         self.schedule = bounded(schedule);
+        self.configured = configured;
         self
     }
 }
