@@ -240,7 +240,7 @@ pub(super) fn write(
         },
     );
     if let Some(r) = rotation_status {
-        status.rotation = r;
+        status.rotation = r.map(Box::new);
     }
     let (rotation_news, rotation_unhealthy) = rotation_health(
         &mut status,
@@ -332,7 +332,7 @@ fn rotation_schedule(
     if !r.relevant() {
         return (Some(None), None);
     }
-    let st = rotation::status(prev.rotation.as_ref(), r, now);
+    let st = rotation::status(prev.rotation.as_deref(), r, now);
     let look = rotation::next_check(r, &st, now, thresholds);
     (Some(Some(st)), look)
 }

@@ -217,7 +217,11 @@ async fn write(
         secret: secret_ref(ms, seen.identity.clone()),
         bypass_cache,
         max_age: seen.interval,
-        revalidate: crate::rotation::due(seen.status.rotation.as_ref(), seen.now, &seen.thresholds),
+        revalidate: crate::rotation::due(
+            seen.status.rotation.as_deref(),
+            seen.now,
+            &seen.thresholds,
+        ),
         owner: uid(ms),
     };
     let fetched = ctx.source.fetch(&req).await?;

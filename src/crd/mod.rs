@@ -333,7 +333,7 @@ pub struct ManagedSecretStatus {
     pub claimed_by: Option<String>,
     /// The AWS secret's rotation, as its metadata says (never a value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<RotationStatus>,
+    pub rotation: Option<Box<RotationStatus>>,
 }
 
 /// What AWS says of a secret's rotation (DescribeSecret, ListSecrets).
