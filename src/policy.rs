@@ -75,6 +75,40 @@ pub fn identity_without_policy(req: &Request) -> Identity {
     }
 }
 
+/// Decides whether `ms` may read its AWS secret from namespace `ns`: the request it makes (its
+/// region resolved from the spec, the ARN or `default_region`), decided against `policies`. One
+/// decision for the controller and the offline `check`.
+pub fn decide_for(
+    policies: &[(String, SecretAccessPolicySpec)],
+    ms: &crate::crd::ManagedSecret,
+    ns: &Namespace,
+    default_region: Option<&str>,
+) -> Result<Grant, String> {
+    let region = crate::source::region::resolve(
+        ms.spec.region.as_deref(),
+        &ms.spec.secret_id,
+        default_region,
+    );
+    let name = ms.metadata.name.clone().unwrap_or_default();
+    decide(policies, &request(ms, ns, &name, region.as_deref()))
+}
+
+/// The request `ms` makes from namespace `ns`, reading in `region`.
+pub fn request<'a>(
+    ms: &'a crate::crd::ManagedSecret,
+    ns: &'a Namespace,
+    name: &'a str,
+    region: Option<&'a str>,
+) -> Request<'a> {
+    Request {
+        namespace: ns,
+        name,
+        secret_id: &ms.spec.secret_id,
+        region,
+        service_account: ms.spec.service_account_name.as_deref(),
+    }
+}
+
 /// Decides a request against every policy (by name, then rule order: the first rule that grants
 /// wins). `Err` is the message a denied ManagedSecret shows.
 pub fn decide(

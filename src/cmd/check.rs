@@ -8,7 +8,7 @@
 use super::{documents, locate};
 use crate::crd::{policy::SecretAccessPolicy, ManagedSecret, SecretAccessPolicySpec, GROUP};
 use crate::error::Error;
-use crate::policy::{Namespace, Request};
+use crate::policy::Namespace;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -65,20 +65,7 @@ impl Access {
             name: namespace.to_string(),
             labels: self.namespaces.get(namespace).cloned().unwrap_or_default(),
         };
-        let region = crate::source::region::resolve(
-            ms.spec.region.as_deref(),
-            &ms.spec.secret_id,
-            self.default_region.as_deref(),
-        );
-        let name = ms.metadata.name.clone().unwrap_or_default();
-        let req = Request {
-            namespace: &ns,
-            name: &name,
-            secret_id: &ms.spec.secret_id,
-            region: region.as_deref(),
-            service_account: ms.spec.service_account_name.as_deref(),
-        };
-        crate::policy::decide(&self.policies, &req)
+        crate::policy::decide_for(&self.policies, ms, &ns, self.default_region.as_deref())
             .err()
             .map(|m| Error::PolicyDenied(m).to_string())
     }

@@ -6,7 +6,7 @@ use super::report::watch_report;
 use super::Context;
 use crate::crd::{ManagedSecret, SecretAccessPolicy, FIELD_MANAGER};
 use crate::error::{Error, Result};
-use crate::policy::{self, Identity, Namespace, Request};
+use crate::policy::{self, Identity, Namespace};
 use crate::source::region;
 use crate::status;
 use futures::StreamExt;
@@ -79,13 +79,7 @@ pub fn authorize(ctx: &Context, ms: &ManagedSecret) -> Result<Identity> {
         }
     }
     let name = ms.name_any();
-    let req = Request {
-        namespace: &ns,
-        name: &name,
-        secret_id: &ms.spec.secret_id,
-        region: region.as_deref(),
-        service_account: ms.spec.service_account_name.as_deref(),
-    };
+    let req = policy::request(ms, &ns, &name, region.as_deref());
     match &ctx.policy {
         None => Ok(policy::identity_without_policy(&req)),
         Some(view) => {
