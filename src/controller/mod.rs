@@ -19,10 +19,8 @@ use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::k8s::recorder::Recorder;
 use crate::metrics::Metrics;
-use crate::render::Mapping;
 use crate::schedule;
 use crate::source::DynSourceRef;
-use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -92,20 +90,11 @@ impl Default for Settings {
         }
     }
 }
-
 /// What the operator remembers about one ManagedSecret between reconciles (by UID).
 #[derive(Default)]
 struct ObjectState {
-    /// `namespace/name`, for metrics (shared with their freshness map).
-    key: Arc<str>,
-    /// Consecutive failures, also when the status could not record them.
-    failures: u32,
-    /// When AWS last confirmed the synced value.
-    confirmed_at: Option<DateTime<Utc>>,
-    /// The compiled mapping and the generation it was compiled for.
-    mapping: Option<(Option<i64>, Arc<Mapping>)>,
-    /// The next refresh (kept here; the status has it only as of its last change).
-    next_refresh: Option<DateTime<Utc>>,
+    /// What a sync reads of it (`plan::Memory`: key, failures, confirmation, schedule, mapping).
+    memory: plan::Memory,
     /// When the last finished attempt (sync or failure) started.
     attempt_started: Option<Instant>,
 }
@@ -154,7 +143,10 @@ impl Context {
     fn with_state<T>(&self, ms: &ManagedSecret, f: impl FnOnce(&mut ObjectState) -> T) -> T {
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         let st = objects.entry(uid(ms)).or_insert_with(|| ObjectState {
-            key: format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()).into(),
+            memory: plan::Memory {
+                key: format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any()).into(),
+                ..Default::default()
+            },
             ..Default::default()
         });
         let out = f(st);
@@ -167,18 +159,13 @@ impl Context {
 
     /// What the operator remembers of `ms`, read once.
     fn recall(&self, ms: &ManagedSecret) -> plan::Memory {
-        self.with_state(ms, |st| plan::Memory {
-            key: st.key.clone(),
-            failures: st.failures,
-            confirmed_at: st.confirmed_at,
-            next_refresh: st.next_refresh,
-            mapping: st.mapping.clone(),
-        })
+        self.with_state(ms, |st| st.memory.clone())
     }
 
     /// Writes back what a reconcile learnt, once.
     fn remember(&self, ms: &ManagedSecret, memo: plan::Memo) {
         let key = self.with_state(ms, |st| {
+            let st = &mut st.memory;
             if let Some(m) = memo.mapping {
                 st.mapping = Some(m);
             }
@@ -265,7 +252,7 @@ impl Context {
             r
         };
         if let Some(st) = removed {
-            self.metrics.forget(&st.key);
+            self.metrics.forget(&st.memory.key);
         }
         self.claims.settled(uid, &self.metrics);
         self.source.release(uid);
@@ -429,7 +416,7 @@ async fn work(ms: Arc<ManagedSecret>, ctx: Arc<Context>) -> Result<Action> {
 /// Errors of a deletion's cleanup: logged and retried with back-off (the cleanup sends its Event).
 fn error_policy(ms: Arc<ManagedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failure(err.reason());
-    let failures = ctx.with_state(&ms, |st| st.failures.max(1));
+    let failures = ctx.with_state(&ms, |st| st.memory.failures.max(1));
     let wait = plan::retry_wait(err, failures, rand::random());
     warn!(name = %ms.name_any(), reason = err.reason(), error = %err, retry_in = ?wait, "reconcile error");
     Action::requeue(wait)

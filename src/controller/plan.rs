@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the operator remembers of one ManagedSecret between reconciles, as a reconcile read it.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(super) struct Memory {
     /// `namespace/name`, for metrics.
     pub key: Arc<str>,
@@ -34,18 +34,6 @@ pub(super) struct Memory {
     pub next_refresh: Option<DateTime<Utc>>,
     /// The compiled mapping and the generation it was compiled for.
     pub mapping: Option<(Option<i64>, Arc<Mapping>)>,
-}
-
-impl Default for Memory {
-    fn default() -> Self {
-        Memory {
-            key: Arc::from(""),
-            failures: 0,
-            confirmed_at: None,
-            next_refresh: None,
-            mapping: None,
-        }
-    }
 }
 
 /// What a reconcile hands back to the memory, once.
