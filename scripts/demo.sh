@@ -115,7 +115,6 @@ done
 echo "rollout targets: $recorded (nothing restarted on the first sync)"
 
 say "Rotating the AWS secret the way a rotation Lambda does (AWSPENDING, then AWSCURRENT moved)"
-sleep 1   # the patch above has been synced; no refresh is due for an hour
 start=$(date +%s%N)
 new_version=$("$py" scripts/aws_demo.py rotate prod/db/credentials Rotated-456)
 echo "new AWSCURRENT version: $new_version; Secrets Manager announces it (Secret Label Updated)"
