@@ -264,8 +264,9 @@ impl Inner {
             .unwrap_or(false)
     }
 
-    /// The write pipeline shared by create, update, patch, apply and the built-in controllers.
-    /// Returns the stored object and whether it was created.
+    /// The write pipeline shared by create, update, patch, apply and the built-in controllers:
+    /// [`Inner::prepare_write`] then [`Inner::commit_write`]. Returns the stored object and whether
+    /// it was created.
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
@@ -274,9 +275,28 @@ impl Inner {
         ns: &str,
         name: &str,
         old: Option<Value>,
-        mut new: Value,
+        new: Value,
         ctx: WriteCtx,
     ) -> Result<(Value, bool), ApiError> {
+        let new = self.prepare_write(rt, version, ns, name, old.as_ref(), new, &ctx)?;
+        Ok(self.commit_write(rt, ns, name, old, new))
+    }
+
+    /// Everything a write checks and computes before it stores: metadata stamped, subresource
+    /// masking, name and namespace checks, type rules (defaults, validation, schema), generation,
+    /// uid and creationTimestamp for a create, managedFields. Returns the object as it would be
+    /// stored (an update keeps the old resourceVersion, as admission sees it); stores nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_write(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: &str,
+        name: &str,
+        old: Option<&Value>,
+        mut new: Value,
+        ctx: &WriteCtx,
+    ) -> Result<Value, ApiError> {
         if !new.is_object() {
             return Err(ApiError::bad_request(
                 "the body of the request is not a JSON object",
@@ -298,7 +318,7 @@ impl Inner {
             }
         }
         // Subresource masking.
-        if let Some(old) = &old {
+        if let Some(old) = old {
             if ctx.sub == Sub::Status {
                 let status = new.get("status").cloned();
                 let mut base = old.clone();
@@ -371,7 +391,7 @@ impl Inner {
                 }
             }
         }
-        self.type_rules(rt, version, old.as_ref(), &mut new, name)?;
+        self.type_rules(rt, version, old, &mut new, name)?;
 
         // generation
         if rt.has_generation {
@@ -380,7 +400,7 @@ impl Inner {
                 .and_then(|o| md(o, "generation"))
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
-            let spec_changed = match &old {
+            let spec_changed = match old {
                 None => true,
                 Some(o) => spec_part(o, rt) != spec_part(&new, rt),
             };
@@ -405,11 +425,30 @@ impl Inner {
                 m.remove(k);
             }
         }
-        self.update_managed_fields(rt, version, old.as_ref(), &mut new, &ctx);
+        self.update_managed_fields(rt, version, old, &mut new, ctx);
+        if let Some(o) = old {
+            let rv = md_str(o, "resourceVersion").to_string();
+            md_mut(&mut new).insert("resourceVersion".into(), json!(rv));
+        }
+        Ok(new)
+    }
 
+    /// Stores what [`Inner::prepare_write`] made of a write against `old` (still the stored object):
+    /// nothing for a no-op, removal for an object being deleted whose last finalizer went, else a
+    /// new resourceVersion and the watch event. Returns the stored object and whether it was
+    /// created.
+    pub fn commit_write(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        old: Option<Value>,
+        mut new: Value,
+    ) -> (Value, bool) {
+        let created = old.is_none();
         if let Some(o) = &old {
             if comparable(o) == comparable(&new) {
-                return Ok((o.clone(), false));
+                return (o.clone(), false);
             }
         }
         // Finalizers emptied on an object being deleted: it goes now.
@@ -430,7 +469,7 @@ impl Inner {
                     .unwrap_or_default()),
             );
             self.remove_now(rt, ns, name, new.clone());
-            return Ok((new, false));
+            return (new, false);
         }
         self.rv += 1;
         md_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
@@ -440,7 +479,7 @@ impl Inner {
         if rt.plural == "customresourcedefinitions" {
             self.register_crd(&new);
         }
-        Ok((new, created))
+        (new, created)
     }
 
     /// Removes an object from the store immediately and records DELETED.
