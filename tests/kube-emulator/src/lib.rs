@@ -20,6 +20,7 @@ pub mod store;
 pub mod table;
 pub mod validate;
 pub mod workloads;
+pub mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
