@@ -7,6 +7,7 @@
 // ApiError is a whole Status body that is turned into an HTTP answer at once; boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod events;

@@ -176,6 +176,8 @@ pub fn builtin_list_kind(path: &[String]) -> ListKind {
         "conditions" => key("type"),
         "ownerReferences" => key("uid"),
         "finalizers" => ListKind::Set,
+        // ValidatingWebhookConfiguration (patchMergeKey and listMapKey `name`).
+        "webhooks" => key("name"),
         _ => ListKind::Atomic,
     }
 }
@@ -247,6 +249,16 @@ pub fn builtins() -> Vec<ResourceType> {
         ),
         builtin("", "v1", "pods", "Pod", true, &["po"], true, false),
         builtin("", "v1", "services", "Service", true, &["svc"], true, false),
+        builtin(
+            "",
+            "v1",
+            "endpoints",
+            "Endpoints",
+            true,
+            &["ep"],
+            false,
+            false,
+        ),
         builtin(
             "apps",
             "v1",
@@ -388,6 +400,16 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
         ),
         builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingwebhookconfigurations",
+            "ValidatingWebhookConfiguration",
+            false,
+            &[],
+            false,
+            true,
+        ),
+        builtin(
             "authorization.k8s.io",
             "v1",
             "selfsubjectaccessreviews",
@@ -444,7 +466,8 @@ pub fn builtins() -> Vec<ResourceType> {
         if ["deployments", "statefulsets", "replicasets"].contains(&r.plural.as_str()) {
             r.scale_subresource = true;
         }
-        if r.plural == "customresourcedefinitions" {
+        if r.plural == "customresourcedefinitions" || r.plural == "validatingwebhookconfigurations"
+        {
             r.categories = vec!["api-extensions".into()];
         }
         if r.group == "authorization.k8s.io" {

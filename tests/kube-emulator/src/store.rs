@@ -530,6 +530,9 @@ impl Inner {
                 causes.extend(validate::validate_secret(new, old));
             }
             ("", "configmaps") => {}
+            ("admissionregistration.k8s.io", "validatingwebhookconfigurations") => {
+                causes.extend(crate::admission::config::default_and_validate(new)?);
+            }
             ("", "events") if new.get("source").is_none() => {
                 new["source"] = json!({});
             }
@@ -1151,6 +1154,9 @@ pub fn owner_uids(o: &Value) -> Vec<String> {
 
 /// What counts as "spec" for metadata.generation.
 fn spec_part(o: &Value, rt: &ResourceType) -> Value {
+    if rt.plural == "validatingwebhookconfigurations" {
+        return o.get("webhooks").cloned().unwrap_or(Value::Null);
+    }
     if rt.custom {
         let mut c = o.clone();
         if let Some(m) = c.as_object_mut() {

@@ -53,6 +53,10 @@ fn columns(rt: &ResourceType, version: &str) -> Vec<PrinterColumn> {
             col("Object", "string", "__object", ""),
             col("Message", "string", "__message", ""),
         ],
+        "validatingwebhookconfigurations" => vec![
+            col("Webhooks", "integer", "__count_webhooks", ""),
+            col("Age", "date", ".metadata.creationTimestamp", ""),
+        ],
         "namespaces" => vec![
             col("Status", "string", ".status.phase", ""),
             col("Age", "date", ".metadata.creationTimestamp", ""),
@@ -93,6 +97,13 @@ fn cell(obj: &Value, c: &PrinterColumn) -> Value {
                 .get("data")
                 .and_then(Value::as_object)
                 .map(|m| m.len())
+                .unwrap_or(0))
+        }
+        "__count_webhooks" => {
+            return json!(obj
+                .get("webhooks")
+                .and_then(Value::as_array)
+                .map(Vec::len)
                 .unwrap_or(0))
         }
         "__object" => {

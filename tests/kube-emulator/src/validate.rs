@@ -21,6 +21,146 @@ impl Cause {
     pub fn summary(&self) -> String {
         format!("{}: {}", self.field, self.message)
     }
+    /// Go's `field.Required`.
+    pub fn required(field: impl Into<String>, detail: &str) -> Cause {
+        Cause {
+            reason: "FieldValueRequired",
+            message: with_detail("Required value".into(), detail),
+            field: field.into(),
+        }
+    }
+    /// Go's `field.Invalid`; `value` is already printed as Go prints it (`"text"`, `31`).
+    pub fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Cause {
+        Cause {
+            reason: "FieldValueInvalid",
+            message: with_detail(format!("Invalid value: {value}"), detail),
+            field: field.into(),
+        }
+    }
+    /// Go's `field.NotSupported`.
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Cause {
+        let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        Cause {
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                list.join(", ")
+            ),
+            field: field.into(),
+        }
+    }
+    /// Go's `field.Duplicate`.
+    pub fn duplicate(field: impl Into<String>, value: &str) -> Cause {
+        Cause {
+            reason: "FieldValueDuplicate",
+            message: format!("Duplicate value: {value:?}"),
+            field: field.into(),
+        }
+    }
+    /// Go's `field.Forbidden`.
+    pub fn forbidden(field: impl Into<String>, detail: &str) -> Cause {
+        Cause {
+            reason: "FieldValueForbidden",
+            message: with_detail("Forbidden".into(), detail),
+            field: field.into(),
+        }
+    }
+}
+
+fn with_detail(body: String, detail: &str) -> String {
+    if detail.is_empty() {
+        body
+    } else {
+        format!("{body}: {detail}")
+    }
+}
+
+/// Go's `validation.RegexError`: the message, its examples and the pattern.
+fn regex_error(msg: &str, pattern: &str, examples: &[&str]) -> String {
+    format!(
+        "{msg} (e.g. '{}', regex used for validation is '{pattern}')",
+        examples.join("',  or '")
+    )
+}
+
+fn full_match(pattern: &str, value: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .expect("valid regex")
+        .is_match(value)
+}
+
+const SUBDOMAIN_FMT: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const QNAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+const QNAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+
+/// Go's `validation.IsDNS1123Subdomain`: its messages, none when `value` is one.
+pub fn dns1123_subdomain_errors(value: &str) -> Vec<String> {
+    let mut errs = vec![];
+    if value.len() > 253 {
+        errs.push("must be no more than 253 characters".to_string());
+    }
+    if !full_match(SUBDOMAIN_FMT, value) {
+        errs.push(regex_error("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character", SUBDOMAIN_FMT, &["example.com"]));
+    }
+    errs
+}
+
+/// Go's `validation.IsDNS1035Label`.
+pub fn dns1035_label_errors(value: &str) -> Vec<String> {
+    let mut errs = vec![];
+    if value.len() > 63 {
+        errs.push("must be no more than 63 characters".to_string());
+    }
+    let pattern = "[a-z]([-a-z0-9]*[a-z0-9])?";
+    if !full_match(pattern, value) {
+        errs.push(regex_error("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character", pattern, &["my-name", "abc-123"]));
+    }
+    errs
+}
+
+/// Go's `validation.IsQualifiedName` (label keys): an optional DNS subdomain prefix and `/`, then
+/// a name of at most 63 characters.
+pub fn qualified_name_errors(value: &str) -> Vec<String> {
+    let name_regex = || regex_error(QNAME_MSG, QNAME_FMT, &["MyName", "my.name", "123-abc"]);
+    let mut errs = vec![];
+    let parts: Vec<&str> = value.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_string());
+            } else {
+                let prefixed = dns1123_subdomain_errors(prefix).into_iter();
+                errs.extend(prefixed.map(|m| format!("prefix part {m}")));
+            }
+            *name
+        }
+        _ => {
+            return vec![format!("a qualified name {} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')", name_regex())];
+        }
+    };
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_string());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 characters".to_string());
+    }
+    if !full_match(QNAME_FMT, name) {
+        errs.push(format!("name part {}", name_regex()));
+    }
+    errs
+}
+
+/// Go's `validation.IsValidLabelValue`.
+pub fn label_value_errors(value: &str) -> Vec<String> {
+    let mut errs = vec![];
+    if value.len() > 63 {
+        errs.push("must be no more than 63 characters".to_string());
+    }
+    let pattern = format!("({QNAME_FMT})?");
+    if !full_match(&pattern, value) {
+        errs.push(regex_error("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character", &pattern, &["MyValue", "my_value", "12345"]));
+    }
+    errs
 }
 
 /// Rewrites an OpenAPI v3 structural schema into JSON Schema the validator understands.

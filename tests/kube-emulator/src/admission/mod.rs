@@ -1,0 +1,4 @@
+//! Validating admission webhooks as kube-apiserver (1.24, admissionregistration.k8s.io/v1)
+//! calls them.
+
+pub mod config;
