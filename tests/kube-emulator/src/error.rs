@@ -128,6 +128,10 @@ impl ApiError {
     }
     pub fn to_status(&self) -> Value {
         let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code});
+        if self.reason.is_empty() {
+            // Go's omitempty: a webhook's denial may carry no reason.
+            s.as_object_mut().expect("object").remove("reason");
+        }
         if let Some(d) = &self.details {
             s["details"] = d.clone();
         }

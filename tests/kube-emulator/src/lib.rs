@@ -1,7 +1,8 @@
 //! A Kubernetes API server emulator for managed-secrets' tests: a generic JSON object store that
 //! speaks the Kubernetes REST API (discovery, CRUD, the four patch types including server-side apply,
-//! watch with bookmarks and 410 Gone, CRD schema validation, finalizers and garbage collection, a
-//! minimal workload controller), plus admin endpoints for fault injection and request counters.
+//! watch with bookmarks and 410 Gone, CRD schema validation, validating admission webhooks,
+//! finalizers and garbage collection, a minimal workload controller), plus admin endpoints for
+//! fault injection and request counters.
 //! See the README section "The test ground" for what is and is not emulated.
 #![forbid(unsafe_code)]
 // ApiError is a whole Status body that is turned into an HTTP answer at once; boxing it buys nothing.

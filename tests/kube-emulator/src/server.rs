@@ -355,6 +355,16 @@ pub async fn handle(
         .unwrap_or_else(|| default_manager(&headers));
     let dry_run = q.get("dryRun").map(|v| v == "All").unwrap_or(false);
     let ns = t.namespace.clone().unwrap_or_default();
+    let w = write::WriteReq {
+        rt: &rt,
+        t: &t,
+        sub,
+        user: &user,
+        manager: &manager,
+        q: &q,
+        dry_run,
+        warnings: Default::default(),
+    };
     let result = match verb {
         "watch" => return watch_stream(state.clone(), rt, t, q, want_table, want_meta),
         "get" => {
@@ -377,17 +387,18 @@ pub async fn handle(
             }
         }
         "list" => list(&state, &rt, &t, &q, want_table, want_meta).map(|v| (StatusCode::OK, v)),
-        "create" => write::create(&state, &rt, &t, &body, &ctype, &manager, dry_run)
-            .map(|(v, _)| (StatusCode::CREATED, v)),
-        "update" => write::update(&state, &rt, &t, sub, &body, &manager, dry_run),
+        "create" => write::create(&state, &w, &body, &ctype).await,
+        "update" => write::update(&state, &w, &body).await,
         "patch" => match apply_create_denied(&state, &user, &attrs, &rt, &t, &ctype) {
             Some(e) => Err(e),
-            None => write::patch(&state, &rt, &t, sub, &body, &ctype, &manager, &q, dry_run),
+            None => write::patch(&state, &w, &body, &ctype).await,
         },
-        "delete" => write::delete(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v)),
-        "deletecollection" => {
-            write::delete_collection(&state, &rt, &t, &body, &q).map(|v| (StatusCode::OK, v))
-        }
+        "delete" => write::delete(&state, &w, &body)
+            .await
+            .map(|v| (StatusCode::OK, v)),
+        "deletecollection" => write::delete_collection(&state, &w, &body)
+            .await
+            .map(|v| (StatusCode::OK, v)),
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -395,10 +406,18 @@ pub async fn handle(
         )),
     };
     state.controllers.notify_one();
-    match result {
+    let mut resp = match result {
         Ok((code, v)) => json_response(code, &v),
         Err(e) => e.into_response(),
+    };
+    let warnings = w.warnings.into_inner().unwrap_or_else(|e| e.into_inner());
+    for text in warnings {
+        let header = crate::admission::review::warning_header(&text);
+        if let Ok(v) = axum::http::HeaderValue::from_bytes(header.as_bytes()) {
+            resp.headers_mut().append("warning", v);
+        }
     }
+    resp
 }
 
 /// An injected failure, answered as the real server answers it: 403 from the authorizer (with its

@@ -851,28 +851,7 @@ impl Inner {
         let Some(old) = self.get(rt, ns, name).cloned() else {
             return Err(ApiError::not_found(rt, name));
         };
-        if let Some(uid) = pre.get("uid").and_then(Value::as_str) {
-            if uid != md_str(&old, "uid") {
-                return Err(ApiError::conflict_precondition(
-                    rt,
-                    name,
-                    "UID",
-                    uid,
-                    md_str(&old, "uid"),
-                ));
-            }
-        }
-        if let Some(rv) = pre.get("resourceVersion").and_then(Value::as_str) {
-            if rv != md_str(&old, "resourceVersion") {
-                return Err(ApiError::conflict_precondition(
-                    rt,
-                    name,
-                    "ResourceVersion",
-                    rv,
-                    md_str(&old, "resourceVersion"),
-                ));
-            }
-        }
+        delete_preconditions(rt, name, &old, pre)?;
         let mut new = old.clone();
         let mut finalizers: Vec<Value> = md(&old, "finalizers")
             .and_then(Value::as_array)
@@ -1139,6 +1118,26 @@ impl Inner {
             WriteCtx::update("kube-controller-manager", Sub::Main),
         );
     }
+}
+
+/// A DELETE's preconditions (`uid`, `resourceVersion`) against the stored object: 409 when one
+/// does not hold.
+pub fn delete_preconditions(
+    rt: &ResourceType,
+    name: &str,
+    old: &Value,
+    pre: &Value,
+) -> Result<(), ApiError> {
+    for (key, what) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+        let Some(want) = pre.get(key).and_then(Value::as_str) else {
+            continue;
+        };
+        let got = md_str(old, key);
+        if want != got {
+            return Err(ApiError::conflict_precondition(rt, name, what, want, got));
+        }
+    }
+    Ok(())
 }
 
 pub fn owner_uids(o: &Value) -> Vec<String> {
