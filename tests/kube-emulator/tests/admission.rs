@@ -911,6 +911,33 @@ async fn webhook_configurations_are_validated_and_defaulted_as_the_api_server_do
 }
 
 #[tokio::test]
+async fn server_side_apply_keys_webhooks_by_name() {
+    let (api, hook) = setup().await;
+    let applied = |name: &str| {
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "shared"}, "webhooks": [hook.entry(name, "/allow", widgets_rule(), json!({}))]})
+    };
+    let path = |manager: &str| format!("{VWC}/shared?fieldManager={manager}");
+    assert_eq!(
+        api.apply(&path("team-a"), applied("a.reference.test"))
+            .await
+            .0,
+        201
+    );
+    let (c, cfg) = api
+        .apply(&path("team-b"), applied("b.reference.test"))
+        .await;
+    assert_eq!(c, 200, "{cfg}");
+    let names: Vec<&str> = cfg["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a.reference.test", "b.reference.test"]);
+}
+
+#[tokio::test]
 async fn configurations_are_authorized_like_any_resource() {
     let (api, hook) = setup().await;
     let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}});
