@@ -392,6 +392,15 @@ impl Inner {
             }
         }
         self.type_rules(rt, version, old, &mut new, name)?;
+        if rt.group.is_empty() && rt.plural == "namespaces" {
+            // Set on every write since 1.21 (NamespaceDefaultLabelName): namespaceSelectors can
+            // name a namespace by it.
+            let m = md_mut(&mut new);
+            let labels = m.entry("labels").or_insert_with(|| json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+        }
 
         // generation
         if rt.has_generation {

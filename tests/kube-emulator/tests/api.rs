@@ -1314,3 +1314,36 @@ async fn an_apply_that_creates_needs_create() {
         .await;
     assert_eq!(c, 200, "{e}");
 }
+
+#[tokio::test]
+async fn namespaces_carry_their_name_as_a_label_a_selector_can_use() {
+    let api = start().await;
+    let (c, ns) = api
+        .post(
+            "/api/v1/namespaces",
+            json!({"metadata": {"name": "team-a", "labels": {"team": "a"}}}),
+        )
+        .await;
+    assert_eq!(c, 201);
+    assert_eq!(
+        ns["metadata"]["labels"],
+        json!({"team": "a", "kubernetes.io/metadata.name": "team-a"})
+    );
+    // It cannot be changed or removed: every write sets it again.
+    let (c, ns) = api
+        .patch(
+            "/api/v1/namespaces/team-a",
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"kubernetes.io/metadata.name": "other", "team": null}}}),
+        )
+        .await;
+    assert_eq!(c, 200);
+    assert_eq!(
+        ns["metadata"]["labels"],
+        json!({"kubernetes.io/metadata.name": "team-a"})
+    );
+    let (_, list) = api
+        .get("/api/v1/namespaces?labelSelector=kubernetes.io%2Fmetadata.name%3Dkube-system")
+        .await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+}
