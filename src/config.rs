@@ -127,6 +127,8 @@ pub struct RunArgs {
     pub leader: LeaderArgs,
     #[command(flatten)]
     pub events: EventArgs,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
 }
 
 /// What is watched, and what it may read from AWS.
@@ -296,6 +298,70 @@ pub struct EventArgs {
     pub events_wait: Duration,
 }
 
+/// The validating admission webhook.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Admission webhook")]
+pub struct WebhookArgs {
+    /// Serve the validating admission webhook (HTTPS) on this address, e.g. `0.0.0.0:9443`;
+    /// unset: no webhook (the controller still enforces everything).
+    #[arg(long, env = "MANAGED_SECRETS_WEBHOOK_ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+    /// The Service in front of the webhook (in the operator's namespace): the serving
+    /// certificate is for its in-cluster names.
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_WEBHOOK_SERVICE",
+        default_value = "managed-secrets-webhook"
+    )]
+    pub webhook_service: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the operator keeps current (with
+    /// `--webhook-cert-issuer operator`); empty: none.
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_WEBHOOK_CONFIGURATION",
+        default_value = "managed-secrets"
+    )]
+    pub webhook_configuration: String,
+    /// The Secret (in the operator's namespace) holding the webhook's CA and serving certificate.
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_WEBHOOK_CERT_SECRET",
+        default_value = "managed-secrets-webhook-cert"
+    )]
+    pub webhook_cert_secret: String,
+    /// `operator`: the operator makes its own CA and serving certificate in that Secret, renews
+    /// them, and keeps the caBundle current; `external`: something else (cert-manager) writes the
+    /// Secret and the caBundle, and the operator only serves what the Secret holds.
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_WEBHOOK_CERT_ISSUER",
+        value_enum,
+        default_value = "operator"
+    )]
+    pub webhook_cert_issuer: CertIssuerArg,
+    /// More names for the serving certificate (DNS names or IP addresses, comma-separated), e.g.
+    /// for a `clientConfig.url`.
+    #[arg(
+        long,
+        env = "MANAGED_SECRETS_WEBHOOK_CERT_HOSTS",
+        value_delimiter = ','
+    )]
+    pub webhook_cert_hosts: Vec<String>,
+    /// How long the operator's webhook CA is valid (renewed with a third left; 2h to 87600h, at
+    /// least twice --webhook-cert-validity).
+    #[arg(long, env = "MANAGED_SECRETS_WEBHOOK_CA_VALIDITY", default_value = "8760h", value_parser = parse_ca_validity)]
+    pub webhook_ca_validity: Duration,
+    /// How long a serving certificate is valid (renewed with a third left; 1h to 8760h).
+    #[arg(long, env = "MANAGED_SECRETS_WEBHOOK_CERT_VALIDITY", default_value = "2160h", value_parser = parse_cert_validity)]
+    pub webhook_cert_validity: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertIssuerArg {
+    Operator,
+    External,
+}
+
 /// A flag that does not fit with the others. The message names the flags.
 #[derive(thiserror::Error, Debug, PartialEq, Eq)]
 pub enum ConfigError {
@@ -305,6 +371,8 @@ pub enum ConfigError {
     VisibilityNotLongerThanWait,
     #[error("{0} must be at least 1")]
     NotPositive(&'static str),
+    #[error("--webhook-ca-validity must be at least twice --webhook-cert-validity")]
+    WebhookCaTooShort,
 }
 
 /// `run`'s flags checked together, in the types the operator runs with.
@@ -320,6 +388,8 @@ pub struct RunConfig {
     pub lease: Lease,
     /// The event source, when a queue is configured.
     pub events: Option<EventQueue>,
+    /// The admission webhook, when an address is given: where it listens, and its certificate.
+    pub webhook: Option<(SocketAddr, crate::admission::keeper::Keeper)>,
 }
 
 /// The source cache's limits.
@@ -365,7 +435,9 @@ impl RunArgs {
             kube,
             leader,
             events,
+            webhook,
         } = self;
+        let webhook = webhook.validate(&operator.operator_namespace)?;
         if leader.lease_grace >= leader.lease_duration {
             return Err(ConfigError::LeaseGraceNotShorter);
         }
@@ -405,7 +477,42 @@ impl RunArgs {
             aws_quota_share: aws.aws_quota_share,
             lease,
             events,
+            webhook,
         })
+    }
+}
+
+impl WebhookArgs {
+    fn validate(
+        self,
+        namespace: &str,
+    ) -> Result<Option<(SocketAddr, crate::admission::keeper::Keeper)>, ConfigError> {
+        use crate::admission::keeper::{Issuer, Keeper};
+        let Some(addr) = self.webhook_addr else {
+            return Ok(None);
+        };
+        if self.webhook_ca_validity < self.webhook_cert_validity * 2 {
+            return Err(ConfigError::WebhookCaTooShort);
+        }
+        let keeper = Keeper {
+            namespace: namespace.to_string(),
+            secret: self.webhook_cert_secret,
+            configuration: Some(self.webhook_configuration).filter(|c| !c.is_empty()),
+            hosts: crate::admission::hosts(
+                &self.webhook_service,
+                namespace,
+                &self.webhook_cert_hosts,
+            ),
+            lifetimes: crate::admission::certs::Lifetimes {
+                ca: self.webhook_ca_validity,
+                serving: self.webhook_cert_validity,
+            },
+            issuer: match self.webhook_cert_issuer {
+                CertIssuerArg::Operator => Issuer::Operator,
+                CertIssuerArg::External => Issuer::External,
+            },
+        };
+        Ok(Some((addr, keeper)))
     }
 }
 
@@ -447,6 +554,16 @@ fn parse_bounded(s: &str, min: Duration, max: Duration, what: &str) -> Result<Du
         ));
     }
     Ok(d)
+}
+
+fn parse_ca_validity(s: &str) -> Result<Duration, String> {
+    let h = |n: u64| Duration::from_secs(n * 3600);
+    parse_bounded(s, h(2), h(87_600), "the webhook CA's validity")
+}
+
+fn parse_cert_validity(s: &str) -> Result<Duration, String> {
+    let h = |n: u64| Duration::from_secs(n * 3600);
+    parse_bounded(s, h(1), h(8760), "a webhook serving certificate's validity")
 }
 
 /// SQS long polls wait 1 to 20 seconds.
@@ -703,5 +820,48 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(c.lease.namespace, "leases");
+        assert!(c.webhook.is_none(), "no webhook without --webhook-addr");
+    }
+
+    #[test]
+    fn the_webhook_flags_make_its_certificate_keeper() {
+        let c = run_args(&[
+            "--operator-namespace",
+            "ops",
+            "--webhook-addr",
+            "0.0.0.0:9443",
+            "--webhook-cert-hosts",
+            "10.0.0.1",
+            "--webhook-cert-validity",
+            "24h",
+            "--webhook-ca-validity",
+            "48h",
+        ])
+        .validate()
+        .unwrap();
+        let (addr, k) = c.webhook.unwrap();
+        assert_eq!(addr, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(k.namespace, "ops");
+        assert_eq!(k.secret, "managed-secrets-webhook-cert");
+        assert_eq!(k.configuration.as_deref(), Some("managed-secrets"));
+        assert_eq!(k.issuer, crate::admission::keeper::Issuer::Operator);
+        assert!(k.hosts.contains("managed-secrets-webhook.ops.svc"));
+        assert!(k.hosts.contains("10.0.0.1"));
+        assert_eq!(k.lifetimes.serving, Duration::from_secs(24 * 3600));
+        let e = run_args(&[
+            "--webhook-addr",
+            "0.0.0.0:9443",
+            "--webhook-cert-validity",
+            "48h",
+            "--webhook-ca-validity",
+            "72h",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(e, ConfigError::WebhookCaTooShort);
+        let e = Cli::try_parse_from(["managed-secrets", "run", "--webhook-cert-validity", "30m"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out of range"), "{e}");
     }
 }

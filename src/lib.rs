@@ -1,6 +1,7 @@
 //! managed-secrets: keeps Kubernetes Secrets in sync with AWS Secrets Manager.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod claim;
 pub mod cmd;
 pub mod config;

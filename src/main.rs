@@ -6,7 +6,8 @@ use managed_secrets::config::{
 use managed_secrets::health::Health;
 use managed_secrets::source::cache::{CachedSource, Limits};
 use managed_secrets::{
-    cmd, controller, crd, http, leader, lifecycle, metrics::Metrics, permissions, source, telemetry,
+    admission, cmd, controller, crd, http, leader, lifecycle, metrics::Metrics, permissions,
+    source, telemetry,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -204,6 +205,16 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let server = serve(&config, &health, &metrics, stopped(&stop_rx)).await?;
     let election = elect(&config, leadership, &metrics, stopped(&stop_rx)).await?;
     let settings = connected.settings;
+    let grants = controller::Grants::for_settings(&settings);
+    let webhook = admit(
+        &config,
+        &connected.client,
+        &settings,
+        &grants,
+        (&health, &metrics),
+        stopped(&stop_rx),
+    )
+    .await?;
     tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %config.operator.metrics_addr, "managed-secrets starting");
     let span = tracing::info_span!("controller", installation = %settings.installation);
     let ctrl = tokio::spawn(
@@ -213,6 +224,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             metrics,
             health.clone(),
             settings,
+            grants,
             stopped(&stop_rx),
         )
         .instrument(span),
@@ -223,7 +235,43 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let grace = config.operator.shutdown_timeout;
     let code = lifecycle::supervise(ctrl, shutdown_signal(), stop, &health, grace).await;
     wind_down(connected.rbac, election, server).await;
+    if let Some(w) = webhook {
+        let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+    }
     Ok(code)
+}
+
+/// Starts the admission webhook (every replica serves it) when --webhook-addr is set.
+async fn admit(
+    config: &RunConfig,
+    client: &kube::Client,
+    controller: &controller::Settings,
+    grants: &controller::Grants,
+    (health, metrics): (&Arc<Health>, &Arc<Metrics>),
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some((addr, keeper)) = config.webhook.clone() else {
+        return Ok(None);
+    };
+    let settings = admission::Settings {
+        addr,
+        keeper,
+        min_refresh: config.reconcile.min_refresh_interval,
+        default_region: controller.default_region.clone(),
+    };
+    let span = tracing::info_span!("webhook", %addr);
+    let (task, _) = admission::start(
+        settings,
+        client.clone(),
+        grants.view(),
+        health.clone(),
+        metrics.clone(),
+        stop,
+    )
+    .instrument(span)
+    .await
+    .with_context(|| format!("binding --webhook-addr {addr}"))?;
+    Ok(Some(task))
 }
 
 /// What the controller runs against once connected, and the RBAC check started beside it.
@@ -306,6 +354,13 @@ fn spawn_rbac_check(
         hash_key_secret: config.operator.hash_key_secret.clone(),
         lease_namespace: config.lease.namespace.clone(),
         lease_name: config.lease.name.clone(),
+        webhook: config
+            .webhook
+            .as_ref()
+            .map(|(_, k)| permissions::WebhookNames {
+                secret: k.secret.clone(),
+                configuration: k.configuration.clone().unwrap_or_default(),
+            }),
     });
     let span = tracing::info_span!("rbac_check", checks = checks.len());
     tokio::spawn(

@@ -464,6 +464,72 @@ impl ClaimMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// The admission webhook (`admission`).
+pub struct AdmissionMetrics {
+    /// Reviews by kind and result (allowed, denied, invalid, error, unavailable).
+    pub requests: Family<AdmissionLabels, Counter>,
+    pub duration: Family<KindLabels, Histogram>,
+    /// When the serving certificate in use expires (Unix seconds; 0 before one is loaded).
+    pub certificate_expiry: Gauge,
+}
+
+impl Default for AdmissionMetrics {
+    fn default() -> Self {
+        AdmissionMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            }),
+            certificate_expiry: Gauge::default(),
+        }
+    }
+}
+
+impl AdmissionMetrics {
+    pub fn register(self, registry: &mut Registry) -> Self {
+        registry.register(
+            "admission_requests",
+            "Admission reviews answered by the webhook, by kind and result (allowed, denied by an access policy, invalid spec, error, unavailable: caches not filled)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission review, by kind",
+            self.duration.clone(),
+        );
+        registry.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate in use expires (Unix time)",
+            self.certificate_expiry.clone(),
+        );
+        self
+    }
+
+    /// One answered review.
+    pub fn observe(&self, kind: &str, result: &str, took: std::time::Duration) {
+        self.requests
+            .get_or_create(&AdmissionLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// Every metric the operator serves, by concern, and the registry they are registered in.
 pub struct Metrics {
     pub registry: Registry,
@@ -479,6 +545,7 @@ pub struct Metrics {
     pub workers: WorkerMetrics,
     pub claims: ClaimMetrics,
     pub rotation: RotationMetrics,
+    pub admission: AdmissionMetrics,
 }
 
 impl Default for Metrics {
@@ -497,6 +564,7 @@ impl Default for Metrics {
             workers: WorkerMetrics::default().register(&mut registry),
             claims: ClaimMetrics::default().register(&mut registry),
             rotation: RotationMetrics::default().register(&mut registry),
+            admission: AdmissionMetrics::default().register(&mut registry),
             registry,
         }
     }
@@ -616,6 +684,11 @@ mod tests {
         m.rollout("Deployment", "triggered");
         m.failure("Throttled");
         m.watch_error("secrets", "Forbidden");
+        m.admission.observe(
+            "ManagedSecret",
+            "denied",
+            std::time::Duration::from_millis(2),
+        );
         m.permissions
             .missing
             .get_or_create(&PermissionLabels {
@@ -635,6 +708,8 @@ mod tests {
         assert_eq!(
             served,
             [
+                "admission_duration_seconds histogram",
+                "admission_requests counter",
                 "aws_calls counter",
                 "aws_estimated_cost_dollars counter",
                 "cache_lookups counter",
@@ -664,6 +739,7 @@ mod tests {
                 "sync_lag_seconds histogram",
                 "syncs counter",
                 "watch_errors counter",
+                "webhook_certificate_expiry_timestamp_seconds gauge",
             ]
         );
     }
@@ -684,6 +760,11 @@ mod tests {
         m.failure("Throttled");
         m.watch_error("secrets", "Forbidden");
         m.rotation.set(&Arc::from("team/a"), Some("RotationStuck"));
+        m.admission.observe(
+            "ManagedSecret",
+            "denied",
+            std::time::Duration::from_millis(2),
+        );
         let served: Vec<String> = m
             .render()
             .lines()

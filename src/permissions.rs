@@ -35,6 +35,8 @@ pub enum Needed {
     AccessPolicies,
     /// Only with `--leader-election true`.
     LeaderElection,
+    /// Only with `--webhook-addr` (the admission webhook).
+    Webhook,
 }
 
 /// Which object a rule names, when it names one.
@@ -45,6 +47,10 @@ pub enum Named {
     HashKey,
     /// The installation's Lease (`--lease-name`).
     Lease,
+    /// The webhook's certificate Secret (`--webhook-cert-secret`).
+    WebhookSecret,
+    /// The webhook's configuration (`--webhook-configuration`).
+    WebhookConfiguration,
 }
 
 /// One RBAC rule the operator needs.
@@ -199,7 +205,7 @@ pub const RULES: &[Rule] = &[
         "",
         "secrets",
         Scope::OperatorNamespace,
-        "the key of `status.dataHash`, created on first start",
+        "the key of `status.dataHash`, and the webhook's certificate Secret, created on first start",
     ),
     Rule {
         named: Named::HashKey,
@@ -209,6 +215,28 @@ pub const RULES: &[Rule] = &[
             "secrets",
             Scope::OperatorNamespace,
             "the key of `status.dataHash`, read at start",
+        )
+    },
+    Rule {
+        needed: Needed::Webhook,
+        named: Named::WebhookSecret,
+        ..rule(
+            &["get", "update"],
+            "",
+            "secrets",
+            Scope::OperatorNamespace,
+            "the admission webhook's CA and serving certificate: read by every replica, renewed before they expire",
+        )
+    },
+    Rule {
+        needed: Needed::Webhook,
+        named: Named::WebhookConfiguration,
+        ..rule(
+            &["get", "patch"],
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            Scope::Cluster,
+            "keep the webhook configuration's `caBundle` current through a CA rotation",
         )
     },
     rule(
@@ -259,6 +287,16 @@ pub struct Deployment {
     pub hash_key_secret: String,
     pub lease_namespace: String,
     pub lease_name: String,
+    /// The webhook's certificate Secret and configuration, when it serves.
+    pub webhook: Option<WebhookNames>,
+}
+
+/// What the webhook's rules name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookNames {
+    pub secret: String,
+    /// Empty: its caBundle is not kept.
+    pub configuration: String,
 }
 
 /// One question for the API server: may I `verb` this?
@@ -302,8 +340,13 @@ pub fn checks(d: &Deployment) -> Vec<Check> {
             Needed::Always => true,
             Needed::AccessPolicies => d.access_policies,
             Needed::LeaderElection => d.leader_election,
+            Needed::Webhook => d.webhook.is_some(),
         };
-        if !wanted {
+        let webhook = d.webhook.clone().unwrap_or(WebhookNames {
+            secret: String::new(),
+            configuration: String::new(),
+        });
+        if !wanted || (r.named == Named::WebhookConfiguration && webhook.configuration.is_empty()) {
             continue;
         }
         let namespaces: Vec<String> = match r.scope {
@@ -317,6 +360,8 @@ pub fn checks(d: &Deployment) -> Vec<Check> {
             Named::Any => String::new(),
             Named::HashKey => d.hash_key_secret.clone(),
             Named::Lease => d.lease_name.clone(),
+            Named::WebhookSecret => webhook.secret.clone(),
+            Named::WebhookConfiguration => webhook.configuration.clone(),
         };
         let (resource, subresource) = r.resource.split_once('/').unwrap_or((r.resource, ""));
         for ns in &namespaces {
@@ -349,11 +394,14 @@ pub fn markdown_table() -> String {
             Named::Any => "",
             Named::HashKey => "the hash key Secret",
             Named::Lease => "the installation's Lease",
+            Named::WebhookSecret => "the webhook's certificate Secret",
+            Named::WebhookConfiguration => "the webhook's configuration",
         };
         let when = match r.needed {
             Needed::Always => "",
             Needed::AccessPolicies => " (access policies enforced)",
             Needed::LeaderElection => " (leader election on)",
+            Needed::Webhook => " (admission webhook on)",
         };
         out.push_str(&format!(
             "| `{}` | {group} | `{}` | {}{when} | {only} | {} |\n",
@@ -379,6 +427,10 @@ mod tests {
             hash_key_secret: "hk".into(),
             lease_namespace: "ops".into(),
             lease_name: "lead".into(),
+            webhook: Some(WebhookNames {
+                secret: "wh-cert".into(),
+                configuration: "ops-wh".into(),
+            }),
         }
     }
 
@@ -390,7 +442,7 @@ mod tests {
     fn a_cluster_wide_operator_asks_cluster_wide_and_in_its_own_namespace() {
         let c = checks(&deployment(&[]));
         let s = short(&c);
-        assert_eq!(s.len(), 39, "{s:#?}");
+        assert_eq!(s.len(), 43, "{s:#?}");
         assert_eq!(
             &s[..4],
             [
@@ -406,6 +458,11 @@ mod tests {
         assert!(s.contains(&"patch leases.coordination.k8s.io \"lead\" in ops".to_string()));
         assert!(s.contains(&"watch leases.coordination.k8s.io \"lead\" in ops".to_string()));
         assert!(s.contains(&"get leases.coordination.k8s.io (cluster-wide)".to_string()));
+        assert!(s.contains(&"update secrets \"wh-cert\" in ops".to_string()));
+        assert!(s.contains(
+            &"patch validatingwebhookconfigurations.admissionregistration.k8s.io \"ops-wh\" (cluster-wide)"
+                .to_string()
+        ));
         assert!(
             !s.iter().any(|x| x.contains("finalizers")),
             "admission-only rules are not asked"
@@ -417,6 +474,7 @@ mod tests {
         let mut d = deployment(&["a", "b"]);
         d.access_policies = false;
         d.leader_election = false;
+        d.webhook = None;
         let s = short(&checks(&d));
         assert_eq!(s.iter().filter(|x| x.ends_with(" in a")).count(), 26);
         assert_eq!(s.iter().filter(|x| x.ends_with(" in b")).count(), 26);

@@ -74,13 +74,14 @@ fn grants(rules: &Value) -> BTreeSet<Grant> {
 }
 
 /// The grants RULES asks for in `scope` (only those needed with these features).
-fn wanted(scope: Scope, policies: bool, leader: bool) -> BTreeSet<Grant> {
+fn wanted(scope: Scope, policies: bool, leader: bool, webhook: bool) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for r in RULES.iter().filter(|r| r.scope == scope) {
         let on = match r.needed {
             Needed::Always => true,
             Needed::AccessPolicies => policies,
             Needed::LeaderElection => leader,
+            Needed::Webhook => webhook,
         };
         if !on {
             continue;
@@ -89,6 +90,8 @@ fn wanted(scope: Scope, policies: bool, leader: bool) -> BTreeSet<Grant> {
             Named::Any => "",
             Named::HashKey => "managed-secrets-hash-key",
             Named::Lease => "managed-secrets-leader",
+            Named::WebhookSecret => "managed-secrets-webhook-cert",
+            Named::WebhookConfiguration => "ops-managed-secrets",
         };
         for v in r.verbs {
             out.insert((
@@ -129,30 +132,30 @@ fn the_chart_grants_exactly_the_permission_list_in_every_mode() {
     assert_eq!(
         role(&docs, "ClusterRole", "ops-managed-secrets", None),
         Some(union(
-            wanted(Scope::Watched, true, true),
-            wanted(Scope::Cluster, true, true)
+            wanted(Scope::Watched, true, true, true),
+            wanted(Scope::Cluster, true, true, true)
         ))
     );
     assert_eq!(
         role(&docs, "Role", "managed-secrets-hash-key", Some("ops")),
-        Some(wanted(Scope::OperatorNamespace, true, true))
+        Some(wanted(Scope::OperatorNamespace, true, true, true))
     );
     assert_eq!(
         lease_role(&docs),
-        Some(wanted(Scope::LeaseNamespace, true, true))
+        Some(wanted(Scope::LeaseNamespace, true, true, true))
     );
     // Listed namespaces: a Role in each; the ClusterRole keeps the cluster rows.
     let docs = render("ops", &set(&["watchNamespaces={apps,payments}"]));
     for ns in ["apps", "payments"] {
         assert_eq!(
             role(&docs, "Role", "managed-secrets", Some(ns)),
-            Some(wanted(Scope::Watched, true, true)),
+            Some(wanted(Scope::Watched, true, true, true)),
             "{ns}"
         );
     }
     assert_eq!(
         role(&docs, "ClusterRole", "ops-managed-secrets", None),
-        Some(wanted(Scope::Cluster, true, true))
+        Some(wanted(Scope::Cluster, true, true, true))
     );
     // Without access policies and with listed namespaces, nothing cluster-wide but other
     // installations' Leases; without leader election, the Lease is held but not watched.
@@ -163,19 +166,20 @@ fn the_chart_grants_exactly_the_permission_list_in_every_mode() {
             "accessPolicy.enforce=false",
             "leaderElection.enabled=false",
             "replicaCount=1",
+            "webhook.enabled=false",
         ]),
     );
     assert_eq!(
         role(&docs, "ClusterRole", "ops-managed-secrets", None),
-        Some(wanted(Scope::Cluster, false, false))
+        Some(wanted(Scope::Cluster, false, false, false))
     );
     assert_eq!(
         lease_role(&docs),
-        Some(wanted(Scope::LeaseNamespace, false, false))
+        Some(wanted(Scope::LeaseNamespace, false, false, false))
     );
     assert_eq!(
         role(&docs, "Role", "managed-secrets", Some("apps")),
-        Some(wanted(Scope::Watched, false, false))
+        Some(wanted(Scope::Watched, false, false, false))
     );
     // Every binding names the chart's ServiceAccount.
     for d in docs

@@ -6,8 +6,8 @@
 //! namespace labels given (`Access`), with the message its `PolicyDenied` condition would show.
 
 use super::{documents, locate};
+use crate::admission::review;
 use crate::crd::{policy::SecretAccessPolicy, ManagedSecret, SecretAccessPolicySpec, GROUP};
-use crate::error::Error;
 use crate::policy::Namespace;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -59,15 +59,12 @@ pub struct Access {
 }
 
 impl Access {
-    /// The decision for `ms` (in `namespace`): the message of the PolicyDenied it would get.
-    pub fn denied(&self, ms: &ManagedSecret, namespace: &str) -> Option<String> {
-        let ns = Namespace {
+    /// `namespace` as the policies see it: the labels given for it.
+    pub fn namespace(&self, namespace: &str) -> Namespace {
+        Namespace {
             name: namespace.to_string(),
             labels: self.namespaces.get(namespace).cloned().unwrap_or_default(),
-        };
-        crate::policy::decide_for(&self.policies, ms, &ns, self.default_region.as_deref())
-            .err()
-            .map(|m| Error::PolicyDenied(m).to_string())
+        }
     }
 }
 
@@ -252,19 +249,22 @@ impl Checker {
             match serde_json::from_value::<ManagedSecret>(value.clone()) {
                 Err(e) => found.push((spec, format!("spec: {e}"))),
                 Ok(ms) => {
-                    if let Err(e) = crate::crd::validate_spec(&ms, self.min_refresh) {
-                        found.push((spec, e.to_string()));
-                    } else if let Err(e) = crate::render::validate_mapping(&ms.spec) {
-                        found.push((spec, e.to_string()));
-                    } else if let Some(access) = &self.access {
-                        let ns = ms
-                            .metadata
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| access.default_namespace.clone());
-                        if let Some(m) = access.denied(&ms, &ns) {
-                            found.push((vec!["spec".into(), "secretId".into()], m));
-                        }
+                    // The admission webhook's own decision (spec, mapping, access).
+                    let ns = self.access.as_ref().map(|a| {
+                        let name = ms.metadata.namespace.as_deref();
+                        a.namespace(name.unwrap_or(&a.default_namespace))
+                    });
+                    let access =
+                        self.access
+                            .as_ref()
+                            .zip(ns.as_ref())
+                            .map(|(a, ns)| review::Access {
+                                policies: &a.policies,
+                                namespace: ns,
+                                default_region: a.default_region.as_deref(),
+                            });
+                    if let Err(r) = review::managed_secret(&ms, self.min_refresh, access.as_ref()) {
+                        found.push((path_of(&r.field), r.message));
                     }
                 }
             }
@@ -272,19 +272,24 @@ impl Checker {
             match serde_json::from_value::<SecretAccessPolicy>(value.clone()) {
                 Err(e) => found.push((spec, format!("spec: {e}"))),
                 Ok(p) => {
-                    for (i, rule) in p.spec.rules.iter().enumerate() {
-                        if let Some(problem) = crate::policy::rule_problem(rule) {
-                            found.push((
-                                vec!["spec".into(), "rules".into(), i.to_string()],
-                                format!("spec.rules[{i}]: {problem}"),
-                            ));
-                        }
+                    for r in review::policy(&p) {
+                        let message = review::policy_message(std::slice::from_ref(&r));
+                        found.push((path_of(&r.field), message));
                     }
                 }
             }
         }
         found
     }
+}
+
+/// `spec.rules[1]` as the path segments a line is looked up by (`spec`, `rules`, `1`).
+fn path_of(field: &str) -> Vec<String> {
+    field
+        .split(['.', '[', ']'])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Every YAML file under `paths` (directories recursively, sorted), or the files themselves.

@@ -7,7 +7,7 @@ mod cleanup;
 mod compact;
 pub mod notifications;
 mod plan;
-mod policies;
+pub mod policies;
 mod report;
 mod rollout;
 mod stores;
@@ -443,6 +443,37 @@ pub enum AccessPolicy {
     Off,
 }
 
+/// The access policy and namespace caches (when policies are enforced): filled by the
+/// controller's watches, read by its syncs and by the admission webhook.
+pub struct Grants {
+    view: Option<policies::PolicyView>,
+    watches: Option<policies::Watches>,
+}
+
+impl Grants {
+    /// The caches `settings` needs.
+    pub fn for_settings(settings: &Settings) -> Grants {
+        match settings.access_policy {
+            AccessPolicy::Enforce => {
+                let (v, w) = policies::stores();
+                Grants {
+                    view: Some(v),
+                    watches: Some(w),
+                }
+            }
+            AccessPolicy::Off => Grants {
+                view: None,
+                watches: None,
+            },
+        }
+    }
+
+    /// What readers see (None: access policies are off).
+    pub fn view(&self) -> Option<policies::PolicyView> {
+        self.view.clone()
+    }
+}
+
 /// Runs the controller until `shutdown` resolves. Returns when it stops; it only stops early if
 /// something is badly wrong, which the caller must treat as fatal.
 pub async fn run(
@@ -451,6 +482,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     settings: Settings,
+    grants: Grants,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| settings.reporter.clone());
@@ -461,13 +493,7 @@ pub async fn run(
         settings.namespaces.iter().cloned().map(Some).collect()
     };
     let scopes: Vec<_> = scopes.into_iter().map(stores::scope).collect();
-    let (view, watches) = match settings.access_policy {
-        AccessPolicy::Enforce => {
-            let (v, w) = policies::stores();
-            (Some(v), Some(w))
-        }
-        AccessPolicy::Off => (None, None),
-    };
+    let Grants { view, watches } = grants;
     let workers = crate::fair::FairWorkers::new(
         usize::from(settings.concurrency),
         metrics.workers.waiting.clone(),

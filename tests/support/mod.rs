@@ -8,6 +8,7 @@ pub mod aws;
 pub mod rbac;
 pub mod workloads;
 
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -64,6 +65,8 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Cluster-scoped objects this test made (removed on a real cluster when it ends).
     policies: std::sync::Mutex<Vec<String>>,
+    /// Webhook configurations this test made (likewise).
+    webhooks: std::sync::Mutex<Vec<String>>,
     /// The chart's cluster-scoped RBAC objects (likewise).
     rbac_objects: Vec<(String, String)>,
     /// The chart's identity objects as applied (the operator's rights).
@@ -175,6 +178,7 @@ impl Cluster {
             operator_namespace,
             http: reqwest::Client::new(),
             policies: std::sync::Mutex::new(vec![]),
+            webhooks: std::sync::Mutex::new(vec![]),
             rbac_objects,
             identity,
             keep_audit: std::sync::atomic::AtomicBool::new(true),
@@ -388,6 +392,65 @@ impl Cluster {
         api.delete(name, &Default::default())
             .await
             .expect("policy deleted");
+    }
+
+    /// The chart's ValidatingWebhookConfiguration name for this test's installation.
+    pub fn webhook_configuration(&self) -> String {
+        format!("{}-{}", self.operator_namespace, rbac::RELEASE)
+    }
+
+    /// Applies the chart's ValidatingWebhookConfiguration as rendered, except that it calls the
+    /// in-process operator at `addr` (`clientConfig.url`, as a real cluster can too), with
+    /// `failure_policy`, and judges only this test's namespace (parallel tests on one real
+    /// cluster stay apart). The operator publishes its caBundle.
+    pub async fn install_webhook(&self, addr: std::net::SocketAddr, failure_policy: &str) {
+        let docs = rbac::render(
+            &self.operator_namespace,
+            &[format!("leaderElection.leaseName={}", rbac::LEASE)],
+        );
+        let mut vwc = docs
+            .into_iter()
+            .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+            .expect("the chart renders a ValidatingWebhookConfiguration");
+        for w in vwc["webhooks"].as_array_mut().expect("webhooks") {
+            let path = w["clientConfig"]["service"]["path"].clone();
+            w["clientConfig"] =
+                json!({"url": format!("https://{addr}{}", path.as_str().unwrap_or("/"))});
+            w["failurePolicy"] = json!(failure_policy);
+            if w["namespaceSelector"].is_object() {
+                let exprs = w["namespaceSelector"]["matchExpressions"]
+                    .as_array_mut()
+                    .expect("matchExpressions");
+                exprs.push(json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [self.namespace]}));
+            }
+        }
+        let name = self.webhook_configuration();
+        assert_eq!(vwc["metadata"]["name"], name.as_str());
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        api.patch(
+            &name,
+            &PatchParams::apply("e2e-tests").force(),
+            &Patch::Apply(&vwc),
+        )
+        .await
+        .expect("webhook configuration applies");
+        let mut w = self.webhooks.lock().unwrap();
+        if !w.contains(&name) {
+            w.push(name);
+        }
+    }
+
+    /// Sets the failure policy of every webhook of the installation's configuration.
+    pub async fn webhook_failure_policy(&self, failure_policy: &str) {
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        let name = self.webhook_configuration();
+        let mut c = api.get(&name).await.expect("webhook configuration");
+        for w in c.webhooks.iter_mut().flatten() {
+            w.failure_policy = Some(failure_policy.to_string());
+        }
+        api.replace(&name, &PostParams::default(), &c)
+            .await
+            .expect("failure policy set");
     }
 
     /// Merge-patches the test namespace's labels.
@@ -732,6 +795,7 @@ impl Drop for Cluster {
             let client = self.client.clone();
             let mut nss = vec![self.namespace.clone(), self.operator_namespace.clone()];
             let policies = std::mem::take(&mut *self.policies.lock().unwrap());
+            let webhooks = std::mem::take(&mut *self.webhooks.lock().unwrap());
             let mut rbac_objects = std::mem::take(&mut self.rbac_objects);
             for (o, objects) in std::mem::take(&mut *self.others.lock().unwrap()) {
                 nss.push(o.namespace);
@@ -747,6 +811,10 @@ impl Drop for Cluster {
                         let sap: Api<SecretAccessPolicy> = Api::all(client.clone());
                         for p in policies {
                             let _ = sap.delete(&p, &Default::default()).await;
+                        }
+                        let vwc: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+                        for w in webhooks {
+                            let _ = vwc.delete(&w, &Default::default()).await;
                         }
                         rbac::uninstall(&client, &rbac_objects).await;
                         let api: Api<Namespace> = Api::all(client);
@@ -773,7 +841,13 @@ pub struct Operator {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<managed_secrets::health::Health>,
+    /// Where its admission webhook listens (`start_admitting`).
+    pub webhook: Option<std::net::SocketAddr>,
+    webhook_task: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// The webhook's certificate Secret in the operator's namespace (the chart's name).
+pub const WEBHOOK_CERT_SECRET: &str = "managed-secrets-webhook-cert";
 
 impl Operator {
     /// The operator with access policies off (single-tenant), as most tests want it.
@@ -805,13 +879,39 @@ impl Operator {
         tune: impl FnOnce(&mut controller::Settings),
         limits: source::cache::Limits,
     ) -> Operator {
-        Self::start_installed(cluster, &cluster.installation(), aws, tune, limits).await
+        Self::start_installed(cluster, &cluster.installation(), aws, tune, limits, None).await
+    }
+
+    /// The operator with access policies enforced and its admission webhook served on a local
+    /// port (certificate for 127.0.0.1, kept in the chart's Secret, caBundle kept in the chart's
+    /// configuration), with these certificate lifetimes.
+    pub async fn start_admitting(
+        cluster: &Cluster,
+        aws: &aws::Moto,
+        lifetimes: managed_secrets::admission::certs::Lifetimes,
+    ) -> Operator {
+        Self::start_installed(
+            cluster,
+            &cluster.installation(),
+            aws,
+            |s| s.access_policy = controller::AccessPolicy::Enforce,
+            Default::default(),
+            Some(lifetimes),
+        )
+        .await
+    }
+
+    /// Stops the webhook alone (its port refuses connections); the controller runs on.
+    pub fn stop_webhook(&mut self) {
+        if let Some(t) = self.webhook_task.take() {
+            t.abort();
+        }
     }
 
     /// The operator of another installation (`Cluster::another_installation`), with access
     /// policies off.
     pub async fn start_as(cluster: &Cluster, inst: &Installation, aws: &aws::Moto) -> Operator {
-        Self::start_installed(cluster, inst, aws, |_| {}, Default::default()).await
+        Self::start_installed(cluster, inst, aws, |_| {}, Default::default(), None).await
     }
 
     /// The operator as `inst` installed it: its identity, hash key and Lease in its namespace.
@@ -821,6 +921,7 @@ impl Operator {
         aws: &aws::Moto,
         tune: impl FnOnce(&mut controller::Settings),
         limits: source::cache::Limits,
+        webhook: Option<managed_secrets::admission::certs::Lifetimes>,
     ) -> Operator {
         // E2E_LOG=managed_secrets=debug shows the operator's logs in test output.
         if std::env::var("E2E_LOG").is_ok() {
@@ -877,6 +978,10 @@ impl Operator {
                 hash_key_secret: "managed-secrets-hash-key".into(),
                 lease_namespace: inst.namespace.clone(),
                 lease_name: rbac::LEASE.into(),
+                webhook: webhook.map(|_| managed_secrets::permissions::WebhookNames {
+                    secret: WEBHOOK_CERT_SECRET.into(),
+                    configuration: format!("{}-{}", inst.namespace, rbac::RELEASE),
+                }),
             });
         let rbac_check = tokio::spawn(managed_secrets::k8s::access::verify(
             inst.client.clone(),
@@ -912,12 +1017,22 @@ impl Operator {
             metrics.clone(),
         )
         .expect("operator client");
+        let grants = controller::Grants::for_settings(&settings);
+        let (webhook_task, addr) = match webhook {
+            None => (None, None),
+            Some(lifetimes) => {
+                let (t, a) =
+                    start_webhook(inst, &settings, &grants, lifetimes, &health, &metrics).await;
+                (Some(t), Some(a))
+            }
+        };
         let task = tokio::spawn(controller::run(
             paced,
             src,
             metrics.clone(),
             health.clone(),
             settings,
+            grants,
             async move {
                 let _ = rx.await;
             },
@@ -929,6 +1044,8 @@ impl Operator {
             lease: Some((lease, lease_tx)),
             metrics,
             health,
+            webhook: addr,
+            webhook_task,
         }
     }
 
@@ -956,6 +1073,7 @@ impl Operator {
     /// Stops at once, with no graceful shutdown (as SIGKILL would).
     pub fn kill(&mut self) {
         self.stop.take();
+        self.stop_webhook();
         if let Some((t, _)) = self.lease.take() {
             // Not released: it lapses, as a killed process's would.
             t.abort();
@@ -991,7 +1109,51 @@ impl Operator {
         if let Some(t) = self.rbac_check.take() {
             t.abort();
         }
+        self.stop_webhook();
     }
+}
+
+/// The operator's admission webhook as the binary starts it, on a local port, as the chart's
+/// ServiceAccount.
+async fn start_webhook(
+    inst: &Installation,
+    settings: &controller::Settings,
+    grants: &controller::Grants,
+    lifetimes: managed_secrets::admission::certs::Lifetimes,
+    health: &Arc<managed_secrets::health::Health>,
+    metrics: &Arc<Metrics>,
+) -> (tokio::task::JoinHandle<()>, std::net::SocketAddr) {
+    use managed_secrets::admission;
+    let keeper = admission::keeper::Keeper {
+        namespace: inst.namespace.clone(),
+        secret: WEBHOOK_CERT_SECRET.into(),
+        configuration: Some(format!("{}-{}", inst.namespace, rbac::RELEASE)),
+        hosts: admission::hosts(
+            "managed-secrets-webhook",
+            &inst.namespace,
+            &["127.0.0.1".into()],
+        ),
+        lifetimes,
+        issuer: admission::keeper::Issuer::Operator,
+    };
+    let client =
+        managed_secrets::k8s::client::from_config(inst.config.clone(), 50, 100, metrics.clone())
+            .expect("webhook client");
+    admission::start(
+        admission::Settings {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            keeper,
+            min_refresh: settings.min_refresh,
+            default_region: settings.default_region.clone(),
+        },
+        client,
+        grants.view(),
+        health.clone(),
+        metrics.clone(),
+        std::future::pending::<()>(),
+    )
+    .await
+    .expect("webhook listens")
 }
 
 impl Drop for Operator {

@@ -27,3 +27,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "managed-secrets.leaseNamespace" -}}
 {{ .Values.leaderElection.namespace | default .Release.Namespace }}
 {{- end -}}
+{{- define "managed-secrets.webhookConfiguration" -}}
+{{ printf "%s-%s" .Release.Namespace (include "managed-secrets.fullname" .) }}
+{{- end -}}
