@@ -373,6 +373,8 @@ pub enum ConfigError {
     NotPositive(&'static str),
     #[error("--webhook-ca-validity must be at least twice --webhook-cert-validity")]
     WebhookCaTooShort,
+    #[error("--webhook-cert-hosts {0:?} is neither an IP address nor a DNS name")]
+    WebhookHost(String),
 }
 
 /// `run`'s flags checked together, in the types the operator runs with.
@@ -493,6 +495,13 @@ impl WebhookArgs {
         };
         if self.webhook_ca_validity < self.webhook_cert_validity * 2 {
             return Err(ConfigError::WebhookCaTooShort);
+        }
+        if let Some(h) = self
+            .webhook_cert_hosts
+            .iter()
+            .find(|h| !h.is_empty() && !crate::admission::valid_host(h))
+        {
+            return Err(ConfigError::WebhookHost(h.chars().take(100).collect()));
         }
         let keeper = Keeper {
             namespace: namespace.to_string(),
@@ -859,6 +868,15 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e, ConfigError::WebhookCaTooShort);
+        let e = run_args(&[
+            "--webhook-addr",
+            "0.0.0.0:9443",
+            "--webhook-cert-hosts",
+            "a b",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(e, ConfigError::WebhookHost("a b".into()));
         let e = Cli::try_parse_from(["managed-secrets", "run", "--webhook-cert-validity", "30m"])
             .unwrap_err()
             .to_string();

@@ -212,7 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         &settings,
         &grants,
         (&health, &metrics),
-        stopped(&stop_rx),
+        drained(stopped(&stop_rx)),
     )
     .await?;
     tracing::info!(namespaces = ?settings.namespaces, access_policy = ?settings.access_policy, metrics = %config.operator.metrics_addr, "managed-secrets starting");
@@ -235,10 +235,16 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let grace = config.operator.shutdown_timeout;
     let code = lifecycle::supervise(ctrl, shutdown_signal(), stop, &health, grace).await;
     wind_down(connected.rbac, election, server).await;
-    if let Some(w) = webhook {
-        let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
-    }
+    // The webhook answers until the process exits: the API server may call it until its
+    // endpoints are gone.
+    drop(webhook);
     Ok(code)
+}
+
+/// `stop`, then as long as the API server may take to stop calling a webhook on a stopped pod.
+async fn drained(stop: impl Future<Output = ()> + Send + 'static) {
+    stop.await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
 }
 
 /// Starts the admission webhook (every replica serves it) when --webhook-addr is set.

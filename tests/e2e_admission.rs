@@ -1,6 +1,6 @@
 //! End to end: the validating admission webhook. The chart's ValidatingWebhookConfiguration
-//! (calling the in-process operator by `clientConfig.url`, which a real cluster can reach as
-//! well) refuses at apply time what the controller would refuse later, with the controller's
+//! (calling the in-process operator by `clientConfig.url`; on a real cluster set
+//! `MANAGED_SECRETS_E2E_WEBHOOK_HOST` to an address of this machine the API server reaches) refuses at apply time what the controller would refuse later, with the controller's
 //! message; an unavailable webhook under `failurePolicy: Ignore` blocks nothing and the controller
 //! still refuses; the operator's own CA and serving certificate rotate without a failed request.
 
@@ -71,16 +71,20 @@ async fn admitting(failure_policy: &str, lifetimes: Lifetimes) -> (Cluster, Moto
     let op = Operator::start_admitting(&c, &moto, lifetimes).await;
     c.install_webhook(op.webhook.expect("webhook address"), failure_policy)
         .await;
-    // The operator publishes its caBundle; from then on the webhook judges (a dry run of a
-    // denied reference is refused by it, not by a failed call).
+    answering(&c).await;
+    (c, moto, op)
+}
+
+/// Waits until the webhook judges: the caBundle is published and the caches are filled (a dry run
+/// of a denied reference is refused by the webhook, not by a failed call).
+async fn answering(c: &Cluster) {
     wait_for("the webhook to answer", DEADLINE, || async {
-        match create(&c, "probe", denied(&ns), true).await {
+        match create(c, "probe", denied(&c.namespace), true).await {
             Err(e) if e.code == 403 => Some(()),
             _ => None,
         }
     })
     .await;
-    (c, moto, op)
 }
 
 fn count(op: &Operator, kind: &str, result: &str) -> u64 {
@@ -189,7 +193,7 @@ async fn an_invalid_spec_and_a_malformed_policy_are_refused_naming_the_field() {
     let policy: SecretAccessPolicy = serde_json::from_value(json!({
         "apiVersion": "managedsecrets.io/v1alpha1",
         "kind": "SecretAccessPolicy",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"e2e-namespace": ns}},
         "spec": {"rules": [
             {"namespaces": [ns], "secrets": ["dev/*"]},
             {"namespaces": [ns], "secrets": ["$(nonsense)/*"]},
@@ -263,12 +267,18 @@ async fn with_the_webhook_down_and_failure_policy_ignore_the_apply_succeeds_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_rotation_keeps_admission_working() {
-    // Short lifetimes: the serving certificate is renewed every ~8 s, the CA every ~16 s.
+    // Short lifetimes: the serving certificate is renewed every ~14 s, the CA every ~27 s.
     let lifetimes = Lifetimes {
-        ca: Duration::from_secs(24),
-        serving: Duration::from_secs(12),
+        ca: Duration::from_secs(40),
+        serving: Duration::from_secs(20),
     };
-    let (c, _moto, op) = admitting("Fail", lifetimes).await;
+    let (c, moto, op) = admitting("Fail", lifetimes).await;
+    // A second replica, a standby that never leads, keeps the same Secret and configuration,
+    // and from now on the API server calls it: it judges from its own caches.
+    let standby = Operator::start_admitting_standby(&c, &moto, lifetimes).await;
+    c.install_webhook(standby.webhook.expect("standby webhook"), "Fail")
+        .await;
+    answering(&c).await;
     let ns = c.namespace.clone();
     let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &c.operator_namespace);
     let key = |s: &Secret, k: &str| {
@@ -292,7 +302,22 @@ async fn a_certificate_rotation_keeps_admission_working() {
     );
     let (mut answered, mut failed) = (0u32, vec![]);
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
+    let mut damaged = false;
+    while started.elapsed() < Duration::from_secs(35) {
+        if !damaged && started.elapsed() > Duration::from_secs(5) {
+            // Someone breaks the stored CA key: the Secret is made again, the old CA kept
+            // trusted for the replicas still serving a certificate it signed.
+            let patch = json!({"data": {"ca.key": "YnJva2Vu"}});
+            secrets
+                .patch(
+                    WEBHOOK_CERT_SECRET,
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await
+                .unwrap();
+            damaged = true;
+        }
         match create(&c, "probe", granted(&ns), true).await {
             Ok(()) => answered += 1,
             Err(e) => failed.push(e.message),
@@ -310,8 +335,19 @@ async fn a_certificate_rotation_keeps_admission_working() {
         servings.len()
     );
     assert!(cas.len() >= 2, "the CA was renewed: {} seen", cas.len());
+    // The broken Secret was made whole again.
+    let s = secrets.get(WEBHOOK_CERT_SECRET).await.unwrap();
+    let stored = managed_secrets::admission::certs::Material {
+        ca_bundle: key(&s, "ca.crt"),
+        ca_key: key(&s, "ca.key"),
+        tls_crt: key(&s, "tls.crt"),
+        tls_key: key(&s, "tls.key"),
+    };
+    assert!(managed_secrets::admission::certs::parse(&stored).is_ok());
     // Still judging after the rotations.
     let e = create(&c, "probe", denied(&ns), true).await.unwrap_err();
     assert_eq!(e.code, 403);
-    assert!(count(&op, "ManagedSecret", "allowed") >= u64::from(answered));
+    assert!(count(&standby, "ManagedSecret", "allowed") >= u64::from(answered));
+    assert!(count(&standby, "ManagedSecret", "denied") >= 1);
+    drop(op);
 }

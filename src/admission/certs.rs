@@ -26,6 +26,26 @@ pub struct Lifetimes {
     pub serving: Duration,
 }
 
+impl Lifetimes {
+    /// How long a bundle must have been published before a certificate from its newest CA is
+    /// served: every API server's informer has seen it by then (a tenth of the serving
+    /// certificate's life, 1 s to 60 s).
+    pub fn publish_margin(&self) -> i64 {
+        secs((self.serving / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
+    }
+}
+
+/// What the webhook configuration carries, as the keeper sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publication {
+    /// No configuration to keep.
+    Unkept,
+    /// It does not carry the stored bundle.
+    Missing,
+    /// It has carried the stored bundle since (Unix seconds; as first seen by this replica).
+    Since(i64),
+}
+
 impl Default for Lifetimes {
     fn default() -> Self {
         Lifetimes {
@@ -191,13 +211,23 @@ fn due(c: &Cert, now: i64, lifetime: Duration) -> bool {
     left < secs(lifetime) / 3 || left > secs(lifetime).saturating_add(secs(BACKDATE))
 }
 
-/// What to do next, given what the Secret holds (`None`: no Secret; `Some(Err)`: unusable),
-/// whether the webhook configuration carries its bundle (`None`: no configuration to keep), and
-/// the hosts the serving certificate must name.
+/// Whether the API servers trust the stored bundle: it has been published for the margin (or
+/// there is no configuration to keep).
+pub fn trusted(published: Publication, now: i64, l: &Lifetimes) -> bool {
+    match published {
+        Publication::Since(t) => now.saturating_sub(t) >= l.publish_margin(),
+        Publication::Unkept => true,
+        Publication::Missing => false,
+    }
+}
+
+/// What to do next, given what the Secret holds (`None`: no Secret; `Some(Err)`: unusable), what
+/// the webhook configuration carries, and the hosts the serving certificate must name. A serving
+/// certificate is only (re)issued from a CA the configuration has carried for the publish margin.
 pub fn next_step(
     now: i64,
     stored: Option<&Result<Parsed, String>>,
-    published: Option<bool>,
+    published: Publication,
     hosts: &BTreeSet<String>,
     l: &Lifetimes,
 ) -> Step {
@@ -205,7 +235,7 @@ pub fn next_step(
         None | Some(Err(_)) => return Step::Create,
         Some(Ok(p)) => p,
     };
-    if published == Some(false) {
+    if published == Publication::Missing {
         return Step::Publish;
     }
     let newest = &p.cas[0];
@@ -213,33 +243,35 @@ pub fn next_step(
         return Step::AddCa;
     }
     let s = &p.serving;
-    let wrong_issuer = s.issuer != newest.subject;
-    let expired_ca = p.cas.iter().any(|c| c.not_after <= now);
-    if wrong_issuer || &s.hosts != hosts || due(s, now, l.serving) || s.not_after <= now {
-        return Step::Reissue;
+    let trusted = trusted(published, now, l);
+    let stale = s.issuer != newest.subject
+        || &s.hosts != hosts
+        || due(s, now, l.serving)
+        || s.not_after <= now;
+    if stale {
+        return if trusted { Step::Reissue } else { Step::Rest };
     }
-    if expired_ca {
+    if p.cas.iter().any(|c| c.not_after <= now) {
         return Step::Prune;
     }
     Step::Rest
 }
 
 /// The Secret's next content for `step` (`None` for Publish and Rest, which write no Secret).
+/// `stored` is what the Secret held, even unusable: Create keeps the CAs of its bundle that still
+/// read and have not expired, so replicas serving a certificate from them stay trusted.
 pub fn renew(
     step: Step,
     now: i64,
-    current: Option<(&Material, &Parsed)>,
+    stored: Option<&Material>,
+    parsed: Option<&Parsed>,
     hosts: &BTreeSet<String>,
     l: &Lifetimes,
 ) -> Result<Option<Material>, String> {
-    let (m, p) = match (step, current) {
-        (Step::Publish | Step::Rest, _) => return Ok(None),
-        (Step::Create, _) | (_, None) => return created(now, hosts, l).map(Some),
-        (_, Some(c)) => c,
-    };
     let live = |c: &&Cert| c.not_after > now;
-    let next = match step {
-        Step::AddCa => {
+    let next = match (step, stored, parsed) {
+        (Step::Publish | Step::Rest, _, _) => return Ok(None),
+        (Step::AddCa, Some(m), Some(p)) => {
             let (ca, ca_key) = new_ca(now, l.ca)?;
             let kept: Vec<&str> = p
                 .cas
@@ -254,7 +286,7 @@ pub fn renew(
                 ..m.clone()
             }
         }
-        Step::Reissue => {
+        (Step::Reissue, Some(m), Some(p)) => {
             let (tls_crt, tls_key) = issue(&p.cas[0], &m.ca_key, hosts, now, l.serving)?;
             Material {
                 tls_crt,
@@ -262,27 +294,49 @@ pub fn renew(
                 ..m.clone()
             }
         }
-        _ => Material {
+        (Step::Prune, Some(m), Some(p)) => Material {
             ca_bundle: p.cas.iter().filter(live).map(|c| c.pem.as_str()).collect(),
             ..m.clone()
         },
+        (_, stored, _) => created(now, hosts, l, stored.map(|m| m.ca_bundle.as_str()))?,
     };
     Ok(Some(next))
 }
 
-fn created(now: i64, hosts: &BTreeSet<String>, l: &Lifetimes) -> Result<Material, String> {
-    let (ca_bundle, ca_key) = new_ca(now, l.ca)?;
-    let ca = certs(&ca_bundle, "the new CA")?
+fn created(
+    now: i64,
+    hosts: &BTreeSet<String>,
+    l: &Lifetimes,
+    salvage: Option<&str>,
+) -> Result<Material, String> {
+    let (ca_pem, ca_key) = new_ca(now, l.ca)?;
+    let ca = certs(&ca_pem, "the new CA")?
         .into_iter()
         .next()
         .ok_or("the new CA did not read back")?;
     let (tls_crt, tls_key) = issue(&ca, &ca_key, hosts, now, l.serving)?;
+    let kept: String = salvage
+        .map(|pem| readable(pem, now))
+        .unwrap_or_default()
+        .into_iter()
+        .take(MAX_CAS - 1)
+        .map(|c| c.pem)
+        .collect();
     Ok(Material {
-        ca_bundle,
+        ca_bundle: format!("{ca_pem}{kept}"),
         ca_key,
         tls_crt,
         tls_key,
     })
+}
+
+/// The certificates of a PEM text that read and have not expired, skipping the rest.
+fn readable(pem: &str, now: i64) -> Vec<Cert> {
+    pem.split_inclusive("-----END CERTIFICATE-----")
+        .filter_map(|block| certs(block.trim_start(), "ca.crt").ok())
+        .flatten()
+        .filter(|c| c.not_after > now)
+        .collect()
 }
 
 /// A new CA valid from `now` (backdated) for `lifetime`: (certificate PEM, key PEM).
@@ -392,42 +446,69 @@ mod tests {
         let step = |now: i64, s: &Option<Result<Parsed, String>>, published| {
             next_step(now, s.as_ref(), published, &hosts(), &l)
         };
-        assert_eq!(step(0, &None, Some(false)), Step::Create);
-        assert_eq!(step(0, &Some(Err("bad".into())), None), Step::Create);
-        let fresh = stored(vec![ca.clone()], serving.clone());
-        assert_eq!(step(H, &fresh, Some(false)), Step::Publish);
-        assert_eq!(step(H, &fresh, Some(true)), Step::Rest);
+        assert_eq!(step(0, &None, Publication::Missing), Step::Create);
         assert_eq!(
-            step(H, &fresh, None),
+            step(0, &Some(Err("bad".into())), Publication::Unkept),
+            Step::Create
+        );
+        let fresh = stored(vec![ca.clone()], serving.clone());
+        assert_eq!(step(H, &fresh, Publication::Missing), Step::Publish);
+        assert_eq!(step(H, &fresh, Publication::Since(0)), Step::Rest);
+        assert_eq!(
+            step(H, &fresh, Publication::Unkept),
             Step::Rest,
             "no configuration to keep"
         );
         // A third of the serving certificate's life left.
-        assert_eq!(step(20 * H - 1, &fresh, Some(true)), Step::Rest);
-        assert_eq!(step(20 * H + 1, &fresh, Some(true)), Step::Reissue);
+        assert_eq!(step(20 * H - 1, &fresh, Publication::Since(0)), Step::Rest);
+        assert_eq!(
+            step(20 * H + 1, &fresh, Publication::Since(0)),
+            Step::Reissue
+        );
         // Other hosts wanted.
         let mut moved = serving.clone();
         moved.hosts.insert("other.ops.svc".into());
         assert_eq!(
-            step(H, &stored(vec![ca.clone()], moved), Some(true)),
+            step(H, &stored(vec![ca.clone()], moved), Publication::Since(0)),
             Step::Reissue
         );
         // The CA a third from its end: a new one first, published, then the serving certificate
         // from it, then the old CA goes once it has expired.
-        assert_eq!(step(200 * H + 1, &fresh, Some(true)), Step::AddCa);
+        assert_eq!(
+            step(200 * H + 1, &fresh, Publication::Since(0)),
+            Step::AddCa
+        );
         let ca2 = cert("ca2", "ca2", 200 * H, 300 * H);
         let both = stored(vec![ca2.clone(), ca.clone()], serving.clone());
-        assert_eq!(step(200 * H + 2, &both, Some(false)), Step::Publish);
-        assert_eq!(step(200 * H + 2, &both, Some(true)), Step::Reissue);
+        assert_eq!(
+            step(200 * H + 2, &both, Publication::Missing),
+            Step::Publish
+        );
+        assert_eq!(
+            step(200 * H + 2, &both, Publication::Since(0)),
+            Step::Reissue
+        );
+        // Not before every API server has seen the new bundle (a minute at most).
+        assert_eq!(l.publish_margin(), 60);
+        let just = Publication::Since(200 * H + 2);
+        assert_eq!(step(200 * H + 2, &both, just), Step::Rest);
+        assert_eq!(step(200 * H + 62, &both, just), Step::Reissue);
+        assert_eq!(
+            step(20 * H + 1, &fresh, Publication::Since(20 * H)),
+            Step::Rest
+        );
         let reissued = cert("web", "ca2", 200 * H + 2, 30 * H);
         let switched = stored(vec![ca2.clone(), ca.clone()], reissued.clone());
-        assert_eq!(step(200 * H + 3, &switched, Some(true)), Step::Rest);
+        assert_eq!(
+            step(200 * H + 3, &switched, Publication::Since(0)),
+            Step::Rest
+        );
         let renewed = cert("web", "ca2", 290 * H, 30 * H);
         let later = stored(vec![ca2.clone(), ca.clone()], renewed);
-        assert_eq!(step(300 * H, &later, Some(true)), Step::Prune);
+        assert_eq!(step(300 * H, &later, Publication::Since(0)), Step::Prune);
         // A lowered lifetime replaces what lives longer than it allows.
         let long = stored(vec![ca.clone()], cert("web", "ca1", 0, 90 * H));
-        assert_eq!(step(H, &long, Some(true)), Step::Reissue);
+        assert_eq!(step(H, &long, Publication::Since(0)), Step::Reissue);
     }
 
     #[test]
@@ -435,7 +516,9 @@ mod tests {
         let l = lifetimes();
         let h = hosts();
         let now = 1_800_000_000;
-        let m = renew(Step::Create, now, None, &h, &l).unwrap().unwrap();
+        let m = renew(Step::Create, now, None, None, &h, &l)
+            .unwrap()
+            .unwrap();
         let p = parse(&m).unwrap();
         assert_eq!(p.cas.len(), 1);
         assert_eq!(p.serving.hosts, h, "an IP address and a DNS name");
@@ -444,15 +527,17 @@ mod tests {
         assert_eq!(p.cas[0].not_after - now, 300 * H);
         assert_eq!(p.serving.not_before, now - 300);
         assert_eq!(
-            next_step(now, Some(&Ok(p.clone())), Some(true), &h, &l),
+            next_step(now, Some(&Ok(p.clone())), Publication::Since(0), &h, &l),
             Step::Rest
         );
         assert!(!format!("{m:?}").contains("PRIVATE"), "no key in Debug");
         // The CA renewed: both trusted, the serving certificate unchanged until it is reissued.
         let later = now + 201 * H;
-        let step = next_step(later, Some(&Ok(p.clone())), Some(true), &h, &l);
+        let step = next_step(later, Some(&Ok(p.clone())), Publication::Since(0), &h, &l);
         assert_eq!(step, Step::AddCa);
-        let m2 = renew(step, later, Some((&m, &p)), &h, &l).unwrap().unwrap();
+        let m2 = renew(step, later, Some(&m), Some(&p), &h, &l)
+            .unwrap()
+            .unwrap();
         let p2 = parse(&m2).unwrap();
         assert_eq!(p2.cas.len(), 2);
         assert_eq!(
@@ -460,9 +545,9 @@ mod tests {
             "the old CA still trusted"
         );
         assert_eq!(m2.tls_crt, m.tls_crt);
-        let step = next_step(later, Some(&Ok(p2.clone())), Some(true), &h, &l);
+        let step = next_step(later, Some(&Ok(p2.clone())), Publication::Since(0), &h, &l);
         assert_eq!(step, Step::Reissue);
-        let m3 = renew(step, later, Some((&m2, &p2)), &h, &l)
+        let m3 = renew(step, later, Some(&m2), Some(&p2), &h, &l)
             .unwrap()
             .unwrap();
         let p3 = parse(&m3).unwrap();
@@ -470,18 +555,22 @@ mod tests {
         assert_eq!(m3.ca_bundle, m2.ca_bundle);
         // Past the old CA's end (the serving certificate renewed meanwhile) it leaves the bundle.
         let end = now + 300 * H;
-        let step = next_step(end, Some(&Ok(p3.clone())), Some(true), &h, &l);
+        let step = next_step(end, Some(&Ok(p3.clone())), Publication::Since(0), &h, &l);
         assert_eq!(step, Step::Reissue);
-        let m4 = renew(step, end, Some((&m3, &p3)), &h, &l).unwrap().unwrap();
+        let m4 = renew(step, end, Some(&m3), Some(&p3), &h, &l)
+            .unwrap()
+            .unwrap();
         let p4 = parse(&m4).unwrap();
-        let step = next_step(end, Some(&Ok(p4.clone())), Some(true), &h, &l);
+        let step = next_step(end, Some(&Ok(p4.clone())), Publication::Since(0), &h, &l);
         assert_eq!(step, Step::Prune);
-        let m5 = renew(step, end, Some((&m4, &p4)), &h, &l).unwrap().unwrap();
+        let m5 = renew(step, end, Some(&m4), Some(&p4), &h, &l)
+            .unwrap()
+            .unwrap();
         let p5 = parse(&m5).unwrap();
         assert_eq!(p5.cas.len(), 1);
         assert_eq!(p5.cas[0].subject, p3.cas[0].subject);
         assert_eq!(
-            next_step(end, Some(&Ok(p5)), Some(false), &h, &l),
+            next_step(end, Some(&Ok(p5)), Publication::Missing, &h, &l),
             Step::Publish
         );
     }
@@ -490,12 +579,12 @@ mod tests {
     fn a_serving_certificate_never_outlives_its_ca_and_mismatched_keys_are_refused() {
         let l = lifetimes();
         let h = hosts();
-        let m = renew(Step::Create, 0, None, &h, &l).unwrap().unwrap();
+        let m = renew(Step::Create, 0, None, None, &h, &l).unwrap().unwrap();
         let p = parse(&m).unwrap();
         let (crt, _) = issue(&p.cas[0], &m.ca_key, &h, 299 * H, l.serving).unwrap();
         let late = certs(&crt, "x").unwrap().remove(0);
         assert_eq!(late.not_after, p.cas[0].not_after);
-        let other = renew(Step::Create, 0, None, &h, &l).unwrap().unwrap();
+        let other = renew(Step::Create, 0, None, None, &h, &l).unwrap().unwrap();
         let swapped = Material {
             tls_key: other.tls_key.clone(),
             ..m.clone()
@@ -512,6 +601,21 @@ mod tests {
             parse(&swapped),
             Err("ca.key is not the key of the newest CA in ca.crt".into())
         );
+        // A damaged Secret is made again, keeping the CAs that still read: replicas serving a
+        // certificate from them stay trusted until they load the new one.
+        let broken = Material {
+            ca_key: "not a key".into(),
+            ca_bundle: format!("{}junk\n", m.ca_bundle),
+            ..m.clone()
+        };
+        assert!(parse(&broken).is_err());
+        let remade = renew(Step::Create, H, Some(&broken), None, &h, &l)
+            .unwrap()
+            .unwrap();
+        let again = parse(&remade).unwrap();
+        assert_eq!(again.cas.len(), 2);
+        assert_eq!(again.cas[1].subject, p.cas[0].subject);
+        assert_eq!(again.serving.issuer, again.cas[0].subject);
         let garbage = Material {
             tls_crt: "not pem".into(),
             ..m

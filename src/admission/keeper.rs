@@ -4,7 +4,7 @@
 //! writes are guarded by resourceVersion, so replicas that race agree on one Secret, and a replica
 //! that starts uses the stored certificate. With `Issuer::External` (cert-manager) it only loads.
 
-use super::certs::{self, Lifetimes, Material, Step};
+use super::certs::{self, Lifetimes, Material, Publication, Step};
 use super::tls::Certificate;
 use crate::metrics::Metrics;
 use base64::Engine as _;
@@ -59,8 +59,9 @@ impl Keeper {
     ) {
         tokio::pin!(stop);
         let mut failures: u32 = 0;
+        let mut seen = None;
         loop {
-            let wait = match self.once(&client, &cert, &metrics).await {
+            let wait = match self.once(&client, &cert, &metrics, &mut seen).await {
                 Ok(true) => AFTER_WRITE,
                 Ok(false) => {
                     failures = 0;
@@ -80,22 +81,21 @@ impl Keeper {
         }
     }
 
-    /// One look: `Ok(true)` when something was written (look again soon).
+    /// One look: `Ok(true)` when something was written (look again soon). `seen` is since when
+    /// this replica has seen the configuration carry which bundle.
     async fn once(
         &self,
         client: &Client,
         cert: &Certificate,
         metrics: &Metrics,
+        seen: &mut Option<(String, i64)>,
     ) -> Result<bool, String> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
-        let secret = secrets
-            .get_opt(&self.secret)
-            .await
-            .map_err(|e| format!("reading Secret {}/{}: {e}", self.namespace, self.secret))?;
+        let secret = self.read(&secrets).await?;
         let material = secret.as_ref().map(material_of);
         if self.issuer == Issuer::External {
             return match material {
-                Some(Ok(m)) => load(cert, &m, metrics).map(|_| false),
+                Some(Ok(m)) => load(cert, &m, expiry(&m), metrics).map(|_| false),
                 _ => Err(format!(
                     "Secret {}/{} holds no tls.crt and tls.key yet",
                     self.namespace, self.secret
@@ -105,41 +105,63 @@ impl Keeper {
         let parsed = material
             .as_ref()
             .map(|m| m.clone().and_then(|m| certs::parse(&m)));
-        let published = match (&self.configuration, &material) {
-            (Some(name), Some(Ok(m))) => self.published(client, name, m).await?,
-            _ => None,
+        let (stored, usable) = match (&material, &parsed) {
+            (Some(Ok(m)), Some(Ok(p))) => (Some(m), Some(p)),
+            (Some(Ok(m)), _) => (Some(m), None),
+            _ => (None, None),
         };
         let now = chrono::Utc::now().timestamp();
+        let published = match (&self.configuration, usable.and(stored)) {
+            (Some(name), Some(m)) => self.published(client, name, m).await?,
+            _ => None,
+        };
+        let publication = publication(published, stored, now, seen);
+        // Serve what is stored once the API servers trust it; at once when nothing is served, or
+        // what is served expires before then (a damaged Secret made again late).
+        if let (Some(m), Some(p)) = (stored, usable) {
+            let served_until = cert.not_after();
+            if certs::trusted(publication, now, &self.lifetimes)
+                || served_until <= now.saturating_add(self.lifetimes.publish_margin())
+            {
+                load(cert, m, p.serving.not_after, metrics)?;
+            }
+        }
         let step = certs::next_step(
             now,
             parsed.as_ref(),
-            published,
+            publication,
             &self.hosts,
             &self.lifetimes,
         );
-        let current = match (&material, &parsed) {
-            (Some(Ok(m)), Some(Ok(p))) => Some((m, p)),
-            _ => None,
-        };
         match step {
-            Step::Rest => {
-                if let Some((m, _)) = current {
-                    load(cert, m, metrics)?;
-                }
-                Ok(false)
-            }
+            Step::Rest => Ok(false),
             Step::Publish => {
-                let m = current.map(|(m, _)| m).ok_or("nothing to publish")?;
-                self.publish(client, m).await?;
+                // Only the bundle still stored: a replica that read the Secret before another
+                // changed it must not publish an older bundle over a newer one.
+                let again = self.read(&secrets).await?;
+                let version = |s: &Option<Secret>| {
+                    s.as_ref().and_then(|s| s.metadata.resource_version.clone())
+                };
+                if version(&again) == version(&secret) {
+                    self.publish(client, stored.ok_or("nothing to publish")?)
+                        .await?;
+                }
                 Ok(true)
             }
             _ => {
-                let next = certs::renew(step, now, current, &self.hosts, &self.lifetimes)?
+                let next = certs::renew(step, now, stored, usable, &self.hosts, &self.lifetimes)?
                     .ok_or("no certificate was made")?;
                 self.write(&secrets, secret, &next, step).await?;
                 Ok(true)
             }
         }
+    }
+
+    async fn read(&self, secrets: &Api<Secret>) -> Result<Option<Secret>, String> {
+        secrets
+            .get_opt(&self.secret)
+            .await
+            .map_err(|e| format!("reading Secret {}/{}: {e}", self.namespace, self.secret))
     }
 
     /// Whether every webhook of the configuration carries the bundle (None: no configuration).
@@ -248,6 +270,30 @@ impl Keeper {
     }
 }
 
+/// What the configuration carries: `published` is whether it carries the stored bundle (None: no
+/// configuration kept), remembered with the time this replica first saw it.
+fn publication(
+    published: Option<bool>,
+    stored: Option<&Material>,
+    now: i64,
+    seen: &mut Option<(String, i64)>,
+) -> Publication {
+    match (published, stored) {
+        (None, _) | (_, None) => Publication::Unkept,
+        (Some(false), _) => {
+            *seen = None;
+            Publication::Missing
+        }
+        (Some(true), Some(m)) => match seen {
+            Some((bundle, since)) if *bundle == m.ca_bundle => Publication::Since(*since),
+            _ => {
+                *seen = Some((m.ca_bundle.clone(), now));
+                Publication::Since(now)
+            }
+        },
+    }
+}
+
 /// The Secret's keys as PEM text (`ca.key` only matters when the operator is the issuer).
 fn material_of(s: &Secret) -> Result<Material, String> {
     let data = s.data.as_ref();
@@ -268,19 +314,23 @@ fn material_of(s: &Secret) -> Result<Material, String> {
     Ok(m)
 }
 
-/// Serves this certificate from the next handshake on.
-fn load(cert: &Certificate, m: &Material, metrics: &Metrics) -> Result<(), String> {
-    if cert.load(&m.tls_crt, &m.tls_key)? {
-        let expiry = x509_parser::pem::parse_x509_pem(m.tls_crt.as_bytes())
-            .ok()
-            .and_then(|(_, p)| {
-                p.parse_x509()
-                    .ok()
-                    .map(|x| x.validity().not_after.timestamp())
-            })
-            .unwrap_or_default();
-        metrics.admission.certificate_expiry.set(expiry);
-        tracing::info!(expires = expiry, "webhook: serving certificate loaded");
+/// Serves this certificate (expiring at `not_after`) from the next handshake on.
+fn load(cert: &Certificate, m: &Material, not_after: i64, metrics: &Metrics) -> Result<(), String> {
+    if cert.load(&m.tls_crt, &m.tls_key, not_after)? {
+        metrics.admission.certificate_expiry.set(not_after);
+        tracing::info!(expires = not_after, "webhook: serving certificate loaded");
     }
     Ok(())
+}
+
+/// When the certificate in `m` expires (0 when it does not read).
+fn expiry(m: &Material) -> i64 {
+    x509_parser::pem::parse_x509_pem(m.tls_crt.as_bytes())
+        .ok()
+        .and_then(|(_, p)| {
+            p.parse_x509()
+                .ok()
+                .map(|x| x.validity().not_after.timestamp())
+        })
+        .unwrap_or_default()
 }

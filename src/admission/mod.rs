@@ -39,8 +39,20 @@ pub fn hosts(service: &str, namespace: &str, extra: &[String]) -> BTreeSet<Strin
     ]
     .into_iter()
     .collect();
-    out.extend(extra.iter().filter(|h| !h.is_empty()).cloned());
+    out.extend(extra.iter().filter(|h| !h.is_empty()).map(|h| canonical(h)));
     out
+}
+
+/// A host as the certificate reads back: an IP address in its canonical form.
+fn canonical(host: &str) -> String {
+    host.parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|_| host.to_string())
+}
+
+/// Whether `host` can be a name of the serving certificate: an IP address or a DNS name.
+pub fn valid_host(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok() || crate::crd::validate::valid_secret_name(host)
 }
 
 /// Binds the webhook's address and serves it, and keeps its certificate, until `stop`. Returns the
@@ -83,18 +95,25 @@ mod tests {
 
     #[test]
     fn the_certificate_names_the_service_and_the_extra_hosts() {
-        let h: Vec<String> = hosts("ms-webhook", "ops", &["127.0.0.1".into(), String::new()])
-            .into_iter()
-            .collect();
+        let h: Vec<String> = hosts(
+            "ms-webhook",
+            "ops",
+            &["127.0.0.1".into(), String::new(), "0:0::1".into()],
+        )
+        .into_iter()
+        .collect();
         assert_eq!(
             h,
             [
                 "127.0.0.1",
+                "::1",
                 "ms-webhook",
                 "ms-webhook.ops",
                 "ms-webhook.ops.svc",
                 "ms-webhook.ops.svc.cluster.local"
             ]
         );
+        assert!(valid_host("10.0.0.1") && valid_host("webhook.example.com"));
+        assert!(!valid_host("Not A Host") && !valid_host("*.example.com"));
     }
 }

@@ -55,6 +55,9 @@ impl Kind {
 /// The answer cannot be given now (caches not filled): the API server's failure policy decides.
 struct Unavailable(String);
 
+/// The largest AdmissionReview read (an object and its old version, each at most etcd's 1.5 MiB).
+const MAX_BODY: usize = 4 << 20;
+
 pub fn router(a: Arc<Admission>) -> Router {
     let b = a.clone();
     Router::new()
@@ -66,6 +69,7 @@ pub fn router(a: Arc<Admission>) -> Router {
             POLICIES_PATH,
             post(move |body: Bytes| handle(b.clone(), Kind::Policy, body)),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
 async fn handle(a: Arc<Admission>, kind: Kind, body: Bytes) -> Response {

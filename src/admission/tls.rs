@@ -1,7 +1,7 @@
 //! The webhook's HTTPS listener: TLS with the certificate the keeper last loaded (a renewal takes
 //! effect on the next connection, without a restart), HTTP/1.1 to an axum router.
 
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -11,16 +11,24 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers (also on an idle kept-alive connection).
+const HEADER_READ: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
 
 /// The serving certificate in use; none until the first is loaded (a handshake then fails, and the
 /// API server applies the webhook's failure policy).
 #[derive(Default)]
 pub struct Certificate {
     current: RwLock<Option<(String, Arc<CertifiedKey>)>>,
+    /// When the certificate in use expires (Unix seconds; 0: none in use).
+    not_after: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Certificate {
@@ -30,9 +38,9 @@ impl std::fmt::Debug for Certificate {
 }
 
 impl Certificate {
-    /// Uses this certificate and key (PEM) from the next handshake on. `Ok(true)` when it differs
-    /// from the one in use.
-    pub fn load(&self, crt: &str, key: &str) -> Result<bool, String> {
+    /// Uses this certificate and key (PEM), which expire at `not_after`, from the next handshake
+    /// on. `Ok(true)` when it differs from the one in use.
+    pub fn load(&self, crt: &str, key: &str, not_after: i64) -> Result<bool, String> {
         if self.current_pem().as_deref() == Some(crt) {
             return Ok(false);
         }
@@ -50,7 +58,14 @@ impl Certificate {
             .map_err(|e| format!("tls.crt and tls.key do not make a serving certificate: {e}"))?;
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         *cur = Some((crt.to_string(), Arc::new(certified)));
+        self.not_after
+            .store(not_after, std::sync::atomic::Ordering::SeqCst);
         Ok(true)
+    }
+
+    /// When the certificate in use expires (Unix seconds); 0 when none is in use.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The PEM of the certificate in use.
@@ -67,7 +82,8 @@ impl ResolvesServerCert for Certificate {
     }
 }
 
-/// Serves `router` over TLS on `listener` until `stop`; each connection on its own task.
+/// Serves `router` over TLS on `listener` until `stop` (or until this future is dropped: every
+/// connection it accepted closes with it), at most `MAX_CONNECTIONS` at once.
 pub async fn serve(
     listener: TcpListener,
     cert: Arc<Certificate>,
@@ -79,21 +95,29 @@ pub async fn serve(
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
-        let (tcp, peer) = tokio::select! {
+        while connections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
             _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook: accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => listener.accept().await.map(|a| (a, slot)),
+                Err(_) => return,
             },
         };
+        let ((tcp, peer), slot) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook: accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (acceptor, router) = (acceptor.clone(), router.clone());
-        tokio::spawn(async move {
+        let connection = async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -104,11 +128,14 @@ pub async fn serve(
             };
             let service = TowerToHyperService::new(router);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "webhook: connection ended with an error");
             }
-        });
+        };
+        connections.spawn(connection.instrument(tracing::Span::current()));
     }
 }

@@ -370,7 +370,8 @@ impl Cluster {
         use managed_secrets::crd::SecretAccessPolicy;
         let name = format!("{}-{suffix}", self.namespace);
         let api: Api<SecretAccessPolicy> = Api::all(self.client.clone());
-        let body = json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "SecretAccessPolicy", "metadata": {"name": name}, "spec": spec});
+        // Labelled with the test namespace: the test's own webhook judges only its policies.
+        let body = json!({"apiVersion": "managedsecrets.io/v1alpha1", "kind": "SecretAccessPolicy", "metadata": {"name": name, "labels": {"e2e-namespace": self.namespace}}, "spec": spec});
         api.patch(
             &name,
             &PatchParams::apply("e2e-tests").force(),
@@ -400,7 +401,8 @@ impl Cluster {
     }
 
     /// Applies the chart's ValidatingWebhookConfiguration as rendered, except that it calls the
-    /// in-process operator at `addr` (`clientConfig.url`, as a real cluster can too), with
+    /// in-process operator at `addr` by `clientConfig.url` (on a real cluster, the test machine's
+    /// address the API server can reach: `MANAGED_SECRETS_E2E_WEBHOOK_HOST`), with
     /// `failure_policy`, and judges only this test's namespace (parallel tests on one real
     /// cluster stay apart). The operator publishes its caBundle.
     pub async fn install_webhook(&self, addr: std::net::SocketAddr, failure_policy: &str) {
@@ -417,12 +419,20 @@ impl Cluster {
             w["clientConfig"] =
                 json!({"url": format!("https://{addr}{}", path.as_str().unwrap_or("/"))});
             w["failurePolicy"] = json!(failure_policy);
-            if w["namespaceSelector"].is_object() {
-                let exprs = w["namespaceSelector"]["matchExpressions"]
-                    .as_array_mut()
-                    .expect("matchExpressions");
-                exprs.push(json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [self.namespace]}));
-            }
+            let mine = json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [self.namespace]});
+            let (selector, only) = if w["namespaceSelector"].is_object() {
+                ("namespaceSelector", mine)
+            } else {
+                // Policies are cluster-scoped: this test's carry its namespace as a label.
+                (
+                    "objectSelector",
+                    json!({"key": "e2e-namespace", "operator": "In", "values": [self.namespace]}),
+                )
+            };
+            let exprs = w[selector]["matchExpressions"]
+                .as_array_mut()
+                .expect("matchExpressions");
+            exprs.push(only);
         }
         let name = self.webhook_configuration();
         assert_eq!(vwc["metadata"]["name"], name.as_str());
@@ -896,7 +906,28 @@ impl Operator {
             aws,
             |s| s.access_policy = controller::AccessPolicy::Enforce,
             Default::default(),
-            Some(lifetimes),
+            Some((lifetimes, false)),
+        )
+        .await
+    }
+
+    /// As `start_admitting`, for a replica that never leads: it reconciles nothing, keeps its
+    /// watch caches warm, and serves the webhook from them.
+    pub async fn start_admitting_standby(
+        cluster: &Cluster,
+        aws: &aws::Moto,
+        lifetimes: managed_secrets::admission::certs::Lifetimes,
+    ) -> Operator {
+        Self::start_installed(
+            cluster,
+            &cluster.installation(),
+            aws,
+            |s| {
+                s.access_policy = controller::AccessPolicy::Enforce;
+                s.leadership = managed_secrets::leader::Leadership::new();
+            },
+            Default::default(),
+            Some((lifetimes, true)),
         )
         .await
     }
@@ -921,7 +952,7 @@ impl Operator {
         aws: &aws::Moto,
         tune: impl FnOnce(&mut controller::Settings),
         limits: source::cache::Limits,
-        webhook: Option<managed_secrets::admission::certs::Lifetimes>,
+        webhook: Option<(managed_secrets::admission::certs::Lifetimes, bool)>,
     ) -> Operator {
         // E2E_LOG=managed_secrets=debug shows the operator's logs in test output.
         if std::env::var("E2E_LOG").is_ok() {
@@ -1003,7 +1034,11 @@ impl Operator {
                 grace: Duration::from_secs(5),
                 identity: format!("e2e-{}", uuid_like()),
             },
-            settings.leadership.clone(),
+            // A standby's Lease task must not make it lead.
+            match webhook {
+                Some((_, true)) => managed_secrets::leader::Leadership::new(),
+                _ => settings.leadership.clone(),
+            },
             metrics.clone(),
             async move {
                 let _ = lease_rx.await;
@@ -1020,7 +1055,7 @@ impl Operator {
         let grants = controller::Grants::for_settings(&settings);
         let (webhook_task, addr) = match webhook {
             None => (None, None),
-            Some(lifetimes) => {
+            Some((lifetimes, _)) => {
                 let (t, a) =
                     start_webhook(inst, &settings, &grants, lifetimes, &health, &metrics).await;
                 (Some(t), Some(a))
@@ -1113,6 +1148,15 @@ impl Operator {
     }
 }
 
+/// The address the API server calls the in-process webhook at: 127.0.0.1 for the emulator; on a
+/// real cluster, an address of this machine it can reach (`MANAGED_SECRETS_E2E_WEBHOOK_HOST`).
+pub fn webhook_host() -> String {
+    std::env::var("MANAGED_SECRETS_E2E_WEBHOOK_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
 /// The operator's admission webhook as the binary starts it, on a local port, as the chart's
 /// ServiceAccount.
 async fn start_webhook(
@@ -1131,7 +1175,7 @@ async fn start_webhook(
         hosts: admission::hosts(
             "managed-secrets-webhook",
             &inst.namespace,
-            &["127.0.0.1".into()],
+            &[webhook_host()],
         ),
         lifetimes,
         issuer: admission::keeper::Issuer::Operator,
@@ -1141,7 +1185,7 @@ async fn start_webhook(
             .expect("webhook client");
     admission::start(
         admission::Settings {
-            addr: "127.0.0.1:0".parse().unwrap(),
+            addr: std::net::SocketAddr::new(webhook_host().parse().expect("an IP address"), 0),
             keeper,
             min_refresh: settings.min_refresh,
             default_region: settings.default_region.clone(),
