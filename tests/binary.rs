@@ -636,3 +636,81 @@ fn crdgen_prints_the_crd_and_bad_flags_exit_with_an_error_naming_them() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency"));
 }
+
+/// The flags the chart passes for the webhook, on a local port (the certificate also names
+/// 127.0.0.1, which the configuration's URL calls).
+fn webhook_flags(c: &Cluster, port: u16) -> Vec<String> {
+    [
+        "--webhook-addr",
+        &format!("127.0.0.1:{port}"),
+        "--webhook-service",
+        "managed-secrets-webhook",
+        "--webhook-configuration",
+        &c.webhook_configuration(),
+        "--webhook-cert-secret",
+        support::WEBHOOK_CERT_SECRET,
+        "--webhook-cert-hosts",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_its_webhook_and_a_restarted_replica_uses_the_stored_certificate() {
+    use k8s_openapi::api::core::v1::Secret;
+    let c = Cluster::start().await;
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    c.write_operator_kubeconfig(&kubeconfig);
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(c.client.clone(), &c.operator_namespace);
+    let serving = || async {
+        let s = secrets
+            .get_opt(support::WEBHOOK_CERT_SECRET)
+            .await
+            .unwrap()?;
+        let crt = s.data?.get("tls.crt")?.0.clone();
+        Some(crt)
+    };
+    let mut first_crt = None;
+    for round in ["a", "b"] {
+        let port = free_port();
+        let flags = webhook_flags(&c, port);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut op = Proc::start_with(&c, &moto, &kubeconfig, dir.path(), "info", round, &flags);
+        // Ready: the start-up RBAC check found the webhook's permissions too.
+        assert_eq!(op.wait_status("/readyz", 200).await, "ready");
+        c.install_webhook(format!("127.0.0.1:{port}").parse().unwrap(), "Fail")
+            .await;
+        // A spec the controller refuses is refused at apply time by the binary's webhook.
+        let everything =
+            json!({"secretId": "prod/db", "data": {"allKeys": true}, "rollout": {"selector": {}}});
+        let refused = wait_for("the webhook to judge", DEADLINE, || async {
+            let ms: managed_secrets::crd::ManagedSecret = serde_json::from_value(
+                json!({"metadata": {"name": "everything"}, "spec": everything}),
+            )
+            .unwrap();
+            match c.managed().create(&Default::default(), &ms).await {
+                Err(kube::Error::Api(e)) if e.code == 422 => Some(e.message),
+                _ => None,
+            }
+        })
+        .await;
+        assert!(refused.contains("rollout.selector"), "{refused}");
+        let crt = serving().await.expect("the certificate Secret");
+        match &first_crt {
+            None => first_crt = Some(crt),
+            // The second process served the certificate the first one stored.
+            Some(first) => assert_eq!(&crt, first, "a restarted replica reuses it"),
+        }
+        assert!(
+            op.metric("managed_secrets_admission_requests_total{kind=\"ManagedSecret\",result=\"invalid\"}")
+                .await
+                >= Some(1.0)
+        );
+        let status = op.terminate(Duration::from_secs(15)).await;
+        assert!(status.success(), "{status:?}");
+    }
+}
