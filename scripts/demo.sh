@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: the operator end to end on local emulators (the project's Kubernetes API emulator and
-# moto for AWS Secrets Manager, SQS and EventBridge's delivery): sync, a denied reference, a
+# moto for AWS Secrets Manager, SQS and EventBridge's delivery): sync, a denied reference refused
+# at apply time by the admission webhook and by the controller, a
 # rotation announced by Secrets Manager's own event reaching the Secret at once and restarting the
 # one Deployment that uses it, and a stuck rotation reported. Runs until Ctrl-C;
 # DEMO_NONINTERACTIVE=1 exits after the walkthrough (make test checks every step).
@@ -74,10 +75,27 @@ revision() { k -n db get deployment "$1" -o jsonpath='{.metadata.annotations.dep
 for _ in $(seq 50); do [ "$(revision api)" = "1" ] && [ "$(revision web)" = "1" ] && break; sleep 0.1; done
 echo "revisions: api $(revision api), web $(revision web)"
 
-say "Starting the operator (managed-secrets run), receiving from the queue"
+say "Starting the operator (managed-secrets run), receiving from the queue and serving its admission webhook"
+wport=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 KUBECONFIG="$work/kubeconfig" POD_NAMESPACE=default "$target/debug/managed-secrets" run --metrics-addr 127.0.0.1:0 \
   --events-queue-url "$queue" --events-wait 2s --events-backstop-interval 10s --rotation-stuck-after 5s \
+  --webhook-addr "127.0.0.1:$wport" --webhook-cert-hosts 127.0.0.1 \
   > "$work/operator.log" 2>&1 & pids+=($!)
+echo "The webhook configuration (the chart's, calling 127.0.0.1:$wport; the operator makes its CA and fills in the caBundle):"
+k apply -f - <<YAML
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: managed-secrets}
+webhooks:
+  - name: managedsecrets.managedsecrets.io
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    failurePolicy: Ignore
+    timeoutSeconds: 3
+    clientConfig: {url: "https://127.0.0.1:$wport/validate/managedsecrets"}
+    rules: [{apiGroups: [managedsecrets.io], apiVersions: [v1alpha1], resources: [managedsecrets], operations: [CREATE, UPDATE]}]
+    namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, default]}]}
+YAML
 
 say "Applying a ManagedSecret (examples/db-credentials.yaml)"
 cat examples/db-credentials.yaml
@@ -91,8 +109,20 @@ echo "password:     $(k -n db get secret db-credentials -o jsonpath='{.data.pass
 echo "DATABASE_URL: $(k -n db get secret db-credentials -o jsonpath='{.data.DATABASE_URL}' | base64 -d)"
 old_version=$(k -n db get managedsecret db-credentials -o jsonpath='{.status.syncedVersionId}')
 
-say "The db team asks for another team's secret (examples/denied.yaml): refused, no AWS call"
+say "The db team asks for another team's secret (examples/denied.yaml): refused at apply time"
 "$py" scripts/aws_demo.py create prod/payments/api-key '{"key":"payments-only"}' >/dev/null
+for _ in $(seq 100); do
+  out=$(k apply --dry-run=server -f examples/denied.yaml 2>&1 || true)
+  case "$out" in *"denied the request"*) break;; esac
+  sleep 0.2
+done
+if out=$(k apply -f examples/denied.yaml 2>&1); then echo "the webhook admitted it: $out"; exit 1; fi
+echo "$out"
+case "$out" in *'admission webhook "managedsecrets.managedsecrets.io" denied the request: PolicyDenied'*) ;;
+  *) echo "not refused by the webhook"; tail -20 "$work/operator.log"; exit 1;; esac
+
+say "Without the webhook (deleted here; an unavailable one is ignored), the operator still refuses it, with no AWS call"
+k delete validatingwebhookconfiguration managed-secrets
 k apply -f examples/denied.yaml
 for _ in $(seq 60); do
   reason=$(k -n db get managedsecret payments-api-key -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')
