@@ -242,6 +242,13 @@ impl Ground {
             cmd.args(["--metrics-port", &port.to_string()]);
         }
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        if env.iter().any(|(k, _)| k == "MANAGED_SECRETS_WEBHOOK_ADDR") {
+            // The webhook serves as shipped, on a port of its own (operators may run side by side).
+            cmd.env(
+                "MANAGED_SECRETS_WEBHOOK_ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            );
+        }
         let op = cmd
             .env("POD_NAMESPACE", "default")
             .env("KUBECONFIG", &self.kubeconfig)
