@@ -366,6 +366,7 @@ fn spawn_rbac_check(
             .map(|(_, k)| permissions::WebhookNames {
                 secret: k.secret.clone(),
                 configuration: k.configuration.clone().unwrap_or_default(),
+                issues: k.issuer == admission::keeper::Issuer::Operator,
             }),
     });
     let span = tracing::info_span!("rbac_check", checks = checks.len());

@@ -37,6 +37,9 @@ pub enum Needed {
     LeaderElection,
     /// Only with `--webhook-addr` (the admission webhook).
     Webhook,
+    /// Only when the operator issues the webhook's certificate (`--webhook-cert-issuer
+    /// operator`, not cert-manager).
+    WebhookIssuer,
 }
 
 /// Which object a rule names, when it names one.
@@ -221,15 +224,26 @@ pub const RULES: &[Rule] = &[
         needed: Needed::Webhook,
         named: Named::WebhookSecret,
         ..rule(
-            &["get", "update"],
+            &["get"],
             "",
             "secrets",
             Scope::OperatorNamespace,
-            "the admission webhook's CA and serving certificate: read by every replica, renewed before they expire",
+            "the admission webhook's serving certificate, read by every replica",
         )
     },
     Rule {
-        needed: Needed::Webhook,
+        needed: Needed::WebhookIssuer,
+        named: Named::WebhookSecret,
+        ..rule(
+            &["update"],
+            "",
+            "secrets",
+            Scope::OperatorNamespace,
+            "the webhook's own CA and serving certificate, renewed before they expire",
+        )
+    },
+    Rule {
+        needed: Needed::WebhookIssuer,
         named: Named::WebhookConfiguration,
         ..rule(
             &["get", "patch"],
@@ -297,6 +311,8 @@ pub struct WebhookNames {
     pub secret: String,
     /// Empty: its caBundle is not kept.
     pub configuration: String,
+    /// Whether the operator issues the certificate (and keeps the caBundle).
+    pub issues: bool,
 }
 
 /// One question for the API server: may I `verb` this?
@@ -341,10 +357,12 @@ pub fn checks(d: &Deployment) -> Vec<Check> {
             Needed::AccessPolicies => d.access_policies,
             Needed::LeaderElection => d.leader_election,
             Needed::Webhook => d.webhook.is_some(),
+            Needed::WebhookIssuer => d.webhook.as_ref().is_some_and(|w| w.issues),
         };
         let webhook = d.webhook.clone().unwrap_or(WebhookNames {
             secret: String::new(),
             configuration: String::new(),
+            issues: false,
         });
         if !wanted || (r.named == Named::WebhookConfiguration && webhook.configuration.is_empty()) {
             continue;
@@ -402,6 +420,7 @@ pub fn markdown_table() -> String {
             Needed::AccessPolicies => " (access policies enforced)",
             Needed::LeaderElection => " (leader election on)",
             Needed::Webhook => " (admission webhook on)",
+            Needed::WebhookIssuer => " (webhook certificate issued by the operator)",
         };
         out.push_str(&format!(
             "| `{}` | {group} | `{}` | {}{when} | {only} | {} |\n",
@@ -430,6 +449,7 @@ mod tests {
             webhook: Some(WebhookNames {
                 secret: "wh-cert".into(),
                 configuration: "ops-wh".into(),
+                issues: true,
             }),
         }
     }
@@ -467,6 +487,15 @@ mod tests {
             !s.iter().any(|x| x.contains("finalizers")),
             "admission-only rules are not asked"
         );
+        // cert-manager issues the certificate: the operator only reads it.
+        let mut d = deployment(&[]);
+        d.webhook.as_mut().unwrap().issues = false;
+        let s = short(&checks(&d));
+        assert!(s.contains(&"get secrets \"wh-cert\" in ops".to_string()));
+        assert!(!s.iter().any(|x| x.starts_with("update secrets")), "{s:#?}");
+        assert!(!s
+            .iter()
+            .any(|x| x.contains("validatingwebhookconfigurations")));
     }
 
     #[test]

@@ -82,6 +82,7 @@ fn wanted(scope: Scope, policies: bool, leader: bool, webhook: bool) -> BTreeSet
             Needed::AccessPolicies => policies,
             Needed::LeaderElection => leader,
             Needed::Webhook => webhook,
+            Needed::WebhookIssuer => webhook,
         };
         if !on {
             continue;
@@ -144,6 +145,38 @@ fn the_chart_grants_exactly_the_permission_list_in_every_mode() {
         lease_role(&docs),
         Some(wanted(Scope::LeaseNamespace, true, true, true))
     );
+    // cert-manager issues the webhook's certificate: the operator only reads it.
+    let docs = render("ops", &set(&["webhook.certificate.issuer=certManager"]));
+    let issuer_only = |scope: Scope| -> BTreeSet<Grant> {
+        let all = wanted(scope, true, true, true);
+        let mut no_issuer = BTreeSet::new();
+        for g in all {
+            let row = RULES.iter().find(|r| {
+                r.needed == Needed::WebhookIssuer
+                    && r.resource == g.2
+                    && r.verbs.contains(&g.0.as_str())
+                    && r.scope == scope
+            });
+            if row.is_none() {
+                no_issuer.insert(g);
+            }
+        }
+        no_issuer
+    };
+    assert_eq!(
+        role(&docs, "Role", "managed-secrets-hash-key", Some("ops")),
+        Some(issuer_only(Scope::OperatorNamespace))
+    );
+    assert_eq!(
+        role(&docs, "ClusterRole", "ops-managed-secrets", None),
+        Some(union(
+            wanted(Scope::Watched, true, true, true),
+            issuer_only(Scope::Cluster)
+        ))
+    );
+    assert!(!issuer_only(Scope::Cluster)
+        .iter()
+        .any(|g| g.2 == "validatingwebhookconfigurations"));
     // Listed namespaces: a Role in each; the ClusterRole keeps the cluster rows.
     let docs = render("ops", &set(&["watchNamespaces={apps,payments}"]));
     for ns in ["apps", "payments"] {

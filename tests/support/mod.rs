@@ -1012,6 +1012,7 @@ impl Operator {
                 webhook: webhook.map(|_| managed_secrets::permissions::WebhookNames {
                     secret: WEBHOOK_CERT_SECRET.into(),
                     configuration: format!("{}-{}", inst.namespace, rbac::RELEASE),
+                    issues: true,
                 }),
             });
         let rbac_check = tokio::spawn(managed_secrets::k8s::access::verify(
